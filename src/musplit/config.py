@@ -1,0 +1,293 @@
+"""Run configuration: pydantic models, YAML round trip and presets.
+
+A :class:`Config` holds everything a run needs (data, model, training, prediction) and is
+validated as a whole when it is built, so an inconsistent run fails before it starts rather
+than at step 3,000 (ecosystem spec CFG-3). Every config carries a ``version``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from musplit.errors import ConfigError
+from musplit.models.config import ModelConfig
+
+CONFIG_VERSION = 1
+
+__all__ = [
+    "CONFIG_VERSION",
+    "Config",
+    "CrittersConfig",
+    "DataConfig",
+    "ModelConfig",
+    "PredictConfig",
+    "TrainConfig",
+    "preset",
+    "PRESETS",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CrittersConfig(_Strict):
+    """Built-in SinosoidalCritters data (spec 6)."""
+
+    frames: int = Field(1000, ge=3)
+    size: int = Field(256, ge=16)
+    connector: int = Field(25, ge=0)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Where the training channels come from and how patches are made (spec 5)."""
+
+    path: str | None = Field(None, description="one multi-channel file (TIFF, Zarr, npy)")
+    channel_paths: list[str] | None = Field(None, description="one file per target channel")
+    axes: str | None = Field(None, description="axes of the file(s), e.g. SYXC; None = metadata")
+    channels: list[int] | None = Field(None, description="channel indices in `path`")
+    channel_names: list[str] | None = None
+    synthetic: CrittersConfig | None = None
+    patch: int = Field(64, ge=4)
+    scales: int | None = Field(None, ge=1, description="LC scales; None = the model's")
+    pad: Literal["reflect", "zeros"] = "reflect"
+    lc_alignment: Literal["exact", "floor"] = "exact"
+    clip_quantile: float = Field(0.995, gt=0.0, le=1.0)
+    channelwise_quantile: bool = False
+    alpha: list[float] | None = None
+    input_is_sum: bool = False
+    alpha_range: tuple[float, float] | None = None
+    augment: Literal["none", "d4"] = "none"
+    split: str = Field("default", description="'default', 'hagen' or a JSON file of indices")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        sources = sum(x is not None for x in (self.path, self.channel_paths, self.synthetic))
+        if sources > 1:
+            raise ValueError("give only one of data.path, data.channel_paths, data.synthetic")
+        if self.channel_paths is not None and len(self.channel_paths) < 2:
+            raise ValueError("data.channel_paths needs at least two files, one per channel")
+        if self.channels is not None:
+            if len(self.channels) < 2:
+                raise ValueError("data.channels needs at least two channel indices")
+            if len(set(self.channels)) != len(self.channels):
+                raise ValueError(f"data.channels repeats a channel: {self.channels}")
+        if self.alpha is not None and abs(sum(self.alpha) - 1.0) > 1e-6:
+            raise ValueError(f"data.alpha must sum to 1, got {self.alpha}")
+        if self.alpha_range is not None and not 0 <= self.alpha_range[0] <= self.alpha_range[1] <= 1:
+            raise ValueError(f"data.alpha_range must satisfy 0 <= lo <= hi <= 1: {self.alpha_range}")
+        if self.patch % 2:
+            raise ValueError(f"data.patch must be even, got {self.patch}")
+        return self
+
+    @property
+    def n_channels(self) -> int | None:
+        if self.channels is not None:
+            return len(self.channels)
+        if self.channel_paths is not None:
+            return len(self.channel_paths)
+        if self.synthetic is not None:
+            return 2
+        return None
+
+
+class TrainConfig(_Strict):
+    """Optimisation settings (spec 4)."""
+
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    lr_patience: int = Field(15, ge=0)
+    early_stopping_patience: int = Field(100, ge=1)
+    grad_clip_norm: float | None = Field(0.5, gt=0)
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    loss_normalisation: Literal["reference", "elbo"] = "reference"
+    kl_estimator: Literal["mc", "analytic"] = "mc"
+    free_bits: float = Field(0.0, ge=0)
+    kl_annealing: bool = False
+    val_every_steps: int | None = Field(None, ge=1)
+
+
+class PredictConfig(_Strict):
+    """Tiled prediction settings (spec 8)."""
+
+    padding: Literal["inner", "outer", "none"] = "inner"
+    grid: int | None = Field(None, ge=2, description="tile size G; None = variant default")
+    samples: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    blend: Literal["none", "linear", "cosine"] = "none"
+
+
+class Config(_Strict):
+    """Everything one run needs, validated as a whole."""
+
+    version: int = CONFIG_VERSION
+    name: str = "musplit"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Config:
+        if self.version > CONFIG_VERSION:
+            raise ValueError(
+                f"config version {self.version} is newer than this musplit understands "
+                f"({CONFIG_VERSION}): upgrade musplit"
+            )
+        d, m = self.data, self.model
+        if d.patch != m.patch:
+            raise ValueError(f"data.patch ({d.patch}) differs from model.patch ({m.patch})")
+        if d.scales is None:
+            object.__setattr__(d, "scales", m.scales)
+        if d.scales != m.scales:
+            raise ValueError(
+                f"data.scales ({d.scales}) differs from model.scales ({m.scales}): the model "
+                f"has {m.scales} input branches"
+            )
+        n = d.n_channels
+        if n is not None and n != m.out_channels:
+            raise ValueError(f"data has {n} target channels, model.out_channels is {m.out_channels}")
+        if d.alpha is not None and len(d.alpha) != m.out_channels:
+            raise ValueError(f"{len(d.alpha)} alpha weights for {m.out_channels} channels")
+        g = self.predict.grid
+        if g is not None and self.predict.padding == "inner":
+            if g > d.patch or (d.patch - g) % 2:
+                raise ValueError(
+                    f"predict.grid {g} must be <= patch {d.patch} with an even difference "
+                    "(the inner padding (P-G)/2 must be a whole number of pixels)"
+                )
+        return self
+
+    # -- YAML ---------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> Config:
+        """Read and validate a YAML config; errors are :class:`ConfigError` naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        return cls.validated(data, source=str(path))
+
+    @classmethod
+    def validated(cls, data: dict, source: str = "config") -> Config:
+        """Build from a dict, turning pydantic errors into one readable :class:`ConfigError`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+
+    def to_yaml(self, path: str | os.PathLike) -> Path:
+        """Write as YAML (temporary name, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+    def updated(self, overrides: dict) -> Config:
+        """A new validated config with nested ``overrides`` (e.g. {"train": {"max_steps": 5}})."""
+        merged = _deep_merge(self.model_dump(mode="json"), overrides)
+        return Config.validated(merged)
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line per problem, joined with '; ' (field path: message)."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _model_for(lc: str, **kw) -> dict:
+    return {"kind": "hvae", "lc": lc, **kw}
+
+
+# Presets: the paper's settings (spec 4) and a laptop-sized one. Each is a dict of overrides
+# applied to the defaults, so that a preset plus user flags is one merge.
+PRESETS: dict[str, dict] = {
+    "paper-pavia": {
+        "name": "paper-pavia",
+        "data": {"channels": [2, 3], "pad": "reflect"},
+        "model": _model_for("regular"),
+        "train": {"max_epochs": 200, "lr_patience": 15, "early_stopping_patience": 100,
+                  "precision": "16-mixed"},
+        "predict": {"grid": 16},
+    },
+    "paper-hagen": {
+        "name": "paper-hagen",
+        "data": {"pad": "reflect", "split": "hagen"},
+        "model": _model_for("regular"),
+        "train": {"max_epochs": 200, "lr_patience": 15, "early_stopping_patience": 100,
+                  "precision": "16-mixed"},
+        "predict": {"grid": 16},
+    },
+    "paper-critters-n0": {
+        "name": "paper-critters-n0",
+        "data": {"synthetic": {"frames": 1000, "size": 256, "connector": 0}, "pad": "zeros"},
+        "model": _model_for("regular"),
+        "train": {"max_epochs": 4800, "lr_patience": 180, "early_stopping_patience": 1200,
+                  "precision": "16-mixed"},
+        "predict": {"grid": 16},
+    },
+    "paper-critters-n25": {
+        "name": "paper-critters-n25",
+        "data": {"synthetic": {"frames": 1000, "size": 256, "connector": 25}, "pad": "zeros"},
+        "model": _model_for("regular"),
+        "train": {"max_epochs": 2400, "lr_patience": 90, "early_stopping_patience": 300,
+                  "precision": "16-mixed"},
+        "predict": {"grid": 16},
+    },
+    # Small enough to train in minutes on two CPU cores: fewer filters and latents.
+    "cpu-small": {
+        "name": "cpu-small",
+        "data": {},
+        "model": {"kind": "hvae", "lc": "lean", "filters": 32, "z_dims": [32, 32, 32, 32]},
+        "train": {"batch_size": 16, "max_steps": 2000, "lr_patience": 5,
+                  "early_stopping_patience": 20, "precision": "32"},
+        "predict": {"grid": 32, "batch_size": 64},
+    },
+}
+
+
+def preset(name: str, **overrides) -> Config:
+    """A named preset as a validated :class:`Config`, with optional nested overrides.
+
+    Examples
+    --------
+    >>> cfg = preset("cpu-small", train={"max_steps": 100})
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    # Start from the preset's own overrides (not a dump of the defaults), so that values the
+    # model derives from its variant (z_dims, scales) follow a user's `lc` override.
+    merged = _deep_merge({}, PRESETS[name])
+    if overrides:
+        merged = _deep_merge(merged, overrides)
+    return Config.validated(merged, source=f"preset {name}")

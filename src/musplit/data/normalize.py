@@ -1,0 +1,201 @@
+"""Clipping and normalisation statistics (spec/usplit.md section 5.3).
+
+All statistics are computed on the training split only and kept as plain data
+(:class:`NormStats`), so a checkpoint can carry them and a prediction can be made without the
+training data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from musplit.errors import InputError
+
+
+@dataclass
+class NormStats:
+    """Normalisation constants of one training set.
+
+    Attributes
+    ----------
+    clip_max : float or list of float
+        Upper clip value (the training quantile); one per target channel when
+        ``channelwise`` quantiles were asked for.
+    input_mean, input_std : float
+        Statistics applied to the input mix, identical at every LC scale.
+    target_mean, target_std : list of float
+        Per target channel, in target order.
+    alpha : list of float
+        Mixing weights of the input: ``x = sum_k alpha_k * x_k`` (default ``1/T`` each).
+    input_is_sum : bool
+        The input is ``sum_k x_k`` instead of the weighted average (spec 1.1).
+    quantile : float
+        The quantile used for ``clip_max``.
+    """
+
+    clip_max: float | list[float]
+    input_mean: float
+    input_std: float
+    target_mean: list[float]
+    target_std: list[float]
+    alpha: list[float]
+    input_is_sum: bool = False
+    quantile: float = 0.995
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.target_mean)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dictionary (plain floats and lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NormStats:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+    # -- transforms ----------------------------------------------------------------------
+    def _per_channel(self, values, ndim: int, axis: int) -> np.ndarray:
+        shape = [1] * ndim
+        shape[axis] = -1
+        return np.asarray(values, dtype=np.float32).reshape(shape)
+
+    def clip(self, targets: np.ndarray, axis: int = -1) -> np.ndarray:
+        """Clip target channels at ``clip_max`` (upper clip only, as the reference)."""
+        if isinstance(self.clip_max, list):
+            cmax = self._per_channel(self.clip_max, targets.ndim, axis)
+        else:
+            cmax = np.float32(self.clip_max)
+        return np.minimum(targets, cmax).astype(np.float32, copy=False)
+
+    def mix(self, targets: np.ndarray, axis: int = -1) -> np.ndarray:
+        """The superimposed input of clipped targets: weighted average (or sum) over ``axis``."""
+        w = np.ones(self.n_channels) if self.input_is_sum else np.asarray(self.alpha)
+        w = self._per_channel(w, targets.ndim, axis)
+        return np.sum(targets * w, axis=axis, dtype=np.float32)
+
+    def normalize_input(self, x: np.ndarray) -> np.ndarray:
+        """``(x - m_in) / s_in`` in float32."""
+        return ((x - np.float32(self.input_mean)) / np.float32(self.input_std)).astype(
+            np.float32, copy=False
+        )
+
+    def denormalize_input(self, x: np.ndarray) -> np.ndarray:
+        return (x * np.float32(self.input_std) + np.float32(self.input_mean)).astype(np.float32)
+
+    def normalize_target(self, t: np.ndarray, axis: int = -1) -> np.ndarray:
+        """``(t_k - m_k) / s_k`` per channel along ``axis``."""
+        m = self._per_channel(self.target_mean, t.ndim, axis)
+        s = self._per_channel(self.target_std, t.ndim, axis)
+        return ((t - m) / s).astype(np.float32, copy=False)
+
+    def denormalize_target(self, t: np.ndarray, axis: int = -1) -> np.ndarray:
+        """Back to input intensity units: ``t_k * s_k + m_k``."""
+        m = self._per_channel(self.target_mean, t.ndim, axis)
+        s = self._per_channel(self.target_std, t.ndim, axis)
+        return (t * s + m).astype(np.float32, copy=False)
+
+    def denormalize_std(self, std: np.ndarray, axis: int = -1) -> np.ndarray:
+        """A standard deviation in normalised units, back to intensity units (``std * s_k``)."""
+        s = self._per_channel(self.target_std, std.ndim, axis)
+        return (std * s).astype(np.float32, copy=False)
+
+
+def _training_frames(targets, train_indices: Sequence[int] | None):
+    n = targets.shape[0]
+    idx = range(n) if train_indices is None else list(train_indices)
+    if len(idx) == 0:
+        raise InputError("the training split is empty: no frames to compute statistics from")
+    for i in idx:
+        yield np.asarray(targets[i], dtype=np.float32)
+
+
+def compute_stats(
+    targets,
+    train_indices: Sequence[int] | None = None,
+    *,
+    quantile: float = 0.995,
+    alpha: Sequence[float] | None = None,
+    channelwise_quantile: bool = False,
+    input_is_sum: bool = False,
+) -> NormStats:
+    """Compute :class:`NormStats` from the training frames (spec 5.3).
+
+    Parameters
+    ----------
+    targets : array-like, shape (N, H, W, T)
+        Target channels; anything indexable by frame (a memory map or lazy source) works, and
+        only the training frames are read, one at a time.
+    train_indices : sequence of int, optional
+        Training frames (default: all).
+    quantile : float
+        Upper clip quantile over all training pixels of all target channels pooled
+        (linear interpolation). 1.0 disables clipping.
+    alpha : sequence of float, optional
+        Mixing weights, default ``1/T`` each; must sum to 1.
+    channelwise_quantile : bool
+        One clip value per channel instead of the pooled one.
+    input_is_sum : bool
+        Input is the sum of the channels, normalised with mean ``sum m_k`` and std
+        ``sqrt(sum s_k^2)`` (spec 1.1).
+
+    Returns
+    -------
+    NormStats
+    """
+    if not 0.0 < quantile <= 1.0:
+        raise InputError(f"clip quantile must be in (0, 1], got {quantile}")
+    if len(targets.shape) != 4:
+        raise InputError(f"targets must have shape (N, H, W, T), got {tuple(targets.shape)}")
+    t = targets.shape[-1]
+    if alpha is None:
+        alpha = [1.0 / t] * t
+    alpha = [float(a) for a in alpha]
+    if len(alpha) != t:
+        raise InputError(f"{len(alpha)} alpha weights given for {t} target channels")
+    if abs(sum(alpha) - 1.0) > 1e-6:
+        raise InputError(f"alpha weights must sum to 1, got {alpha}")
+
+    frames = list(_training_frames(targets, train_indices))
+    stack = np.stack(frames)  # (n, H, W, T) float32, training frames only
+    if not np.isfinite(stack).all():
+        raise InputError("training targets contain NaN or Inf pixels")
+    if channelwise_quantile:
+        clip = [float(np.quantile(stack[..., k], quantile)) for k in range(t)]
+        clipped = np.minimum(stack, np.asarray(clip, dtype=np.float32))
+    else:
+        clip = float(np.quantile(stack, quantile))
+        clipped = np.minimum(stack, np.float32(clip))
+    del stack
+    # float64 accumulation (spec 5.3 step 2), channel by channel to bound memory.
+    means, stds = [], []
+    for k in range(t):
+        ch = clipped[..., k]
+        m = float(np.mean(ch, dtype=np.float64))
+        means.append(m)
+        stds.append(float(np.sqrt(np.mean((ch.astype(np.float64) - m) ** 2))))
+    if input_is_sum:
+        in_mean = float(sum(means))
+        in_std = float(np.sqrt(sum(s * s for s in stds)))
+    else:
+        # The reference normalises the input with the pooled statistics of both channels.
+        in_mean = float(np.mean(means))
+        pooled_var = float(np.mean([s * s + (m - in_mean) ** 2 for m, s in zip(means, stds)]))
+        in_std = float(np.sqrt(pooled_var))
+    if in_std <= 0 or any(s <= 0 for s in stds):
+        raise InputError("training targets are constant: their standard deviation is 0")
+    return NormStats(
+        clip_max=clip,
+        input_mean=in_mean,
+        input_std=in_std,
+        target_mean=means,
+        target_std=stds,
+        alpha=alpha,
+        input_is_sum=input_is_sum,
+        quantile=quantile,
+    )

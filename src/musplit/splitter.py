@@ -1,0 +1,73 @@
+"""The one-object facade: a trained model with its config and normalisation statistics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from musplit.checkpoint import load_checkpoint
+from musplit.config import Config
+from musplit.data.normalize import NormStats
+from musplit.errors import CheckpointError, ConfigError
+
+
+class Splitter:
+    """A trained musplit model, ready to split images.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The network, in eval mode.
+    config : Config
+        The full configuration it was trained (or imported) with.
+    stats : NormStats or None
+        Normalisation statistics carried by the checkpoint.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: Config, stats: NormStats | None,
+                 extra: dict | None = None):
+        self.model = model.eval()
+        self.config = config
+        self.stats = stats
+        self.extra = dict(extra or {})
+
+    @classmethod
+    def load(cls, checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu"
+             ) -> Splitter:
+        """Open a musplit checkpoint (weights-only, strict).
+
+        Raises
+        ------
+        CheckpointError
+            If the file is missing, unsafe, not a musplit checkpoint, or its weights do not
+            match the model its config describes.
+        """
+        from musplit.models import build
+
+        path = Path(checkpoint)
+        payload = load_checkpoint(path)
+        try:
+            config = Config.validated(payload["config"], source=f"config in {path}")
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+        model = build(config.model)
+        try:
+            result = model.load_state_dict(payload["state_dict"], strict=False)
+        except RuntimeError as e:  # shape mismatches
+            first = str(e).strip().splitlines()
+            detail = first[1].strip() if len(first) > 1 else first[0]
+            raise CheckpointError(f"checkpoint {path} does not match its model ({detail})") from None
+        if result.missing_keys or result.unexpected_keys:
+            parts = []
+            if result.missing_keys:
+                parts.append(f"missing {', '.join(result.missing_keys[:5])}")
+            if result.unexpected_keys:
+                parts.append(f"unexpected {', '.join(result.unexpected_keys[:5])}")
+            raise CheckpointError(
+                f"checkpoint {path} does not match its model ({'; '.join(parts)})"
+            )
+        stats = NormStats.from_dict(payload["stats"]) if payload.get("stats") else None
+        model.to(map_location)
+        return cls(model, config, stats, payload.get("extra"))
