@@ -48,7 +48,7 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
         v = state_dict[k]
         h.update(k.encode())
         if isinstance(v, torch.Tensor):
-            t = v.detach().cpu().contiguous()
+            t = v.detach().cpu().contiguous().reshape(-1)
             h.update(str(t.dtype).encode())
             h.update(str(tuple(t.shape)).encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
