@@ -57,8 +57,8 @@ def generate_critters_cmd(frames, size, connector, seed, out_dir, fmt, overwrite
     Writes the two channels as one (N, H, W, 2) float32 image with axes metadata, the split
     indices (split.json) and a manifest of the parameters.
     """
-    from musplit.data.synthetic import generate_critters
     from musplit.data.sources import write_critters
+    from musplit.data.synthetic import generate_critters
 
     data = generate_critters(frames, size=size, connector=connector, seed=seed)
     paths = write_critters(out_dir, data, fmt=fmt, overwrite=overwrite,

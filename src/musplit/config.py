@@ -80,8 +80,9 @@ class DataConfig(_Strict):
                 raise ValueError(f"data.channels repeats a channel: {self.channels}")
         if self.alpha is not None and abs(sum(self.alpha) - 1.0) > 1e-6:
             raise ValueError(f"data.alpha must sum to 1, got {self.alpha}")
-        if self.alpha_range is not None and not 0 <= self.alpha_range[0] <= self.alpha_range[1] <= 1:
-            raise ValueError(f"data.alpha_range must satisfy 0 <= lo <= hi <= 1: {self.alpha_range}")
+        ar = self.alpha_range
+        if ar is not None and not 0 <= ar[0] <= ar[1] <= 1:
+            raise ValueError(f"data.alpha_range must satisfy 0 <= lo <= hi <= 1: {ar}")
         if self.patch % 2:
             raise ValueError(f"data.patch must be even, got {self.patch}")
         return self
@@ -156,7 +157,9 @@ class Config(_Strict):
             )
         n = d.n_channels
         if n is not None and n != m.out_channels:
-            raise ValueError(f"data has {n} target channels, model.out_channels is {m.out_channels}")
+            raise ValueError(
+                f"data has {n} target channels, model.out_channels is {m.out_channels}"
+            )
         if d.alpha is not None and len(d.alpha) != m.out_channels:
             raise ValueError(f"{len(d.alpha)} alpha weights for {m.out_channels} channels")
         g = self.predict.grid

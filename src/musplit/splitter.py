@@ -58,7 +58,9 @@ class Splitter:
         except RuntimeError as e:  # shape mismatches
             first = str(e).strip().splitlines()
             detail = first[1].strip() if len(first) > 1 else first[0]
-            raise CheckpointError(f"checkpoint {path} does not match its model ({detail})") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not match its model ({detail})"
+            ) from None
         if result.missing_keys or result.unexpected_keys:
             parts = []
             if result.missing_keys:

@@ -185,7 +185,9 @@ def compute_stats(
     else:
         # The reference normalises the input with the pooled statistics of both channels.
         in_mean = float(np.mean(means))
-        pooled_var = float(np.mean([s * s + (m - in_mean) ** 2 for m, s in zip(means, stds)]))
+        pooled_var = float(
+            np.mean([s * s + (m - in_mean) ** 2 for m, s in zip(means, stds, strict=True)])
+        )
         in_std = float(np.sqrt(pooled_var))
     if in_std <= 0 or any(s <= 0 for s in stds):
         raise InputError("training targets are constant: their standard deviation is 0")
