@@ -1,0 +1,49 @@
+"""Networks: the µSplit LadderVAE (HVAE/HAE with Vanilla, Lean-, Regular- and Deep-LC).
+
+The one entry point is :func:`build`; U-Net and baseline kinds arrive with issue 5.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from musplit.errors import ConfigError
+from musplit.models.config import ModelConfig
+from musplit.models.lvae import EncoderState, LadderOutput, LadderVAE
+
+__all__ = ["EncoderState", "LadderOutput", "LadderVAE", "ModelConfig", "build",
+           "count_parameters"]
+
+
+def build(config: ModelConfig) -> nn.Module:
+    """Build the network a :class:`ModelConfig` describes.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        ``kind`` "hvae" or "hae" gives a :class:`LadderVAE`.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model(x)`` with ``x (B, S, P, P)`` returns a tuple whose first element is the
+        likelihood parameters ``(B, 2C, P, P)``.
+
+    Raises
+    ------
+    ConfigError
+        For a kind that this version cannot build.
+    """
+    if not isinstance(config, ModelConfig):
+        raise ConfigError(f"build() takes a ModelConfig, got {type(config).__name__}")
+    if config.kind in ("hvae", "hae"):
+        return LadderVAE(config)
+    raise ConfigError(
+        f"model kind '{config.kind}' is not available in this version of musplit "
+        "(available: hvae, hae)"
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (BatchNorm running statistics are buffers and not counted)."""
+    return sum(p.numel() for p in model.parameters())
