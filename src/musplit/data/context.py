@@ -319,6 +319,7 @@ class ContextStack:
         self._buffer = np.empty(self._slots * self.frame_size, dtype=np.float32)
         if self._lru is None:
             self._fill(np.arange(self.n_frames), np.arange(self.n_frames))
+            self._frames = None  # everything is in the buffer; do not keep the source alive
 
     # -- precomputation -------------------------------------------------------------------
     @property
@@ -404,7 +405,7 @@ class ContextStack:
         """Flat buffer indices of the crops, shape (K, S, P, P) (the gather of :meth:`crops`).
 
         ``transform`` (K,) ints in 0..7 optionally applies a dihedral transform to each crop
-        (see :func:`musplit.data.dataset.apply_d4`); it is a permutation of the indices, so
+        (see :func:`apply_d4`); it is a permutation of the indices, so
         augmentation costs nothing extra.
         """
         p, half = self.patch, self.patch // 2
@@ -470,11 +471,52 @@ class ContextStack:
         return np.take(self._buffer, self.indices(frame_idx, corners, transform))
 
 
+def apply_d4(x, t: int, *, inverse: bool = False):
+    """Dihedral transform number ``t`` (0..7) of the last two axes (spec 5.9, ``augment="d4"``).
+
+    Bit 2 transposes, then bit 0 flips the rows (vertical flip), then bit 1 flips the columns;
+    ``t = 0`` is the identity. The same convention as the index route of
+    :meth:`ContextStack.crops` (``transform=``), which is what training uses; this array
+    version is the readable reference.
+
+    Parameters
+    ----------
+    x : ndarray or torch.Tensor, shape (..., P, P)
+    t : int
+    inverse : bool
+        Apply the inverse transform (undo ``apply_d4(x, t)``).
+
+    Returns
+    -------
+    ndarray or torch.Tensor, same shape (square patches)
+    """
+    t = int(t)
+    if not 0 <= t < 8:
+        raise InputError(f"a dihedral transform is a number in 0..7, got {t}")
+    is_np = isinstance(x, np.ndarray)
+
+    def transpose(a):
+        return np.swapaxes(a, -1, -2) if is_np else a.transpose(-1, -2)
+
+    def flip(a, axis):
+        return np.flip(a, axis) if is_np else a.flip(axis)
+
+    if not inverse and t & 4:
+        x = transpose(x)
+    if t & 1:
+        x = flip(x, -2)
+    if t & 2:
+        x = flip(x, -1)
+    if inverse and t & 4:
+        x = transpose(x)
+    return x
+
+
 def _d4_terms(rows: np.ndarray, cols: np.ndarray, t: np.ndarray):
     """Row/column index terms (K, S, P) after dihedral transform ``t`` (K,).
 
     Bit 2 of ``t`` transposes, then bit 0 flips rows, bit 1 flips columns (the order of
-    :func:`musplit.data.dataset.apply_d4`): with ``crop[i, j] = base + A[i] + B[j]`` a
+    :func:`apply_d4`): with ``crop[i, j] = base + A[i] + B[j]`` a
     transpose swaps ``A`` and ``B`` and a flip reverses one of them.
     """
     t = t.reshape(-1, 1, 1)

@@ -1,0 +1,496 @@
+"""Training and evaluation patches with lateral context (spec/usplit.md sections 4, 5.4-5.9, 8).
+
+:class:`TrainPatches` draws uniformly random primary patches (spec 5.8) and :class:`GridPatches`
+walks the non-overlapping evaluation grid; both return ``(input, target)`` pairs:
+
+* ``input``  ``(S, P, P)``: the normalised mix of the clipped targets at the ``S`` LC scales
+  (spec 5.4), built by :class:`~musplit.data.context.ContextStack` (padding in raw intensity
+  units, i.e. ``pad="zeros"`` pads with intensity 0 = background, then normalisation);
+* ``target`` ``(T, P, P)``: the normalised clipped targets of the primary patch.
+
+Both implement ``__getitems__`` so a :class:`torch.utils.data.DataLoader` fetches a whole batch
+in one vectorised gather; use :func:`make_loader` (or ``collate_fn=collate_batch``), because the
+batch is already collated. :func:`tile_corners` gives the tile geometry of tiled prediction
+(spec 8.1-8.3).
+
+Memory: the dataset keeps the chosen frames' clipped targets ``(n, T, H, W)`` and a
+:class:`ContextStack` of their mix (about ``S`` frames per frame), all float32; with
+``alpha_range`` one stack per target channel instead (its scale 0 gives the targets).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from musplit.data.context import ContextStack, _as_corners, _d4_terms, apply_d4
+from musplit.data.normalize import NormStats
+from musplit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TrainPatches",
+    "GridPatches",
+    "apply_d4",
+    "collate_batch",
+    "make_loader",
+    "tile_corners",
+]
+
+
+def _check_size(height: int, width: int, patch: int) -> None:
+    try:
+        from musplit.data.io import check_image_size
+    except ImportError:  # pragma: no cover - io is part of the package; keep the rule anyway
+        if height < patch or width < patch:
+            raise InputError(
+                f"image {height}x{width} is smaller than the patch size {patch}"
+            ) from None
+        return
+    check_image_size(height, width, patch)
+
+
+class _Mixed:
+    """Lazy ``(n, H, W)`` view: frame ``i`` is the input mix of the clipped targets (spec 5.4)."""
+
+    def __init__(self, targets: np.ndarray, stats: NormStats):
+        self._t, self._stats = targets, stats  # targets (n, T, H, W), clipped
+        self.shape = (targets.shape[0],) + targets.shape[2:]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self._stats.mix(self._t[i], axis=0)
+
+
+class _PatchSource(Dataset):
+    """Shared machinery: clipped targets, LC stacks, and the batched (input, target) builder."""
+
+    def __init__(
+        self,
+        targets,
+        stats: NormStats,
+        indices: Sequence[int] | None,
+        *,
+        patch: int,
+        scales: int,
+        pad: str,
+        alignment: str,
+        alpha_range: tuple[float, float] | None,
+        cache_frames: int | None,
+    ):
+        shape = tuple(getattr(targets, "shape", ()))
+        if len(shape) != 4:
+            raise InputError(f"targets must have shape (N, H, W, T), got {shape}")
+        n_all, height, width, n_ch = (int(v) for v in shape)
+        if n_ch != stats.n_channels:
+            raise InputError(
+                f"targets have {n_ch} channels but the statistics describe {stats.n_channels}"
+            )
+        idx = list(range(n_all)) if indices is None else [int(i) for i in indices]
+        if not idx:
+            raise InputError("no frames selected for the dataset")
+        bad = [i for i in idx if not 0 <= i < n_all]
+        if bad:
+            raise InputError(f"frame {bad[0]} does not exist (the data has {n_all} frames)")
+        if not isinstance(patch, (int, np.integer)) or patch < 2 or patch % 2:
+            raise InputError(f"patch must be an even integer >= 2, got {patch!r}")
+        _check_size(height, width, patch)
+        if alpha_range is not None:
+            lo, hi = (float(a) for a in alpha_range)
+            if n_ch != 2:
+                raise InputError(f"alpha_range needs exactly 2 target channels, got {n_ch}")
+            if stats.input_is_sum:
+                raise InputError("alpha_range cannot be combined with a summed input")
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise InputError(f"alpha_range must satisfy 0 <= lo <= hi <= 1, got {alpha_range}")
+            alpha_range = (lo, hi)
+
+        self.stats, self.patch, self.scales = stats, int(patch), int(scales)
+        self.pad, self.alignment, self.alpha_range = pad, alignment, alpha_range
+        self.frame_indices = idx
+        self.height, self.width, self.n_channels = height, width, n_ch
+
+        # Clipped targets, channel first (n, T, H, W): contiguous rows for the target gather.
+        clipped = np.empty((len(idx), n_ch, height, width), dtype=np.float32)
+        for j, i in enumerate(idx):
+            frame = np.asarray(targets[i], dtype=np.float32)
+            if not np.isfinite(frame).all():
+                raise InputError(f"target frame {i} contains NaN or Inf pixels")
+            clipped[j] = np.moveaxis(stats.clip(frame, axis=-1), -1, 0)
+
+        kw = dict(patch=self.patch, scales=self.scales, pad=pad, alignment=alignment,
+                  cache_frames=cache_frames)
+        if alpha_range is None:
+            self._stacks = [ContextStack(_Mixed(clipped, stats), **kw)]
+            self._targets: np.ndarray | None = clipped
+        else:
+            # Per-patch alpha needs each channel's LC separately (the pyramid is linear, so the
+            # mix of the channel stacks is the stack of the mix). Their scale 0 are the targets.
+            self._stacks = [ContextStack(clipped[:, k], **kw) for k in range(n_ch)]
+            self._targets = None
+        log.info(
+            "%s: %d frames of %dx%d, %d channels, P=%d S=%d pad=%s alignment=%s: %.2f GB",
+            type(self).__name__, len(idx), height, width, n_ch, self.patch, self.scales, pad,
+            alignment, self.nbytes / 1e9,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the precomputed context stacks and the targets."""
+        t = 0 if self._targets is None else self._targets.nbytes
+        return t + sum(s.nbytes for s in self._stacks)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frame_indices)
+
+    def sample(
+        self,
+        frame: np.ndarray,
+        corners: np.ndarray,
+        transform: np.ndarray | None = None,
+        alpha: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Build the (input, target) pairs of given patches (deterministic; no randomness).
+
+        Parameters
+        ----------
+        frame : array-like of int, shape (K,)
+            Position of each patch's frame in this dataset's frame list (0..n_frames-1).
+        corners : array-like of int, shape (K, 2)
+            Top-left corners of the primary patches.
+        transform : array-like of int, shape (K,), optional
+            Dihedral transform per patch (see :func:`apply_d4`), applied to all scales and the
+            targets alike.
+        alpha : array-like of float, shape (K,), optional
+            Per-patch weight of channel 1 (channel 2 gets ``1 - alpha``); only with
+            ``alpha_range``. Default: the statistics' alpha.
+
+        Returns
+        -------
+        inputs : ndarray, float32, shape (K, S, P, P)
+            Normalised input mix (spec 5.3-5.4).
+        targets : ndarray, float32, shape (K, T, P, P)
+            Normalised targets.
+        """
+        frame = np.asarray(frame, dtype=np.int64).reshape(-1)
+        corners = _as_corners(corners)
+        t = None if transform is None else np.asarray(transform, dtype=np.int64).reshape(-1)
+        st = self.stats
+        if self._targets is not None:
+            x = self._stacks[0].crops(frame, corners, transform=t)
+            y = self._target_crops(frame, corners, t)
+        else:
+            chans = [s.crops(frame, corners, transform=t) for s in self._stacks]
+            y = np.stack([c[:, 0] for c in chans], axis=1)
+            if alpha is None:
+                a = np.full(len(frame), st.alpha[0], dtype=np.float32)
+            else:
+                a = np.asarray(alpha, dtype=np.float32).reshape(-1)
+            a = a[:, None, None, None]
+            x = chans[0] * a
+            x += chans[1] * (np.float32(1) - a)
+        # Normalise after the padding, which happened in raw intensity units (spec 5.4, 5.7).
+        x -= np.float32(st.input_mean)
+        x /= np.float32(st.input_std)
+        y -= np.asarray(st.target_mean, dtype=np.float32)[None, :, None, None]
+        y /= np.asarray(st.target_std, dtype=np.float32)[None, :, None, None]
+        return x, y
+
+    def _target_crops(self, frame, corners, t) -> np.ndarray:
+        """Primary-patch crops of the clipped targets (inside the frame), shape (K, T, P, P)."""
+        p = self.patch
+        if corners.size and (
+            corners.min() < 0
+            or corners[:, 0].max() > self.height - p
+            or corners[:, 1].max() > self.width - p
+        ):
+            raise InputError("target crops must lie inside the frame")
+        j = np.arange(p, dtype=np.int64)
+        rows = ((corners[:, 0, None] + j) * self.width)[:, None]  # (K, 1, P)
+        cols = (corners[:, 1, None] + j)[:, None]
+        if t is not None:
+            rows, cols = _d4_terms(rows, cols, t)
+        hw = self.height * self.width
+        chan = np.arange(self.n_channels, dtype=np.int64)[None, :, None, None] * hw
+        base = (frame * (self.n_channels * hw))[:, None, None, None] + chan
+        return np.take(self._targets, base + rows[..., :, None] + cols[..., None, :])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+
+class TrainPatches(_PatchSource):
+    """Random training patches with lateral context (spec 4 "Epoch", 5.8, 5.9).
+
+    One epoch has ``n * floor(H/P) * floor(W/P)`` samples; sample ``j`` reads frame
+    ``j mod n`` at an independent uniformly random corner ``h0 in [0, H-P]``,
+    ``w0 in [0, W-P]`` (the last offset included, unlike the reference).
+
+    Parameters
+    ----------
+    targets : array-like, shape (N, H, W, T)
+        Target channels (clipped or not: ``stats.clip`` is applied, which is idempotent). Read
+        frame by frame, so memory maps and lazy arrays work.
+    stats : NormStats
+        Training statistics (clip value, input/target normalisation, alpha).
+    indices : sequence of int, optional
+        Frames to draw from (e.g. ``split.train``); default all.
+    patch, scales : int
+        ``P`` and ``S``.
+    pad : {"reflect", "zeros"}
+        LC padding (spec 5.7: reflect for real data, zeros for synthetic data).
+    alignment : {"exact", "floor"}
+        LC centring (spec 5.6).
+    augment : {None, "d4"}
+        ``"d4"``: a uniformly random flip/rot90 per patch, applied to all S scales and the
+        targets alike (spec 5.9).
+    alpha_range : (float, float), optional
+        Draw the input weight of channel 1 per patch uniformly from this range (spec 5.10);
+        two target channels only.
+    seed : int
+        Seed of the patch draws. The stream of a process is keyed by ``(seed, epoch)`` and, in
+        a DataLoader worker, the worker's seed (which torch derives per epoch from the loader's
+        generator); see :meth:`set_epoch` and :func:`make_loader`.
+    cache_frames : int, optional
+        Passed to :class:`ContextStack` (lazy, bounded precomputation).
+    """
+
+    def __init__(
+        self,
+        targets,
+        stats: NormStats,
+        indices: Sequence[int] | None = None,
+        *,
+        patch: int = 64,
+        scales: int = 5,
+        pad: str = "reflect",
+        alignment: str = "exact",
+        augment: str | None = None,
+        alpha_range: tuple[float, float] | None = None,
+        seed: int = 0,
+        cache_frames: int | None = None,
+    ):
+        if augment not in (None, "none", "d4"):
+            raise InputError(f"augment must be None or 'd4', got {augment!r}")
+        super().__init__(
+            targets, stats, indices, patch=patch, scales=scales, pad=pad, alignment=alignment,
+            alpha_range=alpha_range, cache_frames=cache_frames,
+        )
+        self.augment = None if augment == "none" else augment
+        self.seed = int(seed)
+        # Shared memory, so that set_epoch in the main process reaches persistent workers.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._rng: np.random.Generator | None = None
+        self._rng_key: tuple | None = None
+
+    def __len__(self) -> int:
+        return self.n_frames * (self.height // self.patch) * (self.width // self.patch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the patch stream for ``epoch`` (optional: without it streams just continue)."""
+        self._epoch[0] = int(epoch)
+
+    def _generator(self) -> np.random.Generator:
+        info = get_worker_info()
+        epoch = int(self._epoch[0])
+        key = (os.getpid(), epoch, None if info is None else (info.id, info.seed))
+        if key != self._rng_key:
+            entropy = [self.seed, epoch]
+            if info is not None:
+                # info.seed = the loader's per-epoch base seed + worker id: distinct streams
+                # per worker and per epoch, reproducible from the loader's generator.
+                entropy += [info.id, info.seed % 2**63]
+            self._rng = np.random.default_rng(np.random.SeedSequence(entropy))
+            self._rng_key = key
+        return self._rng
+
+    def draw(self, indices: Sequence[int]) -> dict[str, np.ndarray | None]:
+        """Draw the random parts of samples ``indices`` (advances the stream).
+
+        Returns
+        -------
+        dict
+            ``frame`` (K,) dataset frame positions (``index mod n``), ``corners`` (K, 2),
+            ``transform`` (K,) or None, ``alpha`` (K,) or None: the arguments of
+            :meth:`sample`.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"sample index out of range [0, {len(self)})")
+        rng = self._generator()
+        k, p = len(idx), self.patch
+        corners = np.stack(
+            [rng.integers(0, self.height - p + 1, k), rng.integers(0, self.width - p + 1, k)],
+            axis=1,
+        )
+        transform = rng.integers(0, 8, k) if self.augment == "d4" else None
+        alpha = None
+        if self.alpha_range is not None:
+            alpha = rng.uniform(self.alpha_range[0], self.alpha_range[1], k).astype(np.float32)
+        return {"frame": idx % self.n_frames, "corners": corners, "transform": transform,
+                "alpha": alpha}
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch at once: ``(B, S, P, P)`` inputs and ``(B, T, P, P)`` targets."""
+        x, y = self.sample(**self.draw(indices))
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+class GridPatches(_PatchSource):
+    """The non-overlapping evaluation grid (spec 5.8): validation and grid metrics.
+
+    ``floor(H/P) x floor(W/P)`` cells per frame, anchored top-left (the remainder is unused);
+    index ``j`` is frame ``j mod n`` and row-major cell ``floor(j / n)``. LC crops are centred
+    on the cells.
+
+    Parameters
+    ----------
+    targets, stats, indices, patch, scales, pad, alignment, cache_frames
+        As for :class:`TrainPatches` (e.g. ``indices=split.val``).
+    """
+
+    def __init__(
+        self,
+        targets,
+        stats: NormStats,
+        indices: Sequence[int] | None = None,
+        *,
+        patch: int = 64,
+        scales: int = 5,
+        pad: str = "reflect",
+        alignment: str = "exact",
+        cache_frames: int | None = None,
+    ):
+        super().__init__(
+            targets, stats, indices, patch=patch, scales=scales, pad=pad, alignment=alignment,
+            alpha_range=None, cache_frames=cache_frames,
+        )
+        self.grid_shape = (self.height // self.patch, self.width // self.patch)
+
+    def __len__(self) -> int:
+        return self.n_frames * self.grid_shape[0] * self.grid_shape[1]
+
+    def locate(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Frame positions (K,) and corners (K, 2) of grid samples ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"sample index out of range [0, {len(self)})")
+        cell = idx // self.n_frames
+        r, c = np.divmod(cell, self.grid_shape[1])
+        return idx % self.n_frames, np.stack([r, c], axis=1) * self.patch
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch at once: ``(B, S, P, P)`` inputs and ``(B, T, P, P)`` targets."""
+        x, y = self.sample(*self.locate(indices))
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def tile_corners(height: int, width: int, patch: int, grid: int, *, cover: bool = True):
+    """Top-left corners of the prediction patches of tiled prediction (spec 8.1-8.3).
+
+    Tiles are the central ``G x G`` of each ``P x P`` patch; the per-side margin is
+    ``p = (P - G) / 2`` and tile ``(r, c)`` has its patch at ``(r*G - p, c*G - p)``.
+
+    Parameters
+    ----------
+    height, width : int
+        Frame size.
+    patch : int
+        Prediction patch size ``P``.
+    grid : int
+        Tile size ``G`` (``G <= P``, ``P - G`` even).
+    cover : bool
+        ``True`` (default, spec 8.3): ``ceil(H/G) x ceil(W/G)`` tiles, covering every pixel
+        (frames smaller than a patch included). ``False``: the reference's
+        ``floor(H/G) x floor(W/G)`` (spec 8.2, the "paper" preset).
+
+    Returns
+    -------
+    ndarray, int64, shape (n_rows * n_cols, 2)
+        Corners in row-major tile order; ``n_rows = ceil(H/G)`` (or floor), likewise columns.
+    """
+    for name, v in (("height", height), ("width", width), ("patch", patch), ("grid", grid)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise InputError(f"{name} must be a positive integer, got {v!r}")
+    if grid > patch or (patch - grid) % 2:
+        raise InputError(
+            f"tile size {grid} must be <= the patch size {patch} with an even difference "
+            "(the margin (P - G)/2 must be a non-negative integer)"
+        )
+    margin = (patch - grid) // 2
+    rnd = math.ceil if cover else math.floor
+    n_r, n_c = rnd(height / grid), rnd(width / grid)
+    r, c = np.meshgrid(np.arange(n_r, dtype=np.int64), np.arange(n_c, dtype=np.int64),
+                       indexing="ij")
+    return np.stack([r.ravel() * grid - margin, c.ravel() * grid - margin], axis=1)
+
+
+def collate_batch(batch):
+    """Collate function for these datasets: ``__getitems__`` already returns a batch."""
+    return batch
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int = 32,
+    *,
+    shuffle: bool | None = None,
+    num_workers: int = 0,
+    seed: int | None = None,
+    drop_last: bool = False,
+    **kwargs,
+) -> DataLoader:
+    """A DataLoader that fetches whole batches through the dataset's ``__getitems__``.
+
+    Parameters
+    ----------
+    dataset : TrainPatches or GridPatches
+    batch_size : int
+        32 in every paper configuration (spec 4).
+    shuffle : bool, optional
+        Default: True for :class:`TrainPatches`, False otherwise (spec 4 "Loaders").
+    num_workers : int
+        Worker processes. They are forked where the platform allows it, so the precomputed
+        stacks are shared copy-on-write instead of pickled into every worker.
+    seed : int, optional
+        Seeds the loader's generator (shuffling and the workers' per-epoch seeds); default the
+        dataset's ``seed`` (or 0).
+    drop_last : bool
+        The reference keeps the last partial batch (spec 4).
+    **kwargs
+        Passed to :class:`torch.utils.data.DataLoader` (``pin_memory``, ``persistent_workers``).
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        Yields ``(inputs (B, S, P, P), targets (B, T, P, P))`` float32 tensors.
+    """
+    import multiprocessing
+
+    if shuffle is None:
+        shuffle = isinstance(dataset, TrainPatches)
+    if seed is None:
+        seed = getattr(dataset, "seed", 0)
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    if num_workers > 0 and "multiprocessing_context" not in kwargs:
+        if "fork" in multiprocessing.get_all_start_methods():
+            kwargs["multiprocessing_context"] = "fork"
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate_batch,
+        generator=generator,
+        drop_last=drop_last,
+        **kwargs,
+    )
