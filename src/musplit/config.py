@@ -279,13 +279,14 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset(name: str, **overrides) -> Config:
+def preset(preset_name: str, /, **overrides) -> Config:
     """A named preset as a validated :class:`Config`, with optional nested overrides.
 
     Examples
     --------
     >>> cfg = preset("cpu-small", train={"max_steps": 100})
     """
+    name = preset_name
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
     # Start from the preset's own overrides (not a dump of the defaults), so that values the

@@ -1,0 +1,5 @@
+"""``python -m musplit`` runs the command line."""
+
+from musplit.cli import _exit
+
+_exit()

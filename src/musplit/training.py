@@ -1,0 +1,343 @@
+"""Training with Lightning (spec/usplit.md sections 3.3, 4 and 9.4).
+
+``train(config, out_dir)`` runs a whole training: it loads the data the config names, computes
+the normalisation statistics on the training split, builds the patch datasets and the model,
+and trains with Adamax, ReduceLROnPlateau and early stopping on the validation PSNR. The run
+folder holds ``config.yaml``, ``split.json``, ``logs/metrics.csv``, the musplit checkpoints
+``best.ckpt`` (highest ``val_psnr``) and ``last.ckpt`` (both self-describing, weights-only
+loadable) and ``resume.ckpt`` (the trainer state, for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.loggers import CSVLogger
+
+from musplit import __version__
+from musplit.checkpoint import save_checkpoint
+from musplit.config import Config
+from musplit.data.normalize import NormStats, compute_stats
+from musplit.errors import ConfigError, MusplitError
+from musplit.losses import NonFiniteGuard, kl_annealing_beta, split_elbo
+from musplit.models import build
+
+log = logging.getLogger(__name__)
+
+BEST, LAST, RESUME = "best.ckpt", "last.ckpt", "resume.ckpt"
+
+
+class SplitModule(L.LightningModule):
+    """LightningModule around a musplit model: split-ELBO training, ``val_psnr`` validation.
+
+    Parameters
+    ----------
+    config : Config
+        The full run configuration (model, training settings).
+    stats : NormStats
+        Normalisation statistics of the training data (stored in checkpoints).
+    """
+
+    def __init__(self, config: Config, stats: NormStats):
+        super().__init__()
+        self.config = config
+        self.stats = stats
+        self.model = build(config.model)
+        self.guard = NonFiniteGuard()
+        self.probabilistic = config.model.kind in ("hvae", "hae")
+        self._val: dict[str, torch.Tensor] | None = None
+
+    def forward(self, x):
+        return self.model(x)
+
+    # -- training ------------------------------------------------------------------------
+    def _loss(self, x, y):
+        tc = self.config.train
+        if self.probabilistic:
+            out = self.model(x, kl_estimator=tc.kl_estimator)
+            beta = kl_annealing_beta(self.current_epoch) if tc.kl_annealing else 1.0
+            return split_elbo(out.params, y, out.kl, out.kl_elements,
+                              normalisation=tc.loss_normalisation, beta=beta,
+                              free_bits=tc.free_bits)
+        out = self.model(x)
+        params = out[0] if isinstance(out, tuple) else out
+        loss = torch.nn.functional.mse_loss(params[:, : y.shape[1]].float(), y.float())
+        return loss, {"loss": loss.detach(), "distortion": loss.detach()}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss, logs = self._loss(x, y)
+        self.log("loss", logs["loss"], prog_bar=True, on_step=True, on_epoch=False)
+        for k in ("distortion", "rate", "kl_nats"):
+            if k in logs:
+                self.log(f"train_{k}", logs[k], on_step=True, on_epoch=False)
+        kept = self.guard(loss)
+        self.log("skipped_steps", float(self.guard.skipped), on_step=True, on_epoch=False)
+        return kept
+
+    # -- validation (spec 9.4) -----------------------------------------------------------
+    def on_validation_epoch_start(self):
+        c = self.config.model.out_channels
+        dev = self.device
+        self._val = {
+            "max": torch.full((c,), -math.inf, device=dev),
+            "min": torch.full((c,), math.inf, device=dev),
+            "mse_sum": torch.zeros(c, dtype=torch.float64, device=dev),
+            "count": torch.zeros(c, dtype=torch.float64, device=dev),
+            "nll_sum": torch.zeros((), dtype=torch.float64, device=dev),
+            "nll_n": torch.zeros((), dtype=torch.float64, device=dev),
+        }
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self.model(x)
+        params = out[0] if isinstance(out, tuple) else out
+        c = y.shape[1]
+        mu = params[:, :c].float()
+        y = y.float()
+        v = self._val
+        v["max"] = torch.maximum(v["max"], y.amax(dim=(0, 2, 3)))
+        v["min"] = torch.minimum(v["min"], y.amin(dim=(0, 2, 3)))
+        mse = (mu - y).square().mean(dim=(2, 3)).double()  # (B, C) per-patch MSE
+        ok = torch.isfinite(mse)
+        v["mse_sum"] += torch.where(ok, mse, 0).sum(0)
+        v["count"] += ok.sum(0)
+        if self.probabilistic and params.shape[1] == 2 * c:
+            from musplit.losses import gaussian_nll
+
+            nll = gaussian_nll(params, y)
+            v["nll_sum"] += nll.double().sum()
+            v["nll_n"] += nll.numel()
+
+    def on_validation_epoch_end(self):
+        v = self._val
+        mse = v["mse_sum"] / v["count"].clamp(min=1)
+        psnr = 20 * torch.log10((v["max"] - v["min"]).double() / mse.sqrt())
+        self.log("val_psnr", psnr.mean().float(), prog_bar=True)
+        for k in range(psnr.numel()):
+            self.log(f"val_psnr_ch{k}", psnr[k].float())
+        if v["nll_n"] > 0:
+            self.log("val_loss", (v["nll_sum"] / v["nll_n"]).float())
+        self._val = None
+
+    # -- optimisation (spec 4) -----------------------------------------------------------
+    def configure_optimizers(self):
+        tc = self.config.train
+        opt = torch.optim.Adamax(self.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=0.5, patience=tc.lr_patience, min_lr=1e-12,
+            threshold=1e-4, threshold_mode="rel",
+        )
+        every = tc.val_every_steps
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {
+                "scheduler": sched,
+                "monitor": "val_psnr",
+                "interval": "step" if every else "epoch",
+                "frequency": every or 1,
+                "strict": False,
+            },
+        }
+
+    def on_save_checkpoint(self, checkpoint):
+        # The Lightning resume file is self-describing too (plain data only).
+        checkpoint["musplit"] = {
+            "musplit_version": __version__,
+            "config": self.config.model_dump(mode="json"),
+            "stats": self.stats.to_dict(),
+            "skipped_steps": self.guard.skipped,
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        self.guard.skipped = int(checkpoint.get("musplit", {}).get("skipped_steps", 0))
+
+
+class MusplitCheckpoints(Callback):
+    """Write ``best.ckpt`` / ``last.ckpt`` (musplit format) and ``resume.ckpt`` (trainer state)
+    after every validation, each atomically (temporary name, then rename)."""
+
+    def __init__(self, run_dir: Path, extra: dict):
+        self.run_dir = Path(run_dir)
+        self.extra = extra
+        self.best = -math.inf
+
+    def _save(self, trainer, module: SplitModule, name: str, val_psnr: float | None):
+        extra = dict(self.extra, global_step=int(trainer.global_step),
+                     epoch=int(trainer.current_epoch), val_psnr=val_psnr,
+                     skipped_steps=module.guard.skipped)
+        save_checkpoint(self.run_dir / name, state_dict=module.model.state_dict(),
+                        config=module.config.model_dump(mode="json"),
+                        stats=module.stats.to_dict(), extra=extra)
+
+    def _save_resume(self, trainer):
+        tmp = self.run_dir / f".{RESUME}.tmp"
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.run_dir / RESUME)
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict):
+        self.best = float(state_dict.get("best", -math.inf))
+
+    def on_validation_end(self, trainer, module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        v = trainer.callback_metrics.get("val_psnr")
+        val = float(v) if v is not None else None
+        if val is not None and math.isfinite(val) and val > self.best:
+            self.best = val
+            self._save(trainer, module, BEST, val)
+        self._save(trainer, module, LAST, val)
+        self._save_resume(trainer)
+
+    def on_train_end(self, trainer, module):
+        if not trainer.is_global_zero:
+            return
+        self._save(trainer, module, LAST, None)
+        self._save_resume(trainer)
+        if not (self.run_dir / BEST).exists():  # no validation ran: last is the best we have
+            self._save(trainer, module, BEST, None)
+
+
+def _quiet_lightning() -> None:
+    """Hide Lightning messages that are expected in musplit runs and would only confuse."""
+    for pattern in (
+        r".*dataloader is not resumable.*",
+        r".*`training_step` returned `None`.*",  # our non-finite guard, counted and logged
+        r".*Experiment logs directory.*exists and is not empty.*",
+        r".*ReduceLROnPlateau conditioned on metric.*",  # before the first validation
+        r".*isinstance\(treespec, LeafSpec\).*",
+        r".*does not have many workers.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch",
+                 "lightning.fabric", "lightning.pytorch.trainer.connectors.checkpoint_connector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _seed_everything(seed: int) -> None:
+    L.seed_everything(seed, workers=True, verbose=False)
+
+
+def prepare_data(config: Config, run_dir: Path | None = None):
+    """Load targets, split and statistics for a config; save the split into ``run_dir``."""
+    from musplit.data.sources import load_targets
+    from musplit.data.splits import save_split
+
+    data = load_targets(config.data)
+    if not data.split.val:
+        raise ConfigError(f"{data.source}: too few frames for a validation split "
+                          f"({data.targets.shape[0]} frames)")
+    d = config.data
+    stats = compute_stats(data.targets, data.split.train, quantile=d.clip_quantile,
+                          alpha=d.alpha, channelwise_quantile=d.channelwise_quantile,
+                          input_is_sum=d.input_is_sum)
+    if run_dir is not None:
+        save_split(data.split, Path(run_dir) / "split.json")
+    return data, stats
+
+
+def make_datasets(config: Config, data, stats: NormStats):
+    """Training patches and the validation grid for a config."""
+    from musplit.data.dataset import GridPatches, TrainPatches
+
+    d = config.data
+    common = dict(patch=d.patch, scales=d.scales, pad=d.pad, alignment=d.lc_alignment)
+    train_ds = TrainPatches(data.targets, stats, data.split.train, augment=d.augment,
+                            alpha_range=d.alpha_range, seed=config.train.seed, **common)
+    val_ds = GridPatches(data.targets, stats, data.split.val, **common)
+    return train_ds, val_ds
+
+
+def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
+          devices: int | str = "auto", strategy: str = "auto", accelerator: str = "auto",
+          progress: bool = True, overwrite: bool = False,
+          callbacks: list[Callback] | None = None) -> Path:
+    """Train a model as ``config`` describes; return the path of the best checkpoint.
+
+    Parameters
+    ----------
+    config : Config
+    out_dir : path-like, optional
+        The run folder (default ``runs/<config.name>``).
+    resume : bool
+        Continue an interrupted run from ``out_dir/resume.ckpt`` to the same total number of
+        steps.
+    devices, strategy, accelerator
+        Passed to Lightning (e.g. ``devices=2, strategy="ddp"`` for data parallel training).
+    overwrite : bool
+        Allow training into a folder that already holds checkpoints (without ``resume``).
+    callbacks : list of lightning Callback, optional
+        Extra callbacks.
+    """
+    from musplit.data.dataset import make_loader
+
+    tc = config.train
+    if tc.max_steps is None and tc.max_epochs is None:
+        raise ConfigError("give train.max_steps or train.max_epochs (--max-steps/--max-epochs)")
+    run_dir = Path(out_dir or Path("runs") / config.name)
+    resume_path = run_dir / RESUME
+    if resume:
+        if not resume_path.is_file():
+            raise MusplitError(f"nothing to resume: {resume_path} does not exist")
+    elif (run_dir / LAST).exists() and not overwrite:
+        raise MusplitError(f"{run_dir} already holds a trained model: choose another --out, "
+                           "or --resume to continue it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(run_dir / "config.yaml")
+    _quiet_lightning()
+    _seed_everything(tc.seed)
+    t0 = time.time()
+    data, stats = prepare_data(config, run_dir)
+    train_ds, val_ds = make_datasets(config, data, stats)
+    log.info("data ready in %.1f s: %d training patches per epoch, %d validation patches",
+             time.time() - t0, len(train_ds), len(val_ds))
+    train_loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers,
+                               seed=tc.seed)
+    val_loader = make_loader(val_ds, max(tc.batch_size, 64), num_workers=tc.num_workers)
+
+    module = SplitModule(config, stats)
+    extra = {"split": data.split.to_dict(), "channel_names": data.channel_names,
+             "data_source": data.source}
+    callbacks = [
+        MusplitCheckpoints(run_dir, extra),
+        EarlyStopping(monitor="val_psnr", mode="max", patience=tc.early_stopping_patience,
+                      min_delta=1e-6, check_on_train_epoch_end=False),
+        *(callbacks or []),
+    ]
+    every = tc.val_every_steps
+    steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
+    # Validation every N steps (across epochs) when asked, otherwise once per epoch.
+    val_kwargs = {"val_check_interval": every, "check_val_every_n_epoch": None} if every else {}
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=devices, strategy=strategy,
+        precision=tc.precision,
+        max_steps=tc.max_steps if tc.max_steps is not None else -1,
+        max_epochs=tc.max_epochs if tc.max_epochs is not None else -1,
+        gradient_clip_val=tc.grad_clip_norm, gradient_clip_algorithm="norm",
+        callbacks=callbacks,
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, every or steps_per_epoch)),
+        default_root_dir=run_dir,
+        **val_kwargs,
+    )
+    trainer.fit(module, train_loader, val_loader,
+                ckpt_path=resume_path if resume else None, weights_only=True)
+    best = run_dir / BEST
+    log.info("training done in %.1f s; best checkpoint %s", time.time() - t0, best)
+    return best
