@@ -97,17 +97,189 @@ def info(path: Path, axes: str | None) -> None:
                + (f" ({', '.join(src.channel_names)})" if src.channel_names else ""))
 
 
+# -- train ---------------------------------------------------------------------------------
+def _int_list(value: str | None, name: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip() != ""]
+    except ValueError:
+        raise InputError(f"{name} must be comma-separated integers, got '{value}'") from None
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="YAML config; flags below override it.")
+@click.option("--preset", "preset_name", default=None,
+              help="Start from a preset: cpu-small, paper-pavia, paper-hagen, "
+                   "paper-critters-n0, paper-critters-n25.")
+@click.option("--data", "data_path", default=None, help="Multi-channel training file.")
+@click.option("--channel-files", default=None,
+              help="Comma-separated files, one per channel (instead of --data).")
+@click.option("--axes", default=None, help="Axes of the data, e.g. SYXC (default: metadata).")
+@click.option("--channels", default=None, help="Channel indices to separate, e.g. 2,3.")
+@click.option("--critters", type=click.Choice(["n0", "n25"]), default=None,
+              help="Train on built-in SinosoidalCritters instead of a file.")
+@click.option("--model", "kind", type=click.Choice(["hvae", "hae"]), default=None)
+@click.option("--lc", type=click.Choice(["none", "lean", "regular", "deep"]), default=None)
+@click.option("--patch", type=int, default=None)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None)
+@click.option("--max-epochs", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--val-every", type=click.IntRange(min=1), default=None,
+              help="Validate every N steps (default: every epoch).")
+@click.option("--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Run folder (default runs/<name>).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--devices", default="auto", show_default=True)
+@click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
+def train(config_path, preset_name, data_path, channel_files, axes, channels, critters, kind,
+          lc, patch, max_steps, max_epochs, batch_size, val_every, precision, seed, out_dir,
+          resume, devices, strategy):
+    """Train a model; the run folder gets the config, split, logs and checkpoints."""
+    from musplit.config import Config, preset
+    from musplit.training import train as run_training
+
+    over: dict = {"data": {}, "model": {}, "train": {}}
+    if data_path:
+        over["data"]["path"] = data_path
+    if channel_files:
+        over["data"]["channel_paths"] = [p.strip() for p in channel_files.split(",")]
+    if critters:
+        over["data"]["synthetic"] = {"connector": 0 if critters == "n0" else 25}
+        over["data"]["pad"] = "zeros"
+    if axes:
+        over["data"]["axes"] = axes
+    if channels:
+        over["data"]["channels"] = _int_list(channels, "--channels")
+    if patch:
+        over["data"]["patch"] = patch
+        over["model"]["patch"] = patch
+    for key, val in (("kind", kind), ("lc", lc)):
+        if val is not None:
+            over["model"][key] = val
+    if lc == "deep" and preset_name == "cpu-small":
+        over["model"]["z_dims"] = [32] * 8
+    for key, val in (("max_steps", max_steps), ("max_epochs", max_epochs),
+                     ("batch_size", batch_size), ("val_every_steps", val_every),
+                     ("precision", precision), ("seed", seed)):
+        if val is not None:
+            over["train"][key] = val
+    over = {k: v for k, v in over.items() if v}
+    if config_path is not None:
+        base = Config.from_yaml(config_path)
+        cfg = base.updated(over) if over else base
+    elif resume and out_dir is not None and (out_dir / "config.yaml").is_file():
+        cfg = Config.from_yaml(out_dir / "config.yaml")
+    else:
+        cfg = preset(preset_name or "cpu-small", **over)
+    if cfg.data.path is None and cfg.data.channel_paths is None and cfg.data.synthetic is None:
+        raise InputError("no training data: give --data FILE, --channel-files A,B, "
+                         "--critters n0|n25 or a --config that names the data")
+    best = run_training(cfg, out_dir, resume=resume, devices=devices, strategy=strategy)
+    click.echo(f"best checkpoint: {best}")
+
+
+# -- predict -------------------------------------------------------------------------------
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+              help="Output .tif/.tiff or .zarr (the std goes next to it with --std).")
+@click.option("--axes", default=None, help="Axes of INPUT (default: metadata).")
+@click.option("--mix-channels", default=None,
+              help="INPUT holds separate channels: predict from their mix (e.g. 0,1), "
+                   "for evaluation against them.")
+@click.option("--padding", type=click.Choice(["inner", "outer", "none"]), default=None)
+@click.option("--grid", type=click.IntRange(min=2), default=None, help="Tile size G.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Posterior samples averaged (MMSE).")
+@click.option("--std", "with_std", is_flag=True, help="Also write the per-pixel std.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
+            batch_size, seed, overwrite):
+    """Split the superimposed image INPUT with the trained MODEL."""
+    from musplit.data.io import open_image
+    from musplit.splitter import Splitter
+
+    if out_path.resolve() == input_path.resolve():
+        raise InputError(f"--out {out_path} is the input file: it would be overwritten")
+    splitter = Splitter.load(model)
+    src = open_image(input_path, axes=axes)
+    if mix_channels:
+        chans = _int_list(mix_channels, "--mix-channels")
+        stacked = src.read(channels=chans)
+        image = splitter.stats.mix(splitter.stats.clip(stacked))
+    else:
+        if src.n_channels != 1:
+            raise InputError(
+                f"{input_path} has {src.n_channels} channels; musplit predicts from one "
+                "superimposed channel (use --mix-channels to mix separate channels)")
+        image = src.read()[..., 0]
+    if samples and samples > 1 and not with_std:
+        log.info("--samples > 1: the std is computed; add --std to write it")
+    pred = splitter.predict(image, padding=padding, grid=grid, samples=samples,
+                            batch_size=batch_size, seed=seed, progress=True)
+    if not with_std:
+        pred.std = None
+    written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
+    click.echo(f"wrote {written}")
+
+
+# -- evaluate ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--pred", "pred_path", type=click.Path(path_type=Path), required=True)
+@click.option("--target", "target_path", type=click.Path(path_type=Path), required=True)
+@click.option("--target-channels", default=None,
+              help="Channels of --target that match the prediction's, e.g. 2,3.")
+@click.option("--axes", default=None, help="Axes of --target (default: metadata).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint: clip and normalise as in training (the paper's protocol).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="Write the metrics as .json (and .csv next to it).")
+def evaluate(pred_path, target_path, target_channels, axes, model_path, out_path):
+    """Range-invariant PSNR, PSNR, SSIM and RMSE per frame and channel, mean ± s.e.m."""
+    from musplit.data.io import open_image
+    from musplit.evaluation import evaluate_arrays, write_metrics
+
+    pred = open_image(pred_path).read()
+    tsrc = open_image(target_path, axes=axes)
+    target = tsrc.read(channels=_int_list(target_channels, "--target-channels"))
+    stats = None
+    if model_path is not None:
+        from musplit.splitter import Splitter
+
+        stats = Splitter.load(model_path).stats
+    names = open_image(pred_path).channel_names
+    res = evaluate_arrays(target, pred, stats=stats, channel_names=names,
+                          source=f"{pred_path} vs {target_path}")
+    click.echo(res["table"])
+    if out_path is not None:
+        for p in write_metrics(res, out_path):
+            click.echo(f"wrote {p}")
+
+
 # -- demo ----------------------------------------------------------------------------------
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/demo"), show_default=True)
 @click.option("--frames", type=click.IntRange(min=10), default=100, show_default=True)
+@click.option("--size", type=click.IntRange(min=64), default=256, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Training steps per model.")
+@click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(out_dir: Path, frames: int, seed: int) -> None:
-    """The main job on built-in synthetic data (SinosoidalCritters)."""
+def demo(out_dir: Path, frames: int, size: int, steps: int, samples: int, seed: int) -> None:
+    """The main job on built-in synthetic data: train Lean-LC and Vanilla HVAEs on
+    SinosoidalCritters, predict the test split, evaluate, and write a report."""
     from musplit.demo import run_demo
 
-    run_demo(out_dir, frames=frames, seed=seed, echo=click.echo)
+    run_demo(out_dir, frames=frames, size=size, steps=steps, samples=samples, seed=seed,
+             echo=click.echo)
 
 
 def main(argv: list[str] | None = None) -> int:

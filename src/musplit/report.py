@@ -90,3 +90,59 @@ def plot_context_stack(
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def plot_prediction(
+    inp: np.ndarray,
+    mean: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    target: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+    channel_names: Sequence[str] | None = None,
+    crop: tuple[slice, slice] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Input | prediction per channel | ground truth per channel | std per channel.
+
+    Parameters
+    ----------
+    inp : ndarray, shape (H, W)
+        The superimposed input.
+    mean : ndarray, shape (H, W, C)
+        Predicted channels.
+    target, std : ndarray, shape (H, W, C), optional
+        Ground truth and per-pixel standard deviation.
+    crop : (slice, slice), optional
+        Region to show.
+    """
+    plt = _pyplot()
+    crop = crop or (slice(None), slice(None))
+    c = mean.shape[-1]
+    names = list(channel_names) if channel_names else [f"ch{k}" for k in range(c)]
+    rows = 1 + (target is not None) + (std is not None)
+    fig, axes = plt.subplots(rows, c + 1, figsize=(2.8 * (c + 1), 2.8 * rows), squeeze=False)
+    axes[0, 0].imshow(inp[crop], cmap="magma")
+    axes[0, 0].set_title("input (superimposed)", fontsize=9)
+    for r in range(1, rows):
+        axes[r, 0].axis("off")
+    for k in range(c):
+        vmin, vmax = np.percentile(
+            (target if target is not None else mean)[crop + (k,)], [0.5, 99.5])
+        axes[0, k + 1].imshow(mean[crop + (k,)], cmap="gray", vmin=vmin, vmax=vmax)
+        axes[0, k + 1].set_title(f"prediction: {names[k]}", fontsize=9)
+        r = 1
+        if target is not None:
+            axes[r, k + 1].imshow(target[crop + (k,)], cmap="gray", vmin=vmin, vmax=vmax)
+            axes[r, k + 1].set_title(f"ground truth: {names[k]}", fontsize=9)
+            r += 1
+        if std is not None:
+            im = axes[r, k + 1].imshow(std[crop + (k,)], cmap="viridis")
+            axes[r, k + 1].set_title(f"std: {names[k]}", fontsize=9)
+            fig.colorbar(im, ax=axes[r, k + 1], fraction=0.046, pad=0.02)
+    for a in axes.ravel():
+        a.set_xticks([])
+        a.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)

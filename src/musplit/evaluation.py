@@ -1,0 +1,96 @@
+"""Evaluation protocol (spec/usplit.md section 9): metrics on whole frames, a table, files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from musplit.data.normalize import NormStats
+from musplit.errors import InputError
+from musplit.metrics import evaluate
+
+_LABELS = {"ri_psnr": "RI-PSNR (dB)", "psnr": "PSNR (dB)", "ssim": "SSIM", "rmse": "RMSE"}
+
+
+def evaluate_arrays(target, prediction, *, stats: NormStats | None = None,
+                    channel_names=None, source: str = "prediction") -> dict:
+    """Metrics of a prediction against its ground truth, per frame and channel.
+
+    Parameters
+    ----------
+    target, prediction : ndarray, shape (N, H, W, C)
+        Ground truth and prediction in intensity units.
+    stats : NormStats, optional
+        Training statistics: the ground truth is clipped at the training clip value and both
+        are normalised per channel before the metrics, as the paper does (spec 9). The
+        (range-invariant) PSNR and SSIM do not change under this per-channel affine map; the
+        clip and RMSE do.
+
+    Returns
+    -------
+    dict
+        :func:`musplit.metrics.evaluate`'s result plus ``"table"`` (printable text).
+    """
+    t = np.asarray(target, dtype=np.float32)
+    p = np.asarray(prediction, dtype=np.float32)
+    if t.ndim == 3:
+        t = t[None]
+    if p.ndim == 3:
+        p = p[None]
+    if t.shape != p.shape:
+        raise InputError(f"{source}: prediction {p.shape} and target {t.shape} differ in shape "
+                         "(N, H, W, C)")
+    if stats is not None:
+        t = stats.normalize_target(stats.clip(t))
+        p = stats.normalize_target(p)
+    res = evaluate(t, p, channel_names=channel_names)
+    res["normalised"] = stats is not None
+    res["table"] = format_table(res)
+    return res
+
+
+def format_table(res: dict) -> str:
+    """A plain-text table: one row per metric, one column per channel and their mean."""
+    cols = [*res["channels"], "mean"]
+    lines = [f"{'metric':<14}" + "".join(f"{c:>20}" for c in cols)]
+    for m, entry in res["summary"].items():
+        cells = []
+        for c in cols:
+            e = entry[c]
+            sem = "" if not np.isfinite(e["sem"]) else f" ± {e['sem']:.3f}"
+            cells.append(f"{e['mean']:.3f}{sem}")
+        lines.append(f"{_LABELS.get(m, m):<14}" + "".join(f"{c:>20}" for c in cells))
+    lines.append(f"({res['frames']} frames; mean ± standard error over frames)")
+    return "\n".join(lines)
+
+
+def write_metrics(res: dict, path: str | os.PathLike) -> list[Path]:
+    """Write ``res`` as JSON and the per-frame values as CSV next to it (atomic renames)."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path.with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: v for k, v in res.items() if k != "table"}
+    out = []
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+    out.append(path)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["frame", "channel", *res["per_frame"].keys()])
+    metrics = list(res["per_frame"])
+    for i in range(res["frames"]):
+        for k, ch in enumerate(res["channels"]):
+            w.writerow([i, ch, *(res["per_frame"][m][i][k] for m in metrics)])
+    csv_path = path.with_suffix(".csv")
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, csv_path)
+    out.append(csv_path)
+    return out
