@@ -1,0 +1,380 @@
+"""Tiled prediction (spec/usplit.md 8, Appendix A.7): coverage, stitching, MMSE, units, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from musplit.config import Config
+from musplit.data.context import lateral_context
+from musplit.data.dataset import tile_corners
+from musplit.data.normalize import NormStats
+from musplit.errors import ConfigError, InputError
+from musplit.models import build
+from musplit.predict import (
+    Prediction,
+    default_grid,
+    make_tiling,
+    predict_image,
+    predict_to_zarr,
+)
+
+P = 16
+TINY = dict(kind="hvae", lc="lean", filters=8, z_dims=[4, 4], scales=2, patch=P, dropout=0.0)
+
+
+def config(scales: int = 2, pad: str = "reflect", alignment: str = "exact", **model) -> Config:
+    m = {**TINY, "scales": scales, **model}
+    return Config.validated({"model": m, "data": {"patch": P, "pad": pad,
+                                                  "lc_alignment": alignment}})
+
+
+def stats(clip=1e6, m_in=0.0, s_in=1.0, m_t=(0.0, 0.0), s_t=(1.0, 1.0)) -> NormStats:
+    return NormStats(clip_max=clip, input_mean=m_in, input_std=s_in, target_mean=list(m_t),
+                     target_std=list(s_t), alpha=[0.5, 0.5])
+
+
+def image(*shape, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 10, shape).astype(np.float32)
+
+
+# -- stand-in models ---------------------------------------------------------------------------
+class Identity(nn.Module):
+    """Scale 0 of its input as the mean of every channel (or scale ``lc`` for channel 1, to
+    exercise the lateral context), constant log-variance (spec Appendix A.7)."""
+
+    def __init__(self, channels: int = 2, logvar: float = 0.5, lc: int | None = None):
+        super().__init__()
+        self.c, self.logvar, self.lc = channels, logvar, lc
+
+    def forward(self, x):
+        mu = x[:, :1].expand(-1, self.c, -1, -1)
+        if self.lc is not None:
+            mu = torch.cat([x[:, :1], x[:, self.lc : self.lc + 1]], 1)
+        return (torch.cat([mu, torch.full_like(mu, self.logvar)], 1), None)
+
+
+class PatchIds(nn.Module):
+    """Writes each patch's running number over the whole patch: who wrote which pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        ids = torch.arange(self.count, self.count + b, dtype=torch.float32)
+        self.count += b
+        mu = ids[:, None, None, None].expand(b, 2, h, w)
+        return torch.cat([mu, torch.zeros_like(mu)], 1)
+
+
+class _State:
+    def __init__(self, x, k=1):
+        self.x, self.k = x, k
+
+    def repeat(self, k):
+        return _State(self.x, k)
+
+
+class Sequence(nn.Module):
+    """encode/decode model whose sample j is ``mu = x0 + j**2``, ``l = log(1 + j)``: the MMSE
+    statistics are known in closed form, however the samples are chunked."""
+
+    stochastic = True
+
+    def __init__(self):
+        super().__init__()
+        self.j = 0
+
+    def encode(self, x):
+        self.j = 0  # sample numbers restart for every batch of patches
+        return _State(x)
+
+    def decode(self, state, *, noise=None, compute_kl=False, sample_mode=None):
+        x0 = state.x[:, :1]
+        out = []
+        for j in range(self.j, self.j + state.k):
+            mu = (x0 + j**2).expand(-1, 2, -1, -1)
+            out.append(torch.cat([mu, torch.full_like(mu, float(np.log1p(j)))], 1))
+        self.j += state.k
+        return (torch.cat(out, 0), None)
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+# -- coverage ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("padding,grid", [("inner", 8), ("inner", 6), ("none", None),
+                                          ("outer", 8)])
+@pytest.mark.parametrize("shape", [(2, 203, 317), (1, 10, 7)])
+def test_every_pixel_written_exactly_once(padding, grid, shape):
+    cfg = config()
+    model = PatchIds()
+    pred = predict_image(model, cfg, stats(), image(*shape), padding=padding, grid=grid,
+                         normalized=True, batch_size=37, aleatoric=False)
+    t = make_tiling(cfg, padding, grid)
+    n, h, w = shape
+    rows, cols = -(-h // t.grid), -(-w // t.grid)
+    y, x = np.mgrid[0:h, 0:w]
+    first = pred.mean.min()  # outer padding probes the model once before the tiles
+    expected = first + np.arange(n)[:, None, None] * rows * cols + (y // t.grid) * cols \
+        + x // t.grid
+    assert model.count - first == n * rows * cols  # one patch per tile, no more
+    for ch in range(2):
+        np.testing.assert_array_equal(pred.mean[..., ch], expected)
+
+
+@pytest.mark.parametrize("pad", ["reflect", "zeros"])
+@pytest.mark.parametrize("padding,grid", [("inner", 8), ("inner", 16), ("inner", 2),
+                                          ("outer", 8), ("none", None)])
+def test_identity_model_reproduces_input(pad, padding, grid):
+    cfg = config(pad=pad)
+    img = image(2, 45, 38)
+    img[0, 3, 4] = 50.0  # above the clip
+    st = stats(clip=20.0, m_in=3.0, s_in=2.0, m_t=(3.0, 3.0), s_t=(2.0, 2.0))
+    pred = predict_image(Identity(), cfg, st, img, padding=padding, grid=grid, batch_size=16)
+    clipped = np.minimum(img, 20.0)
+    for ch in range(2):
+        np.testing.assert_allclose(pred.mean[..., ch], clipped, rtol=1e-6, atol=1e-5)
+    norm = predict_image(Identity(), cfg, st, img, padding=padding, grid=grid, normalized=True)
+    np.testing.assert_allclose(norm.mean[..., 1], (clipped - 3.0) / 2.0, rtol=1e-6, atol=1e-6)
+    assert pred.mean.dtype == np.float32 and pred.mean.flags.c_contiguous
+    assert pred.std is None and pred.meta["units"] == "intensity"
+
+
+def test_small_frame_and_2d_input():
+    cfg = config()
+    img = image(5, 3)
+    pred = predict_image(Identity(), cfg, stats(), img, grid=4)
+    assert pred.mean.shape == (1, 5, 3, 2)
+    np.testing.assert_allclose(pred.mean[0, ..., 0], img, rtol=1e-6)
+
+
+@pytest.mark.parametrize("blend", ["linear", "cosine"])
+def test_blending_is_a_weighted_average(blend):
+    img = image(1, 40, 29)
+    pred = predict_image(Identity(), config(), stats(), img, grid=4, blend=blend)
+    assert pred.meta["blend"] == blend and pred.meta["blend_width"] == 3
+    np.testing.assert_allclose(pred.mean[0, ..., 0], img[0], rtol=1e-5, atol=1e-5)
+
+
+def test_lateral_context_matches_training_construction():
+    # Channel 1 is the coarsest LC scale: tile (r, c) must hold the centre of the LC crop of its
+    # patch exactly as training builds it (ContextStack, pad mode, normalisation).
+    cfg = config(scales=3, z_dims=[4, 4])
+    img = image(1, 40, 48)
+    st = stats(m_in=1.0, s_in=2.0)
+    pred = predict_image(Identity(lc=2), cfg, st, img, grid=8, normalized=True)
+    corners = tile_corners(40, 48, P, 8)
+    x = (lateral_context(img[0], corners, P, 3, "reflect") - 1.0) / 2.0
+    cols = 48 // 8
+    for i, (r, c) in enumerate(corners):
+        r0, c0 = r + 4, c + 4
+        np.testing.assert_allclose(pred.mean[0, r0 : r0 + 8, c0 : c0 + 8, 1],
+                                   x[i, 2, 4:12, 4:12], rtol=1e-6, atol=1e-6)
+        assert i // cols == (r0 // 8)
+
+
+def test_paper_geometry_leaves_remainder_zero():
+    img = image(1, 45, 38) + 1.0
+    pred = predict_image(Identity(), config(), stats(), img, grid=8, paper_geometry=True)
+    assert pred.meta["paper_geometry"] is True
+    np.testing.assert_allclose(pred.mean[0, :40, :32, 0], img[0, :40, :32], rtol=1e-6)
+    assert np.all(pred.mean[0, 40:] == 0) and np.all(pred.mean[0, :, 32:] == 0)
+    assert np.all(pred.aleatoric_std[0, 40:] == 0)
+    tiny = predict_image(Identity(), config(), stats(), image(1, 5, 5), grid=8,
+                         paper_geometry=True)
+    assert np.all(tiny.mean == 0)
+
+
+# -- MMSE --------------------------------------------------------------------------------------
+def test_encoder_once_equals_independent_full_passes():
+    cfg = config()
+    torch.manual_seed(0)
+    model = build(cfg.model)
+    st = stats(m_in=5.0, s_in=3.0)
+    img = image(1, 32, 32)
+    n = 4
+    pred = predict_image(model, cfg, st, img, padding="none", samples=n, sample_batch=1,
+                         seed=7, normalized=True)
+    corners = tile_corners(32, 32, P, P)
+    x = torch.from_numpy((lateral_context(img[0], corners, P, 2, "reflect") - 5.0) / 3.0)
+    gen = torch.Generator().manual_seed(7)
+    model.eval()
+    with torch.no_grad():
+        passes = torch.stack([model(x, noise=gen).params for _ in range(n)]).numpy()
+    mu = passes[:, :, :2]  # (n, 4 tiles, C, P, P)
+    frame = mu.reshape(n, 2, 2, 2, P, P).transpose(0, 1, 4, 2, 5, 3).reshape(n, 32, 32, 2)
+    np.testing.assert_allclose(pred.mean[0], frame.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pred.std[0], frame.std(0), rtol=1e-4, atol=1e-5)
+    var = np.exp(passes[:, :, 2:]).mean(0)
+    alea = np.sqrt(var).reshape(2, 2, 2, P, P).transpose(0, 3, 1, 4, 2).reshape(32, 32, 2)
+    np.testing.assert_allclose(pred.aleatoric_std[0], alea, rtol=1e-5)
+
+
+def test_sampling_is_seeded_and_mean_mode_is_deterministic():
+    cfg = config()
+    torch.manual_seed(0)
+    model = build(cfg.model).train()
+    img = image(1, 24, 20)
+    a = predict_image(model, cfg, stats(), img, grid=8, samples=3, seed=1)
+    b = predict_image(model, cfg, stats(), img, grid=8, samples=3, seed=1)
+    c = predict_image(model, cfg, stats(), img, grid=8, samples=3, seed=2)
+    assert model.training  # the caller's mode is restored
+    np.testing.assert_array_equal(a.mean, b.mean)
+    np.testing.assert_array_equal(a.std, b.std)
+    assert not np.array_equal(a.mean, c.mean)
+    assert a.std.min() > 0
+    d = predict_image(model, cfg, stats(), img, grid=8, samples=3, sample_mode="mean")
+    assert d.std.shape == d.mean.shape and np.all(d.std == 0)
+    hae = build(config(kind="hae").model)
+    e = predict_image(hae, config(kind="hae"), stats(), img, grid=8, samples=2, keep_samples=2)
+    assert np.all(e.std == 0)
+    np.testing.assert_array_equal(e.samples[0], e.samples[1])
+    np.testing.assert_array_equal(e.samples[0], e.mean)
+
+
+@pytest.mark.parametrize("sample_batch", [1, 3, None])
+def test_running_statistics_and_units(sample_batch):
+    # Sample j has mu = x0 + j^2 and l = log(1 + j) (normalised units), whatever the chunking.
+    n = 7
+    j = np.arange(n, dtype=np.float64)
+    st = stats(clip=1e6, m_in=0.0, s_in=1.0, m_t=(10.0, -1.0), s_t=(2.0, 0.5))
+    img = image(1, 21, 17)
+    kw = dict(grid=8, samples=n, sample_batch=sample_batch, keep_samples=2, batch_size=4)
+    norm = predict_image(Sequence(), config(), st, img, normalized=True, **kw)
+    np.testing.assert_allclose(norm.mean[0, ..., 0], img[0] + (j**2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(norm.std, np.full(norm.std.shape, (j**2).std()), rtol=1e-5)
+    np.testing.assert_allclose(norm.aleatoric_std, np.sqrt((1 + j).mean()), rtol=1e-6)
+    np.testing.assert_allclose(norm.samples[1, 0, ..., 0], img[0] + 1.0, rtol=1e-6)
+    units = predict_image(Sequence(), config(), st, img, **kw)
+    for k, (m, s) in enumerate([(10.0, 2.0), (-1.0, 0.5)]):
+        np.testing.assert_allclose(units.mean[..., k], norm.mean[..., k] * s + m, rtol=1e-5)
+        np.testing.assert_allclose(units.std[..., k], norm.std[..., k] * s, rtol=1e-5)
+        np.testing.assert_allclose(units.aleatoric_std[..., k], norm.aleatoric_std[..., k] * s,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(units.samples[0, ..., k], img * s + m, rtol=1e-5)
+    np.testing.assert_allclose(units.total_std ** 2, units.std**2 + units.aleatoric_std**2,
+                               rtol=1e-5)
+
+
+# -- files -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["pred.ome.tif", "pred.zarr"])
+def test_save_and_load_round_trip(tmp_path, name):
+    pred = predict_image(Sequence(), config(), stats(m_t=(1.0, 2.0), s_t=(3.0, 4.0)),
+                         image(2, 12, 9), grid=8, samples=3, channel_names=["actin", "tub"])
+    out = pred.save(tmp_path / name, aleatoric=True)
+    assert out == tmp_path / name
+    stem = name.split(".")[0]
+    sib = tmp_path / name.replace(stem, stem + "_std")
+    assert sib.exists() and (tmp_path / name.replace(stem, stem + "_aleatoric_std")).exists()
+    back = Prediction.load(out)
+    assert back.channel_names == ["actin", "tub"]
+    np.testing.assert_array_equal(back.mean, pred.mean)
+    np.testing.assert_array_equal(back.std, pred.std)
+    np.testing.assert_array_equal(back.aleatoric_std, pred.aleatoric_std)
+    assert back.meta["grid"] == 8 and back.meta["samples"] == 3
+    assert back.meta["stats"]["target_std"] == [3.0, 4.0]
+    # Existing outputs are refused before anything is written.
+    with pytest.raises(InputError, match="already exists"):
+        pred.save(out)
+    other = tmp_path / f"b{name[4:]}"
+    _sib = tmp_path / f"b_std{name[4:]}"
+    _sib.mkdir() if name.endswith(".zarr") else _sib.write_bytes(b"x")
+    with pytest.raises(InputError, match="already exists"):
+        pred.save(other)
+    assert not other.exists()
+    pred.save(out, overwrite=True)
+    with pytest.raises(InputError, match="input"):
+        pred.save(tmp_path / f"c{name[4:]}", protect=[tmp_path / f"c{name[4:]}"])
+
+
+def test_predict_to_zarr_equals_in_memory(tmp_path):
+    for pad, alignment in [("reflect", "exact"), ("zeros", "exact"), ("reflect", "floor")]:
+        cfg = config(scales=3, z_dims=[4, 4], pad=pad, alignment=alignment)
+        img = image(2, 150, 170)
+        model = Identity(lc=2)
+        ref = predict_image(model, cfg, stats(), img, grid=8, normalized=True)
+        out = tmp_path / f"{pad}-{alignment}.zarr"
+        predict_to_zarr(model, cfg, stats(), img, out, grid=8, block=32, normalized=True,
+                        aleatoric=True, batch_size=50)
+        back = Prediction.load(out)
+        np.testing.assert_allclose(back.mean, ref.mean, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(back.aleatoric_std, ref.aleatoric_std, rtol=1e-6)
+        assert back.channel_names == ["channel_0", "channel_1"]
+        assert back.meta["block"] == 32
+    with pytest.raises(InputError, match="already exists"):
+        predict_to_zarr(model, cfg, stats(), img, out, grid=8, block=32)
+    paper = predict_to_zarr(Identity(), config(), stats(), img[:1, :45, :38] + 1,
+                            tmp_path / "paper.zarr", grid=8, paper_geometry=True, block=16)
+    m = Prediction.load(paper).mean
+    assert np.all(m[0, 40:] == 0) and np.all(m[0, :, 32:] == 0) and np.all(m[0, :40, :32] > 0)
+    seq = predict_to_zarr(Sequence(), config(), stats(), img[:1, :30, :20],
+                          tmp_path / "seq.zarr", grid=8, samples=3, block=16)
+    back = Prediction.load(seq)
+    np.testing.assert_allclose(back.std, np.std([0.0, 1.0, 4.0]), rtol=1e-5)
+
+
+# -- geometry defaults and bad input -----------------------------------------------------------
+def test_default_grid_and_tiling():
+    assert default_grid(Config.validated({"model": {"lc": "lean"}})) == 32
+    assert default_grid(Config.validated({"model": {"lc": "deep"}})) == 64
+    cfg = Config.validated({"model": {"lc": "lean"}, "predict": {"grid": 16}})
+    assert make_tiling(cfg).grid == 16
+    t = make_tiling(cfg, "outer", 16)
+    assert (t.patch, t.grid, t.margin) == (112, 64, 24)
+    assert make_tiling(cfg, "none").grid == 64
+
+
+def test_outer_padding_refused_by_a_model_that_cannot_take_it():
+    class Fixed(Identity):
+        def forward(self, x):
+            if x.shape[-1] != P:
+                raise RuntimeError("size mismatch")
+            return super().forward(x)
+
+    with pytest.raises(InputError, match="cannot take 24x24"):
+        predict_image(Fixed(), config(), stats(), image(1, 20, 20), padding="outer", grid=8)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(image=np.full((1, 20, 20), np.nan, np.float32)), "NaN"),
+    (dict(image=np.zeros((1, 2, 20, 20), np.float32)), "shape"),
+    (dict(image=np.zeros((20, 20), bool)), "dtype"),
+    (dict(grid=7), "grid 7"),
+    (dict(grid=18), "grid 18"),
+    (dict(grid=0), "grid"),
+    (dict(samples=0), "samples"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(padding="sideways"), "padding"),
+    (dict(padding="none", grid=8), "padding='none'"),
+    (dict(channel_names=["a"]), "channel names"),
+    (dict(paper_geometry=True, blend="linear"), "blend"),
+    (dict(blend="linear", blend_width=9, grid=8), "blend_width"),
+    (dict(input_scale=-1.0), "input_scale"),
+    (dict(keep_samples=3, samples=2), "keep_samples"),
+])
+def test_bad_input_is_one_clear_error(kwargs, match):
+    kw = dict(image=image(1, 20, 20))
+    kw.update(kwargs)
+    img = kw.pop("image")
+    with pytest.raises(InputError, match=match):
+        predict_image(Identity(), config(), stats(), img, **kw)
+
+
+def test_mismatched_statistics_and_model_output():
+    with pytest.raises(ConfigError, match="statistics"):
+        predict_image(Identity(), config(), None, image(1, 20, 20))
+    with pytest.raises(ConfigError, match="model returned"):
+        predict_image(Identity(channels=3), config(), stats(), image(1, 20, 20))
+
+
+def test_progress_bar_and_global_rng_untouched():
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    predict_image(Identity(), config(), stats(), image(1, 20, 20), progress=True)
+    assert torch.equal(torch.rand(1), expected)
