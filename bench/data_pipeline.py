@@ -56,63 +56,58 @@ def _current_rss_gb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-def _time_batches(ds, n_batches: int, batch: int, seed: int) -> dict:
-    """Median per-batch time of ``__getitems__`` and of its parts, on shuffled indices."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(ds))
-    total, draw_t, lc_t, tgt_t = [], [], [], []
-    stack = ds._stacks[0]
-    for b in range(n_batches):
-        idx = order[(b * batch) % (len(order) - batch):][:batch]
-        t0 = time.perf_counter()
-        ds.__getitems__(idx)
-        total.append(time.perf_counter() - t0)
-        # The parts, timed separately on a fresh draw (same work, same sizes).
-        t0 = time.perf_counter()
-        d = ds.draw(idx)
-        t1 = time.perf_counter()
-        stack.crops(d["frame"], d["corners"], transform=d["transform"])
-        t2 = time.perf_counter()
-        ds._target_crops(d["frame"], d["corners"], d["transform"])
-        t3 = time.perf_counter()
-        draw_t.append(t1 - t0)
-        lc_t.append(t2 - t1)
-        tgt_t.append(t3 - t2)
-    med = float(np.median(total))
-    return {
-        "batch_ms_median": 1e3 * med,
-        "batch_ms_p90": 1e3 * float(np.percentile(total, 90)),
-        "patches_per_s": batch / med,
-        "breakdown_ms": {
-            "draw corners": 1e3 * float(np.median(draw_t)),
-            "LC gather": 1e3 * float(np.median(lc_t)),
-            "target gather": 1e3 * float(np.median(tgt_t)),
-        },
-    }
+def _time_parts(ds, idx) -> dict:
+    """CPU time of the parts of one batch (fresh draw; the same work as ``__getitems__``)."""
+    t0 = time.process_time()
+    d = ds.draw(idx)
+    t1 = time.process_time()
+    ds._stacks[0].crops(d["frame"], d["corners"], transform=d["transform"])
+    t2 = time.process_time()
+    ds._target_crops(d["frame"], d["corners"], d["transform"])
+    t3 = time.process_time()
+    return {"draw corners": t1 - t0, "LC gather": t2 - t1, "target gather": t3 - t2}
 
 
-def _time_loader(ds, n_batches: int, batch: int, seed: int) -> dict:
-    from musplit.data.dataset import make_loader
-
-    loader = make_loader(ds, batch_size=batch, seed=seed)
-    times = []
-    it = iter(loader)
-    for _ in range(n_batches):
-        t0 = time.perf_counter()
-        try:
-            next(it)
-        except StopIteration:
-            it = iter(loader)
-            next(it)
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
+def _summary(times: list[float], cpu: list[float], batch: int) -> dict:
+    med, cpu_med = float(np.median(times)), float(np.median(cpu))
     return {"batch_ms_median": 1e3 * med, "batch_ms_p90": 1e3 * float(np.percentile(times, 90)),
-            "patches_per_s": batch / med}
+            "patches_per_s": batch / med, "cpu_ms_median": 1e3 * cpu_med,
+            "patches_per_cpu_s": batch / cpu_med}
 
 
-def run_critters(cfg: dict) -> dict:
-    """Child: one configuration on the 1000-frame critters set."""
-    from musplit.data.dataset import TrainPatches
+def _time_interleaved(runners: dict, rounds: int, batch: int, seed: int) -> dict:
+    """Per-batch times of several pipelines, interleaved batch by batch.
+
+    The machine is shared, so its load drifts; interleaving exposes every configuration to the
+    same drift, which keeps their ratios meaningful even when absolute times are noisy, and the
+    CPU time of this (single-threaded) process is recorded next to the wall time: it is what
+    one core spends, whatever the other jobs do. Each batch reads fresh random frames (cold
+    caches, as in training).
+    """
+    rng = np.random.default_rng(seed)
+    times: dict = {name: [] for name in runners}
+    cpu: dict = {name: [] for name in runners}
+    parts: dict = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, (ds, fetch) in runners.items():
+            idx = rng.integers(0, len(ds), batch)
+            c0, t0 = time.process_time(), time.perf_counter()
+            fetch(idx)
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+            if fetch == ds.__getitems__:
+                parts[name].append(_time_parts(ds, rng.integers(0, len(ds), batch)))
+    out = {}
+    for name in runners:
+        out[name] = _summary(times[name], cpu[name], batch)
+        if parts[name]:
+            out[name]["breakdown_ms"] = {
+                k: 1e3 * float(np.median([p[k] for p in parts[name]])) for k in parts[name][0]
+            }
+    return out
+
+
+def _critters_data(cfg: dict):
     from musplit.data.normalize import compute_stats
     from musplit.data.splits import default_split
     from musplit.data.synthetic import generate_critters
@@ -123,31 +118,69 @@ def run_critters(cfg: dict) -> dict:
     split = default_split(len(data))
     t0 = time.perf_counter()
     stats = compute_stats(data, split.train)
-    stats_s = time.perf_counter() - t0
+    return data, split, stats, gen_s, time.perf_counter() - t0
+
+
+def run_critters_memory(cfg: dict) -> dict:
+    """Child: build one configuration; its precompute time, size and peak RSS."""
+    from musplit.data.dataset import TrainPatches
+
+    data, split, stats, gen_s, stats_s = _critters_data(cfg)
     rss_before = _current_rss_gb()
     t0 = time.perf_counter()
     ds = TrainPatches(data, stats, split.train, patch=cfg["patch"], scales=cfg["scales"],
-                      pad=cfg["pad"], alignment=cfg["alignment"], augment=cfg["augment"],
-                      seed=0)
+                      pad=cfg["pad"], alignment=cfg["alignment"], seed=0)
     precompute_s = time.perf_counter() - t0
-    rss_after = _current_rss_gb()
-    ds.__getitems__(list(range(cfg["batch"])))  # warm-up
-    if cfg["loader"]:
-        timing = _time_loader(ds, cfg["batches"], cfg["batch"], seed=1)
-    else:
-        timing = _time_batches(ds, cfg["batches"], cfg["batch"], seed=1)
+    ds.__getitems__(list(range(cfg["batch"])))
     return {
-        **cfg,
         "generate_s": gen_s,
         "stats_s": stats_s,
         "precompute_s": precompute_s,
         "precompute_ms_per_frame": 1e3 * precompute_s / ds.n_frames,
         "train_frames": ds.n_frames,
         "dataset_gb": ds.nbytes / 2**30,
-        "rss_increase_gb": rss_after - rss_before,
+        "rss_increase_gb": _current_rss_gb() - rss_before,
         "peak_rss_gb": _rss_gb(),
-        **timing,
     }
+
+
+class _LoaderFetch:
+    """Next batch of a DataLoader (its own shuffled indices), restarting after each epoch."""
+
+    def __init__(self, loader):
+        self.loader, self.it = loader, iter(loader)
+
+    def __call__(self, _idx):
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            return next(self.it)
+
+
+def run_critters_speed(cfg: dict) -> dict:
+    """Child: every configuration built once, then timed batch by batch, interleaved."""
+    import copy
+
+    from musplit.data.dataset import TrainPatches, make_loader
+
+    data, split, stats, _, _ = _critters_data(cfg)
+    built = {}
+    for pad, alignment in {(c[1], c[2]) for c in CONFIGS}:
+        built[pad, alignment] = TrainPatches(
+            data, stats, split.train, patch=cfg["patch"], scales=cfg["scales"], pad=pad,
+            alignment=alignment, seed=0)
+    runners = {}
+    for label, pad, alignment, augment, loader in CONFIGS:
+        ds = copy.copy(built[pad, alignment])  # shares the precomputed stack
+        ds.augment = augment
+        if loader:
+            runners[label] = (ds, _LoaderFetch(make_loader(ds, batch_size=cfg["batch"], seed=1)))
+        else:
+            runners[label] = (ds, ds.__getitems__)
+    for _, fetch in runners.values():  # warm-up
+        fetch(np.arange(cfg["batch"]))
+    return _time_interleaved(runners, cfg["batches"], cfg["batch"], seed=1)
 
 
 def run_pavia(cfg: dict) -> dict:
@@ -179,7 +212,9 @@ def run_pavia(cfg: dict) -> dict:
             "train_val_gb_extrapolated": per_frame * (PAVIA["train"] + PAVIA["val"]) / 2**30,
         }
         if alignment == "exact":
-            res.update(_time_batches(ds, cfg["batches"], cfg["batch"], seed=1))
+            runners = {"pavia": (ds, ds.__getitems__)}
+            ds.__getitems__(np.arange(cfg["batch"]))
+            res.update(_time_interleaved(runners, cfg["batches"], cfg["batch"], seed=1)["pavia"])
         out[alignment] = res
         del ds
     out["raw_file_gb"] = (PAVIA["frames"] * size * size * PAVIA["channels"] * 4) / 2**30
@@ -204,16 +239,19 @@ def _figure(results: dict, path: Path) -> None:
 
     runs = results["critters"]
     labels = [r["label"] for r in runs] + ["PaviaATN 2720² exact / reflect"]
-    rates = [r["patches_per_s"] for r in runs] + [results["pavia"]["exact"]["patches_per_s"]]
+    rates = [r["patches_per_cpu_s"] for r in runs] + [
+        results["pavia"]["exact"]["patches_per_cpu_s"]]
+    walls = [r["patches_per_s"] for r in runs] + [results["pavia"]["exact"]["patches_per_s"]]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     ypos = np.arange(len(labels))[::-1]
     a.barh(ypos, rates, color=["C0"] * len(runs) + ["C2"])
+    a.plot(walls, ypos, "k|", ms=14, label="wall clock (shared, noisy machine)")
     a.axvline(3000, color="C3", ls="--", label="target 3,000 patches/s")
     a.set_yticks(ypos, labels)
-    a.set_xlabel("patches / s (B = 32, P = 64, S = 5, one core)")
+    a.set_xlabel("patches per CPU second (B = 32, P = 64, S = 5, one thread)")
     for y, r in zip(ypos, rates, strict=True):
         a.text(r, y, f" {r:,.0f}", va="center", fontsize=8)
-    a.legend(loc="lower right", fontsize=8)
+    a.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
     a.set_title("Training-batch construction (median batch)")
 
     parts = [r for r in runs if "breakdown_ms" in r]
@@ -224,15 +262,15 @@ def _figure(results: dict, path: Path) -> None:
         v = np.array([r["breakdown_ms"][name] for r in parts])
         b.barh(yb, v, left=left, color=f"C{k}", label=name)
         left += v
-    rest = np.array([max(0.0, r["batch_ms_median"] - s) for r, s in zip(parts, left, strict=True)])
+    rest = np.array([max(0.0, r["cpu_ms_median"] - s) for r, s in zip(parts, left, strict=True)])
     b.barh(yb, rest, left=left, color="0.7", label="normalise + tensors")
     b.set_yticks(yb, [r["label"] for r in parts])
-    b.set_xlabel("ms per batch of 32")
-    b.legend(fontsize=8, loc="lower right")
+    b.set_xlabel("CPU ms per batch of 32 (medians)")
+    b.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
     b.set_title("Where a batch's time goes")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -242,31 +280,34 @@ def _markdown(results: dict) -> str:
         "## Data pipeline: lateral-context training batches (`bench/data_pipeline.py`)",
         "",
         f"One core (`torch.set_num_threads(1)`), {results['machine']}. "
-        "Timings were taken on a 2-core machine shared with other jobs: treat them as noisy "
-        "(a rerun on a quiet machine is expected to be faster, not slower).",
+        "Timings were taken on a 2-core machine shared with other jobs: wall times are noisy "
+        "(a rerun on a quiet machine is expected to be faster, not slower); the CPU-time rate "
+        "(process CPU seconds, single-threaded) is the steadier figure. Batch rates of all "
+        "configurations were measured in one process, interleaved batch by batch.",
         "",
         f"SinosoidalCritters, {runs[0]['frames']} frames of {runs[0]['size']}², "
         f"{runs[0]['train_frames']} training frames, B = {runs[0]['batch']}, "
         f"P = {runs[0]['patch']}, S = {runs[0]['scales']}; median over {runs[0]['batches']} "
         "batches; precomputation done once when the dataset is built:",
         "",
-        "| configuration | patches/s | ms/batch (median, p90) | precompute (s) "
-        "| dataset (GiB) | peak RSS (GiB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| configuration | patches/s (CPU time) | patches/s (wall) "
+        "| wall ms/batch (median, p90) | precompute (s) | dataset (GiB) | peak RSS (GiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         lines.append(
-            f"| {r['label']} | {r['patches_per_s']:,.0f} | {r['batch_ms_median']:.2f}, "
-            f"{r['batch_ms_p90']:.2f} | {r['precompute_s']:.1f} "
+            f"| {r['label']} | {r['patches_per_cpu_s']:,.0f} | {r['patches_per_s']:,.0f} "
+            f"| {r['batch_ms_median']:.2f}, {r['batch_ms_p90']:.2f} | {r['precompute_s']:.1f} "
             f"({r['precompute_ms_per_frame']:.1f} ms/frame) | {r['dataset_gb']:.2f} "
             f"| {r['peak_rss_gb']:.2f} |"
         )
     ex, fl = pav["exact"], pav["floor"]
     lines += [
         "",
-        f"Generating the 1000 frames took {runs[0]['generate_s']:.1f} s and the statistics "
-        f"{runs[0]['stats_s']:.1f} s (not included above). Peak RSS includes the generated "
-        "data (1000 × 256² × 2 float32 = 0.49 GiB) and the interpreter with torch.",
+        f"Generating the {runs[0]['frames']} frames took {runs[0]['generate_s']:.1f} s and "
+        f"the statistics {runs[0]['stats_s']:.1f} s (not included above). Peak RSS includes "
+        f"the generated data ({runs[0]['frames']} × {runs[0]['size']}² × 2 float32) and the "
+        "interpreter with torch.",
         "",
         f"**PaviaATN geometry** (61 frames × 2720² × 4 channels float32 = "
         f"{pav['raw_file_gb']:.1f} GiB on disk; 2 target channels used; 49 training + 6 "
@@ -283,10 +324,12 @@ def _markdown(results: dict) -> str:
         f"{fl['precompute_s_per_frame']:.2f} | {fl['train_gb_extrapolated']:.1f} | "
         f"{fl['train_val_gb_extrapolated']:.1f} |",
         "",
-        f"Batch rate on 2720² frames (exact / reflect): {ex['patches_per_s']:,.0f} patches/s. "
+        f"Batch rate on 2720² frames (exact / reflect): {ex['patches_per_cpu_s']:,.0f} "
+        f"patches/s of CPU time ({ex['patches_per_s']:,.0f} wall). "
         "Per frame the dataset holds the clipped targets (2 × H × W) and the context stack of "
         "the input mix: scale 0 plus one undecimated filtered frame per coarser scale, "
-        "(H−1) × (W−1) each for reflect padding — 7 float32 frames ≈ 207 MiB for 2720². "
+        f"(H−1) × (W−1) each for reflect padding — 7 float32 frames, "
+        f"{ex['bytes_per_frame'] / 2**20:.0f} MiB for 2720² (measured). "
         f"The {ex['train_val_gb_extrapolated']:.1f} GiB for training plus validation fit a "
         "24 GiB machine with room for the model: the input file is read lazily frame by frame "
         "(never whole), only the two target channels of the chosen frames are kept, and "
@@ -314,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(1)
         kind, cfg = args.child[0], json.loads(args.child[1])
-        res = run_critters(cfg) if kind == "critters" else run_pavia(cfg)
+        run = {"memory": run_critters_memory, "speed": run_critters_speed, "pavia": run_pavia}
+        res = run[kind](cfg)
         sys.stdout.write(json.dumps(res) + "\n")
         return 0
 
@@ -325,10 +369,17 @@ def main(argv: list[str] | None = None) -> int:
             "batches": args.batches}
     results: dict = {"machine": f"{platform.processor() or platform.machine()}, "
                                 f"{os.cpu_count()} logical CPUs", "critters": []}
+    log.info("critters: batch rates, all configurations interleaved ...")
+    speed = _child("speed", base)
+    memory: dict = {}
     for label, pad, alignment, augment, loader in CONFIGS:
-        log.info("critters: %s ...", label)
-        r = _child("critters", {**base, "label": label, "pad": pad, "alignment": alignment,
-                                "augment": augment, "loader": loader})
+        if (pad, alignment) not in memory:
+            log.info("critters: build %s / %s in a fresh process ...", alignment, pad)
+            memory[pad, alignment] = _child("memory", {**base, "pad": pad,
+                                                       "alignment": alignment})
+        mem = memory[pad, alignment]
+        r = {**base, "label": label, "pad": pad, "alignment": alignment, "augment": augment,
+             "loader": loader, **mem, **speed[label]}
         log.info("  %.0f patches/s, precompute %.1f s, peak RSS %.2f GiB",
                  r["patches_per_s"], r["precompute_s"], r["peak_rss_gb"])
         results["critters"].append(r)
