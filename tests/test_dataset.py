@@ -224,3 +224,15 @@ def test_bad_inputs(data):
         TrainPatches(targets, stats, patch=P, scales=S, augment="rot")
     with pytest.raises(InputError, match="alpha_range"):
         TrainPatches(targets, stats, patch=P, scales=S, alpha_range=(0.8, 0.2))
+
+
+def test_bounded_cache_gives_the_same_samples(data):
+    targets, stats = data
+    eager = TrainPatches(targets, stats, [1, 2, 3, 4], patch=P, scales=S, pad="zeros",
+                         alpha_range=(0.2, 0.9), augment="d4", seed=5)
+    lazy = TrainPatches(targets, stats, [1, 2, 3, 4], patch=P, scales=S, pad="zeros",
+                        alpha_range=(0.2, 0.9), augment="d4", seed=5, cache_frames=1)
+    draw = eager.draw(range(16))
+    for a, b in zip(eager.sample(**draw), lazy.sample(**draw), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert lazy.nbytes * 4 == eager.nbytes
