@@ -237,6 +237,17 @@ def test_sampling_is_seeded_and_mean_mode_is_deterministic():
     np.testing.assert_array_equal(e.samples[0], e.mean)
 
 
+def test_channels_last_is_only_a_layout():
+    cfg = config()
+    torch.manual_seed(0)
+    model = build(cfg.model)
+    img = image(1, 24, 20)
+    a = predict_image(model, cfg, stats(), img, grid=8, sample_mode="mean")
+    assert all(p.is_contiguous() for p in model.parameters())  # converted back
+    b = predict_image(model, cfg, stats(), img, grid=8, sample_mode="mean", channels_last=False)
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("sample_batch", [1, 3, None])
 def test_running_statistics_and_units(sample_batch):
     # Sample j has mu = x0 + j^2 and l = log(1 + j) (normalised units), whatever the chunking.
@@ -327,6 +338,7 @@ def test_default_grid_and_tiling():
     t = make_tiling(cfg, "outer", 16)
     assert (t.patch, t.grid, t.margin) == (112, 64, 24)
     assert make_tiling(cfg, "none").grid == 64
+    assert make_tiling(cfg, "none", 16).grid == 64  # a config's grid does not break "none"
 
 
 def test_outer_padding_refused_by_a_model_that_cannot_take_it():
@@ -350,7 +362,6 @@ def test_outer_padding_refused_by_a_model_that_cannot_take_it():
     (dict(samples=0), "samples"),
     (dict(batch_size=0), "batch_size"),
     (dict(padding="sideways"), "padding"),
-    (dict(padding="none", grid=8), "padding='none'"),
     (dict(channel_names=["a"]), "channel names"),
     (dict(paper_geometry=True, blend="linear"), "blend"),
     (dict(blend="linear", blend_width=9, grid=8), "blend_width"),
