@@ -1,0 +1,176 @@
+"""Run every benchmark and regenerate BENCHMARKS.md (``make bench``).
+
+Each benchmark runs in its own process so that peak-memory figures do not mix. Results are
+kept as JSON under bench/results/; BENCHMARKS.md is rebuilt from them with the machine's
+description. ``--only NAME`` reruns one part and keeps the others' stored results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+RESULTS = ROOT / "results"
+PY = sys.executable
+
+#: The reference implementation on this machine type (issue 3/6): s/step and peak GB, fp32,
+#: batch 32, patch 64, 2 cores.
+REFERENCE = {"none": (4.4, 3.7), "lean": (12.2, 7.0), "regular": (55.0, 16.4),
+             "deep": (53.6, 20.1)}
+NAMES = {"none": "Vanilla", "lean": "Lean-LC", "regular": "Regular-LC", "deep": "Deep-LC"}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(open("/proc/meminfo").readline().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
+
+
+def _json_lines(cmd: list[str], timeout: int) -> list[dict]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+
+
+def run_train_step(steps: int) -> list[dict]:
+    rows = []
+    for variant in ("none", "lean", "regular", "deep"):
+        for precision in ("fp32", "bf16"):
+            print(f"train_step {variant} {precision} ...", flush=True)
+            rows += _json_lines([PY, "bench/train_step.py", "--variant", variant, "--kind", "hvae",
+                                 "--batch", "32", "--precision", precision, "--steps",
+                                 str(steps), "--threads", "2"], timeout=3600)
+    return rows
+
+
+def run_predict(size: int) -> list[dict]:
+    rows = []
+    for variant in ("none", "lean"):
+        for grid in (32, 16):
+            for samples in (1, 10):
+                print(f"predict_speed {variant} G={grid} K={samples} ...", flush=True)
+                rows += _json_lines([PY, "bench/predict_speed.py", "--variant", variant,
+                                     "--grid", str(grid), "--samples", str(samples), "--size",
+                                     str(size), "--threads", "2"], timeout=3600)
+    return rows
+
+
+def run_data_pipeline(quick: bool) -> None:
+    cmd = [PY, "bench/data_pipeline.py"] + (["--quick"] if quick else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"data_pipeline failed:\n{proc.stderr[-2000:]}")
+    out = proc.stdout
+    start = out.find("## ")  # progress lines come first, then the Markdown section
+    (RESULTS / "data_pipeline.md").write_text(out[start:] if start >= 0 else out)
+
+
+def train_step_section(rows: list[dict]) -> str:
+    by = {(r["variant"], r["precision"]): r for r in rows}
+    out = [
+        "## Training step (issue 3)",
+        "",
+        "`bench/train_step.py`: one step = forward + backward + Adamax step, HVAE, paper "
+        "settings (64 filters, 4×128 latents, Deep-LC 8×128, 5 scales), batch 32, patch 64, "
+        "2 threads, median over the timed steps; peak RSS of the process. Reference: the "
+        "figures for the reference implementation on this machine type given in the issue.",
+        "",
+        "| variant | params | fp32 s/step | bf16 s/step | reference s/step | fp32 speed-up | "
+        "peak GB fp32 | reference GB | memory ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v in ("none", "lean", "regular", "deep"):
+        f, b = by.get((v, "fp32")), by.get((v, "bf16"))
+        if f is None:
+            continue
+        ref_s, ref_gb = REFERENCE[v]
+        out.append(
+            f"| {NAMES[v]} | {f['params']:,} | {f['step_s']:.2f} | "
+            f"{b['step_s']:.2f} | {ref_s} | {ref_s / f['step_s']:.1f}× | "
+            f"{f['peak_rss_gb']:.2f} | {ref_gb} | {f['peak_rss_gb'] / ref_gb:.2f} |"
+            if b else f"| {NAMES[v]} | {f['params']:,} | {f['step_s']:.2f} | – | {ref_s} | "
+            f"{ref_s / f['step_s']:.1f}× | {f['peak_rss_gb']:.2f} | {ref_gb} | "
+            f"{f['peak_rss_gb'] / ref_gb:.2f} |")
+    return "\n".join(out)
+
+
+def predict_section(rows: list[dict]) -> str:
+    out = [
+        "## Tiled prediction",
+        "",
+        "`bench/predict_speed.py`: a randomly initialised paper-size HVAE, inner padding, "
+        "P = 64, 2 threads; megapixels of input per second, 1 and 10 samples (encoder once "
+        "per tile).",
+        "",
+        "| variant | frame | G | samples | MP/s | seconds | peak GB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(f"| {NAMES[r['variant']]} | {r['size']}² | {r['grid']} | {r['samples']} | "
+                   f"{r['megapixels_per_s']:.3f} | {r['seconds']:.1f} | "
+                   f"{r['peak_rss_gb']:.2f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", choices=["data", "train", "predict"], default=None)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--predict-size", type=int, default=512)
+    ap.add_argument("--quick", action="store_true", help="small data-pipeline run")
+    ap.add_argument("--render", action="store_true",
+                    help="only rebuild BENCHMARKS.md from the stored results")
+    args = ap.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if args.render:
+        args.only = "render"
+    if args.only in (None, "data"):
+        run_data_pipeline(args.quick)
+    if args.only in (None, "train"):
+        (RESULTS / "train_step.json").write_text(json.dumps(run_train_step(args.steps), indent=1))
+    if args.only in (None, "predict"):
+        (RESULTS / "predict_speed.json").write_text(
+            json.dumps(run_predict(args.predict_size), indent=1))
+        (RESULTS / "machine.txt").write_text(machine())
+    if args.only is None or not (RESULTS / "machine.txt").exists():
+        (RESULTS / "machine.txt").write_text(machine())
+
+    parts = ["# Benchmarks", "",
+             f"Machine: {(RESULTS / 'machine.txt').read_text().strip()}. No GPU was "
+             "available for these runs. Regenerate with `make bench`.", ""]
+    if (RESULTS / "data_pipeline.md").exists():
+        parts += [(RESULTS / "data_pipeline.md").read_text().strip(), ""]
+    if (RESULTS / "train_step.json").exists():
+        parts += [train_step_section(json.loads((RESULTS / "train_step.json").read_text())), ""]
+    if (RESULTS / "predict_speed.json").exists():
+        parts += [predict_section(json.loads((RESULTS / "predict_speed.json").read_text())), ""]
+    (REPO / "BENCHMARKS.md").write_text("\n".join(parts))
+    print("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
