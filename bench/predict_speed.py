@@ -8,11 +8,17 @@ paper's size (speed does not depend on the weights) through :func:`musplit.predi
      "seconds": ..., "peak_rss_gb": ..., ...}
 
 ``seconds`` excludes a warm-up prediction on a small frame. ``peak_rss_gb`` is the process's
-``ru_maxrss`` (so run each setting in a fresh process). Examples::
+``ru_maxrss`` (so run each setting in a fresh process).
+
+``--stub`` replaces the network by a zero-cost stand-in (its input's scale 0 as the means): what
+remains is the pipeline itself (LC crops, normalisation, MMSE statistics, stitching).
+``--to-zarr`` writes the frame to a temporary Zarr store and predicts it with
+:func:`musplit.predict.predict_to_zarr` (block by block, bounded memory). Examples::
 
     .venv/bin/python bench/predict_speed.py --variant lean --grid 16 --samples 1 --size 2048
     .venv/bin/python bench/predict_speed.py --variant deep --grid 64 --samples 10 --size 256 \\
         --threads 2
+    .venv/bin/python bench/predict_speed.py --stub --to-zarr --size 16384 --grid 32
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import logging
 import platform
 import resource
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,9 +39,23 @@ import torch
 from musplit.config import Config
 from musplit.data.normalize import NormStats
 from musplit.models import build, count_parameters
-from musplit.predict import predict_image
+from musplit.predict import Prediction, make_tiling, predict_image, predict_to_zarr
 
 log = logging.getLogger("bench.predict_speed")
+
+
+class Stub(torch.nn.Module):
+    """Zero-cost stand-in: scale 0 of the input as both means, log-variance 0."""
+
+    stochastic = False  # one pass stands for every sample
+
+    def __init__(self, channels: int = 2):
+        super().__init__()
+        self.c = channels
+
+    def forward(self, x):
+        mu = x[:, :1].expand(-1, self.c, -1, -1)
+        return torch.cat([mu, torch.zeros_like(mu)], 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                     help="channels-last memory layout (default on)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--stub", action="store_true", help="zero-cost model: pipeline only")
+    ap.add_argument("--to-zarr", action="store_true", help="stream through predict_to_zarr")
+    ap.add_argument("--block", type=int, default=2048, help="predict_to_zarr block side")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -68,28 +93,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.z:
         model_cfg["z_dims"] = [args.z] * (8 if args.variant == "deep" else 4)
     cfg = Config.validated({"model": model_cfg, "data": {"patch": args.patch, "pad": "reflect"}})
-    model = build(cfg.model).to(args.device).eval()
+    model = (Stub(cfg.model.out_channels) if args.stub else build(cfg.model)).to(args.device)
+    model.eval()
     # Plausible statistics; they only shift and scale numbers.
     stats = NormStats(clip_max=1000.0, input_mean=100.0, input_std=50.0,
                       target_mean=[100.0] * cfg.model.out_channels,
                       target_std=[50.0] * cfg.model.out_channels,
                       alpha=[1.0 / cfg.model.out_channels] * cfg.model.out_channels)
     rng = np.random.default_rng(args.seed)
-    image = rng.uniform(0, 300, (args.size, args.size)).astype(np.float32)
+    tmp = tempfile.TemporaryDirectory(prefix="musplit-bench-")
+    if args.to_zarr:
+        # The input lives on disk, written band by band: the process never holds the frame,
+        # so peak_rss_gb is what predict_to_zarr itself needs.
+        import zarr
+
+        image = zarr.create_array(str(Path(tmp.name) / "in.zarr"), shape=(args.size,) * 2,
+                                  chunks=(1024, 1024), dtype="float32")
+        for r in range(0, args.size, 1024):
+            band = min(1024, args.size - r)
+            image[r : r + band] = rng.uniform(0, 300, (band, args.size)).astype(np.float32)
+    else:
+        image = rng.uniform(0, 300, (args.size, args.size)).astype(np.float32)
     kw = dict(padding=args.padding, grid=args.grid if args.padding != "none" else None,
               samples=args.samples, batch_size=args.batch_size, seed=args.seed,
               sample_batch=args.sample_batch, amp=args.amp, channels_last=args.channels_last)
 
     # Warm-up (first-call allocations, kernel selection) on a frame of a few tiles.
-    predict_image(model, cfg, stats, image[: 2 * args.patch, : 2 * args.patch], **kw)
+    predict_image(model, cfg, stats, np.asarray(image[: 2 * args.patch, : 2 * args.patch]), **kw)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    pred = predict_image(model, cfg, stats, image, **kw)
+    if args.to_zarr:
+        out = predict_to_zarr(model, cfg, stats, image, Path(tmp.name) / "out.zarr",
+                              block=args.block, **kw)
+        t = make_tiling(cfg, args.padding, kw["grid"])
+        rows, cols = t.shape(args.size, args.size)
+        pred = Prediction(np.zeros(0), meta={"grid": t.grid, "tiles": rows * cols})
+        del out
+    else:
+        pred = predict_image(model, cfg, stats, image, **kw)
+        assert np.isfinite(pred.mean).all()
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    assert np.isfinite(pred.mean).all()
+    tmp.cleanup()
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({
         "variant": args.variant,
@@ -103,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_gb": round(rss_kb / 2**20, 3),
         "tiles": pred.meta["tiles"],
         "batch_size": args.batch_size,
-        "params": count_parameters(model),
+        "params": 0 if args.stub else count_parameters(model),
         "filters": cfg.model.filters,
         "threads": torch.get_num_threads(),
         "device": args.device,
+        "stub": args.stub,
+        "to_zarr": args.to_zarr,
         "amp": args.amp,
         "channels_last": args.channels_last,
         "torch": torch.__version__,

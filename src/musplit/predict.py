@@ -694,7 +694,7 @@ class _Engine:
                 mu, ell = p[:, :, :c], p[:, :, c:]
                 k = mu.shape[0]
                 # Chan's parallel update of (count, mean, M2): exact Welford when k == 1.
-                bm = mu.mean(0)
+                bm = mu.mean(0) if k > 1 else mu[0]
                 bm2 = (mu - bm).square_().sum(0) if k > 1 else None
                 if mean is None:
                     mean, m2 = bm, bm2
@@ -707,7 +707,7 @@ class _Engine:
                     if bm2 is not None:
                         m2 = m2 + bm2
                 if self.aleatoric:
-                    e = torch.exp(ell).sum(0)
+                    e = torch.exp(ell).sum(0) if k > 1 else torch.exp(ell[0])
                     alea = e if alea is None else alea + e
                 if n < self.keep_samples:
                     kept.append(mu[: self.keep_samples - n])
