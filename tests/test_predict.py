@@ -246,6 +246,9 @@ def test_channels_last_is_only_a_layout():
     assert all(p.is_contiguous() for p in model.parameters())  # converted back
     b = predict_image(model, cfg, stats(), img, grid=8, sample_mode="mean", channels_last=False)
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-5, atol=1e-5)
+    c = predict_image(model, cfg, stats(), img, grid=8, sample_mode="mean", amp="bf16")
+    assert c.mean.dtype == np.float32
+    np.testing.assert_allclose(c.mean, a.mean, atol=0.1 * np.abs(a.mean).max())
 
 
 @pytest.mark.parametrize("sample_batch", [1, 3, None])
@@ -367,6 +370,8 @@ def test_outer_padding_refused_by_a_model_that_cannot_take_it():
     (dict(blend="linear", blend_width=9, grid=8), "blend_width"),
     (dict(input_scale=-1.0), "input_scale"),
     (dict(keep_samples=3, samples=2), "keep_samples"),
+    (dict(sample_mode="median"), "sample_mode"),
+    (dict(amp="fp8"), "amp"),
 ])
 def test_bad_input_is_one_clear_error(kwargs, match):
     kw = dict(image=image(1, 20, 20))

@@ -618,6 +618,8 @@ class _Engine:
         # module may declare `stochastic = False` (U-Nets). Then one pass is every sample.
         self.deterministic = getattr(model, "stochastic", True) is False or (
             hasattr(model, "stochastic") and mode == "mean")
+        if sample_mode not in (None, "sample", "mean"):
+            raise InputError(f"sample_mode must be 'sample', 'mean' or None, got {sample_mode!r}")
         self.amp = None
         if amp is not None:
             if amp not in AMP_DTYPES:
