@@ -77,7 +77,53 @@ def fit_prior(prior: Tensor, size: tuple[int, int]) -> Tensor:
     return prior
 
 
+#: Elements per chunk of the fused elementwise computations (gate, latent layer). They run over
+#: slices of the batch so that their temporaries stay a few MB: those are then recycled by the
+#: memory allocator instead of being fresh page-faulted allocations the size of a whole
+#: activation (32-128 MB at batch 32, 64x64), which costs more than the arithmetic.
+CHUNK_ELEMENTS = 1 << 20
+
+
+def _batch_slices(batch: int, per_sample: int) -> list[slice]:
+    step = max(1, CHUNK_ELEMENTS // max(per_sample, 1))
+    return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
+
+
 # -- deterministic blocks ------------------------------------------------------------------
+class _GateFn(torch.autograd.Function):
+    """``ELU(a) * sigmoid(g)`` for ``[a, g] = y``, keeping only ``y`` for backward.
+
+    Autograd's version keeps the ELU and sigmoid outputs (the same memory) but its backward
+    re-assembles the two halves' gradients with a concatenation, which is slow for
+    channels_last tensors; here they are written straight into one gradient tensor, and the
+    elementwise work runs over batch slices (see :data:`CHUNK_ELEMENTS`).
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor) -> Tensor:
+        ctx.save_for_backward(y)
+        a, g = y.chunk(2, dim=1)
+        out = torch.empty_like(a)
+        for sl in _batch_slices(y.shape[0], y[0].numel()):
+            torch.mul(F.elu(a[sl]), torch.sigmoid(g[sl]), out=out[sl])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        a, g = y.chunk(2, dim=1)
+        grad = torch.empty_like(y)
+        grad_a, grad_g = grad.chunk(2, dim=1)
+        for sl in _batch_slices(y.shape[0], y[0].numel()):
+            s, e, go = torch.sigmoid(g[sl]), F.elu(a[sl]), grad_out[sl]
+            # d/dg = go * e * s (1 - s)
+            torch.mul(go, e, out=grad_g[sl]).mul_(s)
+            # d/da = go * s * ELU'(a), ELU'(a) = 1 above 0 and e + 1 below
+            torch.mul(go, s, out=grad_a[sl]).mul_(e.clamp_(max=0.0).add_(1.0))
+            grad_g[sl].mul_(s.neg_().add_(1.0))
+        return grad
+
+
 class Gate(nn.Module):
     """``Gate(F)``: 1x1 conv ``F -> 2F``, halves ``(a, g)``, output ``ELU(a) * sigmoid(g)``."""
 
@@ -86,8 +132,7 @@ class Gate(nn.Module):
         self.conv = nn.Conv2d(channels, 2 * channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        a, g = self.conv(x).chunk(2, dim=1)
-        return F.elu(a) * torch.sigmoid(g)
+        return _GateFn.apply(self.conv(x))
 
 
 class ResBlock(nn.Module):
@@ -187,7 +232,7 @@ def stable_variance(ell: Tensor, clip: float = LATENT_LOGVAR_CLIP) -> Tensor:
     ell : Tensor
         Raw second half of a ``PostConv``/``PriorConv`` output, any shape.
     """
-    var = ell.clamp(max=0.0).exp()
+    var = ell.clamp(max=0.0).exp_()
     return var.add_(ell.clamp(0.0, clip)).add_(VARIANCE_EPS)
 
 
@@ -202,13 +247,73 @@ def _wide(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def _latent_forward(q: Tensor, p: Tensor | None, eps: Tensor, analytic: bool, clip: float
+                    ) -> tuple[Tensor, Tensor | None]:
+    """Chunk of :class:`GaussianLatent`'s forward on wide tensors; ``p`` None: no KL."""
+    z_dim = q.shape[1] // 2
+    mu_q, ell_q = q[:, :z_dim], q[:, z_dim:]
+    var_q = stable_variance(ell_q, clip)
+    z = torch.addcmul(mu_q, var_q.sqrt(), eps)
+    if p is None:
+        return z, None
+    mu_p, ell_p = p[:, :z_dim], p[:, z_dim:]
+    var_p = stable_variance(ell_p, clip)
+    if analytic:
+        # 2 KL = log var_p - log var_q + (var_q + (μ_q - μ_p)^2) / var_p - 1
+        t = torch.sub(mu_q, mu_p).square_().add_(var_q).div_(var_p).sub_(1.0)
+    else:
+        # 2 (log q(z) - log p(z)) = log var_p - log var_q + (z - μ_p)^2 / var_p - ε^2
+        t = torch.sub(z, mu_p).square_().div_(var_p).addcmul_(eps, eps, value=-1.0)
+    t.add_(var_p.log_()).sub_(var_q.log_())
+    return z, t.sum(dim=(1, 2, 3)).mul_(0.5)
+
+
+def _latent_backward(q: Tensor, p: Tensor, eps: Tensor, g_z: Tensor, g_kl: Tensor,
+                     analytic: bool, clip: float) -> tuple[Tensor, Tensor]:
+    """Chunk of :class:`GaussianLatent`'s backward: gradients w.r.t. ``q`` and ``p``.
+
+    ``g_z (b, Z, H, W)`` reaches z from the layers above, ``g_kl (b,)`` the KL. With
+    ``z = μ_q + σ_q ε`` whatever reaches z also reaches μ_q, and σ_q times ε.
+    """
+    z_dim = q.shape[1] // 2
+    mu_q, ell_q = q[:, :z_dim], q[:, z_dim:]
+    mu_p, ell_p = p[:, :z_dim], p[:, z_dim:]
+    var_q = stable_variance(ell_q, clip)
+    var_p = stable_variance(ell_p, clip)
+    std_q = var_q.sqrt()
+    g = g_kl.view(-1, 1, 1, 1)
+    grad_q = torch.empty_like(q)
+    grad_p = torch.empty_like(q if p.shape[0] != q.shape[0] else p)
+    if analytic:
+        d = torch.sub(mu_q, mu_p)
+        r = d / var_p  # (μ_q - μ_p) / var_p
+        torch.addcmul(g_z, g, r, out=grad_q[:, :z_dim])
+        # d/dvar_p = g (1 - (var_q + d^2) / var_p) / (2 var_p)
+        g_var_p = d.square_().add_(var_q).div_(var_p).neg_().add_(1.0).div_(var_p).mul_(0.5 * g)
+        # d/dvar_q = g (1/var_p - 1/var_q) / 2, plus the sampling path ε / (2 σ_q)
+        g_var_q = torch.mul(g_z, eps).div_(std_q).mul_(0.5)
+        g_var_q.add_(torch.sub(torch.reciprocal(var_p), torch.reciprocal(var_q)).mul_(0.5 * g))
+    else:
+        r = torch.addcmul(mu_q, std_q, eps).sub_(mu_p).div_(var_p)  # (z - μ_p) / var_p
+        g_mu_q = torch.addcmul(g_z, g, r)  # the total gradient reaching z
+        grad_q[:, :z_dim] = g_mu_q
+        g_var_q = g_mu_q.mul_(eps).div_(std_q).mul_(0.5).sub_(0.5 * g / var_q)
+        # d/dvar_p of (log var_p + (z - μ_p)^2 / var_p) / 2 = (1/var_p - r^2) / 2
+        g_var_p = torch.sub(torch.reciprocal(var_p), r.square()).mul_(0.5 * g)
+    torch.mul(r, -g, out=grad_p[:, :z_dim])
+    torch.mul(g_var_q, _dvar_dell(var_q, ell_q, clip), out=grad_q[:, z_dim:])
+    torch.mul(g_var_p, _dvar_dell(var_p, ell_p, clip), out=grad_p[:, z_dim:])
+    return grad_q, grad_p
+
+
 class GaussianLatent(torch.autograd.Function):
     """Fused reparameterised sample and per-sample KL of one latent level.
 
     ``forward(q, p, eps, analytic, clip) -> (z, kl)`` with ``q (B, 2Z, H, W)`` the posterior
     parameters ``[μ_q, ℓ_q]``, ``p (B or 1, 2Z, H, W)`` the prior's, ``eps (B, Z, H, W)``.
     Only ``q``, ``p`` and ``eps`` are kept for backward; everything else is recomputed there,
-    which is cheap elementwise work next to the convolutions around it.
+    which is cheap elementwise work next to the convolutions around it. The arithmetic runs in
+    float32 (float64 for float64 inputs) whatever autocast feeds in; ``z`` has ``q``'s dtype.
 
     The one-sample estimate is ``log q(z) - log p(z)``. With ``z = μ_q + σ_q ε`` the total
     derivative of ``-(z - μ_q)^2 / 2σ_q^2`` w.r.t. ``(μ_q, σ_q)`` vanishes, so
@@ -220,65 +325,45 @@ class GaussianLatent(torch.autograd.Function):
     def forward(ctx, q: Tensor, p: Tensor, eps: Tensor, analytic: bool,
                 clip: float) -> tuple[Tensor, Tensor]:
         ctx.analytic, ctx.clip = analytic, clip
-        ctx.in_dtypes = (q.dtype, p.dtype)
         ctx.save_for_backward(q, p, eps)
-        z_dim = q.shape[1] // 2
-        # Computed in float32 whatever autocast feeds in; the KL is a sum of many terms.
-        qf, pf, eps = _wide(q), _wide(p), _wide(eps)
-        mu_q, ell_q = qf[:, :z_dim], qf[:, z_dim:]
-        mu_p, ell_p = pf[:, :z_dim], pf[:, z_dim:]
-        var_q = stable_variance(ell_q, clip)
-        z = torch.addcmul(mu_q, var_q.sqrt(), eps)
-        var_p = stable_variance(ell_p, clip)
-        if analytic:
-            # 2 KL = log var_p - log var_q + (var_q + (μ_q - μ_p)^2) / var_p - 1
-            t = torch.sub(mu_q, mu_p).square_().add_(var_q).div_(var_p).sub_(1.0)
-        else:
-            # 2 (log q(z) - log p(z)) = log var_p - log var_q + (z - μ_p)^2 / var_p - ε^2
-            t = torch.sub(z, mu_p).square_().div_(var_p).addcmul_(eps, eps, value=-1.0)
-        t.add_(var_p.log_()).sub_(var_q.log_())
-        kl = t.sum(dim=(1, 2, 3)).mul_(0.5)
-        return z, kl
+        return _chunked_latent(q, p, eps, analytic, clip)
 
     @staticmethod
     def backward(ctx, g_z: Tensor | None, g_kl: Tensor | None):
         q, p, eps = ctx.saved_tensors
-        clip = ctx.clip
-        z_dim = q.shape[1] // 2
-        qf, pf, eps = _wide(q), _wide(p), _wide(eps)
-        mu_q, ell_q = qf[:, :z_dim], qf[:, z_dim:]
-        mu_p, ell_p = pf[:, :z_dim], pf[:, z_dim:]
-        var_q = stable_variance(ell_q, clip)
-        var_p = stable_variance(ell_p, clip)
-        std_q = var_q.sqrt()
-        g_z = torch.zeros_like(mu_q) if g_z is None else _wide(g_z)
-        g = mu_q.new_zeros(q.shape[0]) if g_kl is None else _wide(g_kl)
-        g = g.view(-1, 1, 1, 1)
-        # z = μ_q + σ_q ε: what reaches z also reaches μ_q, and σ_q through ε / (2 σ_q).
-        if ctx.analytic:
-            d = torch.sub(mu_q, mu_p)
-            r = d / var_p
-            g_mu_q = torch.addcmul(g_z, g, r)
-            # d/dvar_p = g (1 - (var_q + d^2) / var_p) / (2 var_p)
-            g_var_p = d.square_().add_(var_q).div_(var_p).neg_().add_(1.0).div_(var_p)
-            g_var_p.mul_(0.5 * g)
-            # d/dvar_q = g (1/var_p - 1/var_q) / 2 plus the sampling path
-            g_var_q = torch.mul(g_z, eps).div_(std_q).mul_(0.5)
-            g_var_q.add_(torch.sub(torch.reciprocal(var_p), torch.reciprocal(var_q)).mul_(0.5 * g))
-        else:
-            r = torch.addcmul(mu_q, std_q, eps).sub_(mu_p).div_(var_p)  # (z - μ_p) / var_p
-            g_mu_q = torch.addcmul(g_z, g, r)  # the total gradient reaching z
-            g_var_q = torch.mul(g_mu_q, eps).div_(std_q).mul_(0.5).sub_(0.5 * g / var_q)
-            # d/dvar_p of (log var_p + (z - μ_p)^2 / var_p) / 2 = (1/var_p - r^2) / 2
-            g_var_p = torch.sub(torch.reciprocal(var_p), r.square()).mul_(0.5 * g)
-        g_mu_p = r.mul_(-g)
-        g_ell_q = g_var_q.mul_(_dvar_dell(var_q, ell_q, clip))
-        g_ell_p = g_var_p.mul_(_dvar_dell(var_p, ell_p, clip))
-        grad_q = torch.cat([g_mu_q, g_ell_q], dim=1).to(ctx.in_dtypes[0])
-        grad_p = torch.cat([g_mu_p, g_ell_p], dim=1)
-        if p.shape[0] != grad_p.shape[0]:  # a batch-1 prior broadcast over the batch
-            grad_p = grad_p.sum(dim=0, keepdim=True)
-        return grad_q, grad_p.to(ctx.in_dtypes[1]), None, None, None
+        batch, z_dim = q.shape[0], q.shape[1] // 2
+        broadcast_prior = p.shape[0] != batch
+        grad_q = torch.empty_like(q)
+        grad_p = (torch.zeros(p.shape, dtype=_wide(p).dtype, device=p.device)
+                  if broadcast_prior else torch.empty_like(p))
+        for sl in _batch_slices(batch, q[0].numel()):
+            n = sl.stop - sl.start
+            qc = _wide(q[sl])
+            gz = (qc.new_zeros((n, z_dim, *q.shape[2:])) if g_z is None else _wide(g_z[sl]))
+            gk = qc.new_zeros(n) if g_kl is None else _wide(g_kl[sl])
+            gq, gp = _latent_backward(qc, _wide(p if broadcast_prior else p[sl]),
+                                      _wide(eps[sl]), gz, gk, ctx.analytic, ctx.clip)
+            grad_q[sl] = gq
+            if broadcast_prior:
+                grad_p += gp.sum(dim=0, keepdim=True)
+            else:
+                grad_p[sl] = gp
+        return grad_q, grad_p.to(p.dtype), None, None, None
+
+
+def _chunked_latent(q: Tensor, p: Tensor | None, eps: Tensor, analytic: bool, clip: float
+                    ) -> tuple[Tensor, Tensor | None]:
+    """``(z, kl)`` over batch slices; ``p`` None computes only ``z``."""
+    batch, z_dim = q.shape[0], q.shape[1] // 2
+    z = torch.empty_like(q[:, :z_dim])
+    kl = None if p is None else torch.empty(batch, dtype=_wide(q).dtype, device=q.device)
+    for sl in _batch_slices(batch, q[0].numel()):
+        pc = None if p is None else _wide(p if p.shape[0] != batch else p[sl])
+        zc, klc = _latent_forward(_wide(q[sl]), pc, _wide(eps[sl]), analytic, clip)
+        z[sl] = zc
+        if kl is not None:
+            kl[sl] = klc
+    return z, kl
 
 
 def gaussian_latent(q: Tensor, p: Tensor | None, eps: Tensor | None, *, kl: bool,
@@ -309,16 +394,18 @@ def gaussian_latent(q: Tensor, p: Tensor | None, eps: Tensor | None, *, kl: bool
         are kept. None when ``kl`` is False.
     """
     z_dim = q.shape[1] // 2
-    if not kl:
-        mu_q = q[:, :z_dim]
-        if eps is None:
-            return mu_q, None
-        return torch.addcmul(mu_q, stable_variance(q[:, z_dim:], clip).sqrt_(), eps), None
-    if p is None:
+    if kl and p is None:
         raise ValueError("the KL needs the prior parameters p")
-    if eps is None:  # KL at the posterior mean: the MC estimate with ε = 0
-        eps = q.new_zeros(q[:, :z_dim].shape)
-    return GaussianLatent.apply(q, p, eps, analytic, clip)
+    if eps is None:
+        if not kl:
+            return q[:, :z_dim], None
+        eps = q.new_zeros(q[:, :z_dim].shape)  # KL at the posterior mean: the MC estimate, ε = 0
+    if kl:
+        return GaussianLatent.apply(q, p, eps, analytic, clip)
+    if not (torch.is_grad_enabled() and q.requires_grad):
+        return _chunked_latent(q, None, eps, analytic, clip)
+    mu_q = q[:, :z_dim]
+    return torch.addcmul(mu_q, stable_variance(q[:, z_dim:], clip).sqrt_(), eps), None
 
 
 class StochasticLayer(nn.Module):
