@@ -43,12 +43,16 @@ def _context_figure(out_dir: Path, targets, split, stats, echo) -> Path:
     from musplit.report import plot_context_stack
 
     i = split.train[0]
-    frame = stats.normalize_input(stats.mix(stats.clip(targets[i])))
-    h, w = frame.shape
+    raw = stats.mix(stats.clip(targets[i]))
+    h, w = raw.shape
     corner = np.array([[h // 2 - 32 + 5, w // 2 - 32 - 7]])
     t0 = time.perf_counter()
-    stack = lateral_context(frame, corner, patch=64, scales=5, pad="zeros")[0]
+    # Zero padding is intensity 0 (background), so the context is cut from the raw mix and
+    # normalised afterwards, as the training dataset does.
+    stack = stats.normalize_input(lateral_context(raw, corner, patch=64, scales=5,
+                                                  pad="zeros")[0])
     t1 = time.perf_counter()
+    frame = stats.normalize_input(raw)
     tgt = stats.normalize_target(stats.clip(targets[i]))[corner[0, 0]:corner[0, 0] + 64,
                                                          corner[0, 1]:corner[0, 1] + 64]
     path = plot_context_stack(frame, corner[0], stack, out_dir / "context_stack.png",
@@ -59,7 +63,7 @@ def _context_figure(out_dir: Path, targets, split, stats, echo) -> Path:
 
 
 def run_demo(out_dir: str | os.PathLike = "runs/demo", *, frames: int = 100, size: int = 256,
-             steps: int = 300, seed: int = 0, samples: int = 5, echo=print) -> Path:
+             steps: int = 250, seed: int = 0, samples: int = 5, echo=print) -> Path:
     """Run the demo and return the path of its report.
 
     Parameters
