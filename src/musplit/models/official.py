@@ -435,13 +435,17 @@ def load_reference_checkpoint(path: str | os.PathLike, *, stub_unknown_classes: 
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            names = (torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                     if zipfile.is_zipfile(path) else [])
+            if not names:
+                raise CheckpointError(
+                    f"{path} is not a readable PyTorch checkpoint ({first})") from None
             if not stub_unknown_classes:
                 raise CheckpointError(
-                    f"{path} holds more than tensors and plain data and weights-only loading "
-                    f"refused it ({first}); allow inert stubs for unknown classes to read its "
-                    "weights anyway (no code from the file is run)"
+                    f"{path} refers to classes that weights-only loading refuses "
+                    f"({', '.join(names[:5])}); allow inert stubs for unknown classes to read "
+                    "its weights anyway (no code from the file is run)"
                 ) from None
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             log.warning("reading %s with inert stubs for %s", path, ", ".join(names))
             with torch.serialization.safe_globals([(_stub_class(n), n) for n in names]):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
