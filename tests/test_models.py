@@ -420,3 +420,11 @@ def test_gate_function_gradients(monkeypatch):
 def test_ladder_vae_rejects_other_kinds():
     with pytest.raises(ValueError):
         LadderVAE(ModelConfig(kind="unet", lc="none"))
+
+
+def test_config_refuses_patches_the_variant_cannot_take():
+    with pytest.raises(ValueError, match="divisible by 2\\^2"):
+        ModelConfig(lc="regular", scales=3, patch=66)
+    with pytest.raises(ValueError, match="divisible by 2\\^4"):
+        ModelConfig(lc="deep", patch=40)
+    assert ModelConfig(lc="regular", patch=62).patch == 62  # S = L+1: never halved

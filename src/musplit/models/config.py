@@ -67,6 +67,15 @@ class ModelConfig(BaseModel):
                     f"patch {self.patch} is not divisible by 2^{levels} = {2**levels} "
                     f"(the model halves it {levels} times)"
                 )
+            halvings = levels + 1 - self.scales
+            if self.lc in ("regular", "deep") and (self.patch % 2 or self.patch % 2**halvings):
+                # Regular/Deep-LC keep P x P through the LC levels and halve it on the
+                # remaining L+1-S levels; the top prior is P/2^(L+1-S) on a side (spec 2.6).
+                raise ValueError(
+                    f"patch {self.patch} must be even and divisible by 2^{halvings} = "
+                    f"{2**halvings} for {self.lc}-LC with {levels} levels and {self.scales} "
+                    "scales"
+                )
         return self
 
     @property

@@ -348,7 +348,7 @@ class LadderVAE(nn.Module):
             if self.q_scale[i] != 1.0:
                 u = u * self.q_scale[i]
             stoch = level.stochastic
-            if self.stochastic:
+            if self.stochastic and (sample or with_kl):
                 prior = None
                 if with_kl:
                     prior = (fit_prior(level.top_prior, u.shape[-2:]) if level.top
@@ -357,7 +357,8 @@ class LadderVAE(nn.Module):
                     if sample else None
                 y, kls[i] = stoch(u, prior, eps, kl=with_kl, analytic=analytic)
             else:
-                # HAE: z = μ_q; the unused half of PostConv and PriorConv are not evaluated.
+                # z = μ_q (HAE, or HVAE in "mean" mode without KL): the unused half of PostConv
+                # and PriorConv are not evaluated.
                 y = stoch.out_conv(stoch.posterior_mean(u))
             elements[i] = stoch.z_dim * u.shape[-2] * u.shape[-1]
             if not level.top:
