@@ -249,9 +249,16 @@ def test_import_needs_a_kind_and_protects_outputs(tmp_path):
     out = import_official(tmp_path / "ref.ckpt", tmp_path / "m.ckpt", kind="hae", patch=32)
     with pytest.raises(CheckpointError, match="exists"):
         import_official(tmp_path / "ref.ckpt", out, kind="hae", patch=32)
-    import_official(tmp_path / "ref.ckpt", out, kind="hvae", patch=32, overwrite=True)
-    assert Splitter.load(out).config.model.kind == "hvae"
     assert Splitter.load(out).stats is None
+    import_official(tmp_path / "ref.ckpt", out, kind="hvae", patch=32, overwrite=True,
+                    stats=STATS.to_dict())
+    assert Splitter.load(out).config.model.kind == "hvae"
+    assert Splitter.load(out).stats.input_std == 3.0
+    three = NormStats(clip_max=1.0, input_mean=0.0, input_std=1.0, target_mean=[0.0] * 3,
+                      target_std=[1.0] * 3, alpha=[1 / 3] * 3)
+    with pytest.raises(CheckpointError, match="3 channels"):
+        import_official(tmp_path / "ref.ckpt", out, kind="hvae", patch=32, overwrite=True,
+                        stats=three)
 
 
 # -- config.pkl and checkpoints with foreign classes, read without running code -------------

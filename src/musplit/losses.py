@@ -104,6 +104,17 @@ def split_elbo(params: Tensor, target: Tensor, kl: Tensor | None = None,
         Detached scalars: ``loss``, ``distortion``, ``rate`` (before β), ``beta``,
         ``kl_nats`` (mean over the batch of the total KL in nats) and ``kl_level_{i}``
         (per-element mean KL of level i). Only the first four when there is no KL.
+
+    Examples
+    --------
+    A training step (the LightningModule of ``musplit.training``)::
+
+        out = model(x, kl_estimator=cfg.train.kl_estimator)
+        beta = kl_annealing_beta(epoch) if cfg.train.kl_annealing else 1.0
+        loss, logs = split_elbo(out.params, y, out.kl, out.kl_elements, beta=beta,
+                                normalisation=cfg.train.loss_normalisation,
+                                free_bits=cfg.train.free_bits)
+        return guard(loss)  # a NonFiniteGuard: None skips the step
     """
     if normalisation not in ("reference", "elbo"):
         raise ValueError(f"normalisation must be 'reference' or 'elbo', got {normalisation!r}")

@@ -516,7 +516,7 @@ def import_official(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *
     kind : {"hvae", "hae"}, optional
         Needed unless ``config.pkl`` (next to the checkpoint, or ``config_pkl``) gives
         ``model.non_stochastic_version``; the two must agree when both are given.
-    stats : NormStats, optional
+    stats : NormStats or dict, optional
         Normalisation statistics of the training data (spec 12.1: the reference does not
         store them). Without them the checkpoint loads but cannot map predictions to
         intensities; a warning says so.
@@ -582,6 +582,10 @@ def import_official(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *
         raise CheckpointError(
             f"{n_params} parameters, but the paper's {model_cfg.lc} variant has {expected}"
         )
+    if isinstance(stats, Mapping):
+        from musplit.data.normalize import NormStats
+
+        stats = NormStats.from_dict(dict(stats))
     if stats is not None and stats.n_channels != model_cfg.out_channels:
         raise CheckpointError(
             f"statistics for {stats.n_channels} channels, model predicts "
