@@ -79,3 +79,36 @@ def test_console_script_exit_status(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "nope.tif" in proc.stderr
+
+
+def test_import_official_then_predict(tmp_path, capsys):
+    import torch
+
+    from musplit.config import ModelConfig
+    from musplit.models import build
+    from musplit.models.official import musplit_to_reference
+    from musplit.splitter import Splitter
+
+    model = build(ModelConfig(kind="hae", lc="lean", filters=8, z_dims=[4, 4, 4, 4], scales=3,
+                              dropout=0.0)).eval()
+    ref = tmp_path / "ref.ckpt"
+    torch.save({"state_dict": musplit_to_reference(model.state_dict()), "epoch": 1}, ref)
+    stats = {"clip_max": 10.0, "input_mean": 1.0, "input_std": 2.0, "target_mean": [1.0, 1.0],
+             "target_std": [2.0, 2.0], "alpha": [0.5, 0.5]}
+    (tmp_path / "stats.json").write_text(json.dumps(stats))
+    out = tmp_path / "model.ckpt"
+    code, _, err = run(["import-official", str(ref), "--out", str(out), "--kind", "hae",
+                        "--stats-json", str(tmp_path / "stats.json")], capsys)
+    assert code == 0, err
+    s = Splitter.load(out)
+    assert s.stats.input_std == 2.0 and s.config.model.kind == "hae"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(s.model(x)[0], model(x)[0], atol=1e-5)
+    img = np.random.default_rng(0).random((1, 40, 52)).astype(np.float32)
+    pred = s.predict(img, grid=32)
+    assert pred.mean.shape == (1, 40, 52, 2) and np.isfinite(pred.mean).all()
+    # a missing reference file is a one-line user error
+    code, _, err = run(["import-official", str(tmp_path / "nope.ckpt"), "--out",
+                        str(tmp_path / "m2.ckpt")], capsys)
+    assert code == 2 and "nope.ckpt" in err and len(err.strip().splitlines()) == 1

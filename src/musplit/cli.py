@@ -263,6 +263,58 @@ def evaluate(pred_path, target_path, target_channels, axes, model_path, out_path
             click.echo(f"wrote {p}")
 
 
+# -- import-official -----------------------------------------------------------------------
+@cli.command("import-official")
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+              help="The musplit checkpoint to write.")
+@click.option("--kind", type=click.Choice(["hvae", "hae"]), default=None,
+              help="Needed unless the run's config.pkl says it.")
+@click.option("--stats-from", "stats_from", default=None,
+              help="Training data to recompute the normalisation statistics from "
+                   "(one multi-channel file, or comma-separated files one per channel).")
+@click.option("--axes", default=None, help="Axes of --stats-from.")
+@click.option("--channels", default=None, help="Channels of --stats-from, e.g. 2,3.")
+@click.option("--critters", type=click.Choice(["n0", "n25"]), default=None,
+              help="Statistics from built-in SinosoidalCritters (1000 frames of 256²).")
+@click.option("--stats-json", type=click.Path(path_type=Path), default=None,
+              help="Explicit statistics (JSON of clip_max, input_mean, ... ).")
+@click.option("--patch", type=int, default=None, help="Training patch size (default 64).")
+@click.option("--overwrite", is_flag=True)
+@click.option("--allow-pickled-classes", is_flag=True,
+              help="Read a checkpoint that weights-only loading refuses, with inert stubs for "
+                   "unknown classes (never runs code from the file).")
+def import_official_cmd(ckpt, out_path, kind, stats_from, axes, channels, critters, stats_json,
+                        patch, overwrite, allow_pickled_classes):
+    """Convert a reference µSplit checkpoint CKPT into a musplit checkpoint."""
+    from musplit.data.normalize import NormStats, compute_stats
+    from musplit.models.official import import_official
+
+    stats = None
+    if stats_json is not None:
+        try:
+            stats = NormStats.from_dict(json.loads(Path(stats_json).read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise InputError(f"--stats-json {stats_json}: {e}") from None
+    elif stats_from or critters:
+        from musplit.config import DataConfig
+        from musplit.data.sources import load_targets
+
+        if critters:
+            dc = DataConfig(synthetic={"connector": 0 if critters == "n0" else 25})
+        elif "," in stats_from:
+            dc = DataConfig(channel_paths=[p.strip() for p in stats_from.split(",")], axes=axes)
+        else:
+            dc = DataConfig(path=stats_from, axes=axes,
+                            channels=_int_list(channels, "--channels"))
+        data = load_targets(dc)
+        stats = compute_stats(data.targets, data.split.train)
+    written = import_official(ckpt, out_path, kind=kind, stats=stats, patch=patch,
+                              overwrite=overwrite,
+                              stub_unknown_classes=allow_pickled_classes)
+    click.echo(f"wrote {written}")
+
+
 # -- demo ----------------------------------------------------------------------------------
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
