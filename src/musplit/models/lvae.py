@@ -378,17 +378,19 @@ class LadderVAE(nn.Module):
 
     @staticmethod
     def _noise(noise: Noise, level: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        # Drawn in float32 (float64 for float64 models) whatever autocast does, so that a
+        # generator gives the same latents in every precision.
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
         if isinstance(noise, torch.Generator):
-            return torch.empty(shape, device=like.device, dtype=like.dtype).normal_(
-                generator=noise)
+            return torch.empty(shape, device=like.device, dtype=dtype).normal_(generator=noise)
         given = None if noise is None else noise[level]
         if given is None:
-            return torch.randn(shape, device=like.device, dtype=like.dtype)
+            return torch.randn(shape, device=like.device, dtype=dtype)
         if tuple(given.shape) != tuple(shape):
             raise ValueError(
                 f"noise for level {level} must have shape {tuple(shape)}, got {tuple(given.shape)}"
             )
-        return given.to(device=like.device, dtype=like.dtype)
+        return given.to(device=like.device, dtype=dtype)
 
     def forward(self, x: Tensor, *, noise: Noise = None, sample_mode: str | None = None,
                 compute_kl: bool | None = None, kl_estimator: str = "mc") -> LadderOutput:
