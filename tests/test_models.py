@@ -32,13 +32,9 @@ def lc_input(cfg: ModelConfig, size: int, batch: int = 2, seed: int = 0) -> torc
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny tensors: one thread avoids OpenMP barriers stalling on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed():
+    # (one torch thread per test comes from conftest.py)
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- parity of the architecture (Appendix A.1, A.2) -----------------------------------------

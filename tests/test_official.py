@@ -27,14 +27,6 @@ STATS = NormStats(clip_max=1000.0, input_mean=10.0, input_std=3.0, target_mean=[
                   target_std=[2.0, 4.0], alpha=[0.5, 0.5])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- the reference layout, written out from spec 12.2 --------------------------------------
 def _res(prefix: str, gated: bool) -> set[str]:
     keys = set()
