@@ -97,7 +97,9 @@ def train_step_section(rows: list[dict]) -> str:
         "`bench/train_step.py`: one step = forward + backward + Adamax step, HVAE, paper "
         "settings (64 filters, 4×128 latents, Deep-LC 8×128, 5 scales), batch 32, patch 64, "
         "2 threads, median over the timed steps; peak RSS of the process. Reference: the "
-        "figures for the reference implementation on this machine type given in the issue.",
+        "figures for the reference implementation on this machine type given in the issue. "
+        "Single runs on a 2-core VM vary by up to 2× with other load; bf16 is autocast on "
+        "the CPU.",
         "",
         "| variant | params | fp32 s/step | bf16 s/step | reference s/step | fp32 speed-up | "
         "peak GB fp32 | reference GB | memory ratio |",
