@@ -166,6 +166,8 @@ def main() -> None:
              "available for these runs. Regenerate with `make bench`.", ""]
     if (RESULTS / "data_pipeline.md").exists():
         parts += [(RESULTS / "data_pipeline.md").read_text().strip(), ""]
+        if (ROOT / "figures" / "data_pipeline.png").exists():
+            parts += ["![data pipeline](bench/figures/data_pipeline.png)", ""]
     if (RESULTS / "train_step.json").exists():
         parts += [train_step_section(json.loads((RESULTS / "train_step.json").read_text())), ""]
     if (RESULTS / "predict_speed.json").exists():
