@@ -87,3 +87,24 @@ def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch):
     assert payload["extra"]["skipped_steps"] == 1
     assert all(torch.isfinite(v).all() for v in payload["state_dict"].values()
                if v.is_floating_point())
+
+
+def test_a_run_that_keeps_producing_nan_stops_with_a_message(tmp_path, monkeypatch):
+    import musplit.training as tr
+
+    real = tr.split_elbo
+
+    def always_nan(*a, **k):
+        loss, logs = real(*a, **k)
+        return loss * float("nan"), logs
+
+    monkeypatch.setattr(tr, "split_elbo", always_nan)
+    orig_init = tr.SplitModule.__init__
+
+    def init(self, *a, **k):
+        orig_init(self, *a, **k)
+        self.max_consecutive_nonfinite = 3
+
+    monkeypatch.setattr(tr.SplitModule, "__init__", init)
+    with pytest.raises(tr.TrainingDiverged, match="3 consecutive steps"):
+        train(tiny_config(max_steps=10), tmp_path / "run", progress=False)

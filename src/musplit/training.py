@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 BEST, LAST, RESUME = "best.ckpt", "last.ckpt", "resume.ckpt"
 
 
+class TrainingDiverged(MusplitError):
+    """Training produced a non-finite loss too many steps in a row."""
+
+
 class SplitModule(L.LightningModule):
     """LightningModule around a musplit model: split-ELBO training, ``val_psnr`` validation.
 
@@ -54,6 +58,8 @@ class SplitModule(L.LightningModule):
         self.guard = NonFiniteGuard()
         self.probabilistic = config.model.kind in ("hvae", "hae")
         self._val: dict[str, torch.Tensor] | None = None
+        self._consecutive_bad = 0
+        self.max_consecutive_nonfinite = 25
 
     def forward(self, x):
         return self.model(x)
@@ -81,6 +87,17 @@ class SplitModule(L.LightningModule):
                 self.log(f"train_{k}", logs[k], on_step=True, on_epoch=False)
         kept = self.guard(loss)
         self.log("skipped_steps", float(self.guard.skipped), on_step=True, on_epoch=False)
+        if kept is None:
+            self._consecutive_bad += 1
+            if self._consecutive_bad >= self.max_consecutive_nonfinite:
+                # Stop rather than keep saving a model that no longer learns (issue 4).
+                raise TrainingDiverged(
+                    f"training diverged: {self._consecutive_bad} consecutive steps had a "
+                    f"non-finite loss (at step {self.global_step}); the last good model is in "
+                    "best.ckpt/last.ckpt. Try a lower learning rate or bf16/fp32 precision."
+                )
+        else:
+            self._consecutive_bad = 0
         return kept
 
     # -- validation (spec 9.4) -----------------------------------------------------------

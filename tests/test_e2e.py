@@ -1,0 +1,98 @@
+"""End to end through the command line: generate -> train -> predict -> evaluate, and resume."""
+
+import json
+
+import numpy as np
+import yaml
+
+from musplit.cli import main
+from musplit.data.io import open_image
+from musplit.training import train
+from tests.test_training import StopAt
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def tiny_yaml(path, data_file):
+    cfg = {
+        "name": "e2e",
+        "data": {"path": str(data_file), "channels": [0, 1], "patch": 32, "pad": "zeros"},
+        "model": {"kind": "hvae", "lc": "lean", "filters": 8, "z_dims": [4, 4], "scales": 3,
+                  "patch": 32, "dropout": 0.0},
+        "train": {"batch_size": 4, "max_steps": 4, "val_every_steps": 2},
+        "predict": {"grid": 16, "batch_size": 32},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_generate_train_predict_evaluate(tmp_path, capsys):
+    data = tmp_path / "data"
+    code, _, err = run(["generate", "critters", "--frames", "12", "--size", "64",
+                        "--connector", "25", "--out", data], capsys)
+    assert code == 0, err
+    stack = data / "critters.tif"
+    cfg = tiny_yaml(tmp_path / "cfg.yaml", stack)
+    runs = tmp_path / "run"
+    code, out, err = run(["train", "--config", cfg, "--max-steps", "4", "--out", runs], capsys)
+    assert code == 0, err
+    best = runs / "best.ckpt"
+    assert best.is_file() and "best checkpoint" in out
+
+    pred = tmp_path / "pred.tif"
+    code, _, err = run(["predict", best, stack, "--mix-channels", "0,1", "--out", pred,
+                        "--samples", "3", "--std"], capsys)
+    assert code == 0, err
+    p = open_image(pred)
+    assert p.read().shape == (12, 64, 64, 2)
+    std = open_image(tmp_path / "pred_std.tif").read()
+    assert std.shape == (12, 64, 64, 2) and (std > 0).any() and np.isfinite(std).all()
+
+    metrics = tmp_path / "metrics.json"
+    code, out, err = run(["evaluate", "--pred", pred, "--target", stack, "--model", best,
+                          "--out", metrics], capsys)
+    assert code == 0, err
+    assert "RI-PSNR" in out and "SSIM" in out
+    res = json.loads(metrics.read_text())
+    assert res["frames"] == 12 and res["normalised"] is True
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 1 + 12 * 2
+
+    # the input was not touched, and an existing output is not overwritten
+    before = stack.read_bytes()
+    code, _, err = run(["predict", best, stack, "--mix-channels", "0,1", "--out", pred], capsys)
+    assert code == 2 and "exists" in err
+    code, _, err = run(["predict", best, stack, "--out", tmp_path / "x.tif"], capsys)
+    assert code == 2 and "2 channels" in err
+    assert stack.read_bytes() == before
+
+
+def test_cli_resume_after_an_interruption(tmp_path, capsys):
+    from musplit.checkpoint import load_checkpoint
+    from musplit.config import Config
+
+    data = tmp_path / "data"
+    assert run(["generate", "critters", "--frames", "12", "--size", "64", "--out", data],
+               capsys)[0] == 0
+    cfg = Config.from_yaml(tiny_yaml(tmp_path / "cfg.yaml", data / "critters.tif"))
+    runs = tmp_path / "run"
+    train(cfg, runs, progress=False, callbacks=[StopAt(2)])  # "killed" after 2 of 4 steps
+    assert load_checkpoint(runs / "last.ckpt")["extra"]["global_step"] == 2
+    code, _, err = run(["train", "--out", runs, "--resume"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(runs / "last.ckpt")["extra"]["global_step"] == 4
+
+
+def test_user_errors_in_train_and_predict(tmp_path, capsys):
+    code, _, err = run(["train", "--preset", "nope", "--critters", "n0", "--out",
+                        tmp_path / "r"], capsys)
+    assert code == 2 and "unknown preset" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(["train", "--data", tmp_path / "missing.tif", "--max-steps", "2",
+                        "--out", tmp_path / "r"], capsys)
+    assert code == 2 and "missing.tif" in err
+    code, _, err = run(["predict", tmp_path / "none.ckpt", tmp_path / "in.tif", "--out",
+                        tmp_path / "o.tif"], capsys)
+    assert code == 2 and "none.ckpt" in err
