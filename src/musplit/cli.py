@@ -321,7 +321,7 @@ def import_official_cmd(ckpt, out_path, kind, stats_from, axes, channels, critte
               default=Path("runs/demo"), show_default=True)
 @click.option("--frames", type=click.IntRange(min=10), default=100, show_default=True)
 @click.option("--size", type=click.IntRange(min=64), default=256, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=250, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Training steps per model.")
 @click.option("--samples", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

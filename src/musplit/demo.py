@@ -63,7 +63,7 @@ def _context_figure(out_dir: Path, targets, split, stats, echo) -> Path:
 
 
 def run_demo(out_dir: str | os.PathLike = "runs/demo", *, frames: int = 100, size: int = 256,
-             steps: int = 250, seed: int = 0, samples: int = 5, echo=print) -> Path:
+             steps: int = 1000, seed: int = 0, samples: int = 5, echo=print) -> Path:
     """Run the demo and return the path of its report.
 
     Parameters
