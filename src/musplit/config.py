@@ -228,45 +228,29 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _model_for(lc: str, **kw) -> dict:
-    return {"kind": "hvae", "lc": lc, **kw}
+def _paper(name: str, data: dict, epochs: int, lr_patience: int, stop_patience: int) -> dict:
+    """The paper's recipe (spec 4): Regular-LC HVAE, fp16 AMP, inner padding G = 16."""
+    return {
+        "name": name,
+        "data": data,
+        "model": {"kind": "hvae", "lc": "regular"},
+        "train": {"max_epochs": epochs, "lr_patience": lr_patience,
+                  "early_stopping_patience": stop_patience, "precision": "16-mixed"},
+        "predict": {"grid": 16},
+    }
+
+
+def _critters(connector: int) -> dict:
+    return {"synthetic": {"frames": 1000, "size": 256, "connector": connector}, "pad": "zeros"}
 
 
 # Presets: the paper's settings (spec 4) and a laptop-sized one. Each is a dict of overrides
 # applied to the defaults, so that a preset plus user flags is one merge.
 PRESETS: dict[str, dict] = {
-    "paper-pavia": {
-        "name": "paper-pavia",
-        "data": {"channels": [2, 3], "pad": "reflect"},
-        "model": _model_for("regular"),
-        "train": {"max_epochs": 200, "lr_patience": 15, "early_stopping_patience": 100,
-                  "precision": "16-mixed"},
-        "predict": {"grid": 16},
-    },
-    "paper-hagen": {
-        "name": "paper-hagen",
-        "data": {"pad": "reflect", "split": "hagen"},
-        "model": _model_for("regular"),
-        "train": {"max_epochs": 200, "lr_patience": 15, "early_stopping_patience": 100,
-                  "precision": "16-mixed"},
-        "predict": {"grid": 16},
-    },
-    "paper-critters-n0": {
-        "name": "paper-critters-n0",
-        "data": {"synthetic": {"frames": 1000, "size": 256, "connector": 0}, "pad": "zeros"},
-        "model": _model_for("regular"),
-        "train": {"max_epochs": 4800, "lr_patience": 180, "early_stopping_patience": 1200,
-                  "precision": "16-mixed"},
-        "predict": {"grid": 16},
-    },
-    "paper-critters-n25": {
-        "name": "paper-critters-n25",
-        "data": {"synthetic": {"frames": 1000, "size": 256, "connector": 25}, "pad": "zeros"},
-        "model": _model_for("regular"),
-        "train": {"max_epochs": 2400, "lr_patience": 90, "early_stopping_patience": 300,
-                  "precision": "16-mixed"},
-        "predict": {"grid": 16},
-    },
+    "paper-pavia": _paper("paper-pavia", {"channels": [2, 3], "pad": "reflect"}, 200, 15, 100),
+    "paper-hagen": _paper("paper-hagen", {"pad": "reflect", "split": "hagen"}, 200, 15, 100),
+    "paper-critters-n0": _paper("paper-critters-n0", _critters(0), 4800, 180, 1200),
+    "paper-critters-n25": _paper("paper-critters-n25", _critters(25), 2400, 90, 300),
     # Small enough to train in minutes on two CPU cores: fewer filters and latents.
     "cpu-small": {
         "name": "cpu-small",
