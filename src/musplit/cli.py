@@ -107,6 +107,19 @@ def _int_list(value: str | None, name: str) -> list[int] | None:
         raise InputError(f"{name} must be comma-separated integers, got '{value}'") from None
 
 
+def _switch_kind(over: dict, base_kind: str) -> None:
+    """``--model`` moving between the LadderVAE and a baseline (or between baselines): the
+    settings that depend on the kind go back to the new kind's defaults, unless given."""
+    from musplit.models.config import LADDER_KINDS
+
+    kind = over["model"].get("kind")
+    if kind is None or kind == base_kind or (kind in LADDER_KINDS and base_kind in LADDER_KINDS):
+        return
+    for key in ("lc", "filters", "z_dims", "depth", "scales", "dropout"):
+        over["model"].setdefault(key, None)
+    over["data"].setdefault("scales", None)
+
+
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="YAML config; flags below override it.")
@@ -120,8 +133,16 @@ def _int_list(value: str | None, name: str) -> list[int] | None:
 @click.option("--channels", default=None, help="Channel indices to separate, e.g. 2,3.")
 @click.option("--critters", type=click.Choice(["n0", "n25"]), default=None,
               help="Train on built-in SinosoidalCritters instead of a file.")
-@click.option("--model", "kind", type=click.Choice(["hvae", "hae"]), default=None)
-@click.option("--lc", type=click.Choice(["none", "lean", "regular", "deep"]), default=None)
+@click.option("--model", "kind",
+              type=click.Choice(["hvae", "hae", "unet", "ca_unet", "bravenet"]), default=None,
+              help="hvae/hae: the µSplit LadderVAE; unet, ca_unet (Context-Aware U-Net), "
+                   "bravenet: the paper's baselines.")
+@click.option("--lc", type=click.Choice(["none", "lean", "regular", "deep"]), default=None,
+              help="Lateral context (unet: none or regular).")
+@click.option("--filters", type=click.IntRange(min=1), default=None,
+              help="Trunk width (LadderVAE) or first-level width (baselines).")
+@click.option("--depth", type=click.IntRange(min=1), default=None,
+              help="Baselines: U-Net Down blocks (default 5) or BRAVE-NET levels (default 4).")
 @click.option("--patch", type=int, default=None)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None)
 @click.option("--max-epochs", type=click.IntRange(min=1), default=None)
@@ -136,10 +157,10 @@ def _int_list(value: str | None, name: str) -> list[int] | None:
 @click.option("--devices", default="auto", show_default=True)
 @click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
 def train(config_path, preset_name, data_path, channel_files, axes, channels, critters, kind,
-          lc, patch, max_steps, max_epochs, batch_size, val_every, precision, seed, out_dir,
-          resume, devices, strategy):
+          lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every, precision,
+          seed, out_dir, resume, devices, strategy):
     """Train a model; the run folder gets the config, split, logs and checkpoints."""
-    from musplit.config import Config, preset
+    from musplit.config import PRESETS, Config, preset
     from musplit.training import train as run_training
 
     over: dict = {"data": {}, "model": {}, "train": {}}
@@ -157,7 +178,7 @@ def train(config_path, preset_name, data_path, channel_files, axes, channels, cr
     if patch:
         over["data"]["patch"] = patch
         over["model"]["patch"] = patch
-    for key, val in (("kind", kind), ("lc", lc)):
+    for key, val in (("kind", kind), ("lc", lc), ("filters", filters), ("depth", depth)):
         if val is not None:
             over["model"][key] = val
     if lc == "deep" and preset_name == "cpu-small":
@@ -167,14 +188,18 @@ def train(config_path, preset_name, data_path, channel_files, axes, channels, cr
                      ("precision", precision), ("seed", seed)):
         if val is not None:
             over["train"][key] = val
-    over = {k: v for k, v in over.items() if v}
     if config_path is not None:
         base = Config.from_yaml(config_path)
+        _switch_kind(over, base.model.kind)
+        over = {k: v for k, v in over.items() if v}
         cfg = base.updated(over) if over else base
     elif resume and out_dir is not None and (out_dir / "config.yaml").is_file():
         cfg = Config.from_yaml(out_dir / "config.yaml")
     else:
-        cfg = preset(preset_name or "cpu-small", **over)
+        name = preset_name or "cpu-small"
+        _switch_kind(over, PRESETS.get(name, {}).get("model", {}).get("kind", "hvae"))
+        over = {k: v for k, v in over.items() if v}
+        cfg = preset(name, **over)
     if cfg.data.path is None and cfg.data.channel_paths is None and cfg.data.synthetic is None:
         raise InputError("no training data: give --data FILE, --channel-files A,B, "
                          "--critters n0|n25 or a --config that names the data")
@@ -261,6 +286,122 @@ def evaluate(pred_path, target_path, target_channels, axes, model_path, out_path
     if out_path is not None:
         for p in write_metrics(res, out_path):
             click.echo(f"wrote {p}")
+
+
+# -- double-dip ----------------------------------------------------------------------------
+@cli.command("double-dip")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
+              help="Output .tif/.tiff or .zarr: the two layers of every crop, "
+                   "(crops, crop, crop, 2), crop positions in its metadata.")
+@click.option("--axes", default=None, help="Axes of INPUT (default: metadata).")
+@click.option("--mix-channels", default=None,
+              help="INPUT holds the separate channels: split their average (e.g. 0,1) and "
+                   "evaluate the layers against them (layer order resolved per crop).")
+@click.option("--frames", "frame_list", default=None,
+              help="Frame indices to take crops from, e.g. 0,3 (default: all).")
+@click.option("--crop", type=click.IntRange(min=96), default=256, show_default=True,
+              help="Crop side (a multiple of 32).")
+@click.option("--crops", "per_frame", type=click.IntRange(min=1), default=1,
+              show_default=True, help="Random crops per frame.")
+@click.option("--iterations", type=click.IntRange(min=1), default=8000, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4,
+              show_default=True)
+@click.option("--mix", type=click.Choice(["fixed", "learned"]), default="fixed",
+              show_default=True, help="Mixing mask: the channel average (1/2) or fitted per crop.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--metrics", "metrics_path", type=click.Path(path_type=Path), default=None,
+              help="With --mix-channels: also write the metrics as .json (and .csv).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def double_dip(input_path, out_path, axes, mix_channels, frame_list, crop, per_frame,
+               iterations, lr, mix, seed, metrics_path, overwrite):
+    """Unsupervised baseline: split random crops of INPUT with Double-DIP (no training data).
+
+    Each crop is fitted on its own by two deep-image-prior generators (8000 iterations each by
+    default: minutes per crop on a GPU, much longer on a CPU).
+    """
+    import numpy as np
+
+    from musplit import __version__
+    from musplit.data.io import _check_output, open_image
+    from musplit.doubledip import (
+        MULTIPLE,
+        match_layers,
+        random_crops,
+        separate_crops,
+    )
+    from musplit.evaluation import evaluate_arrays, write_metrics
+    from musplit.predict import Prediction, _file_kind
+
+    if crop % MULTIPLE:
+        raise InputError(f"--crop must be a multiple of {MULTIPLE}, got {crop}")
+    if metrics_path is not None and not mix_channels:
+        raise InputError("--metrics needs --mix-channels (the ground truth to compare with)")
+    kind = _file_kind(out_path)
+    _check_output(out_path, overwrite, [input_path], kind)  # refuse now, not after hours
+    src = open_image(input_path, axes=axes)
+    targets = None
+    names = ["layer_0", "layer_1"]
+    if mix_channels:
+        chans = _int_list(mix_channels, "--mix-channels")
+        if len(chans) != 2:
+            raise InputError(f"--mix-channels takes two channels, got {chans}")
+        targets = src.read(channels=chans).astype(np.float32)
+        image = targets.mean(axis=-1)
+        if src.channel_names:
+            names = [src.channel_names[c] for c in chans]
+        else:
+            names = [f"channel_{c}" for c in chans]
+    else:
+        if src.n_channels != 1:
+            raise InputError(
+                f"{input_path} has {src.n_channels} channels; Double-DIP splits one "
+                "superimposed channel (use --mix-channels to split the average of two)")
+        image = src.read()[..., 0].astype(np.float32)
+    frames = np.arange(image.shape[0])
+    if frame_list:
+        frames = np.asarray(_int_list(frame_list, "--frames"), dtype=np.int64)
+        bad = frames[(frames < 0) | (frames >= image.shape[0])]
+        if bad.size:
+            raise InputError(f"--frames {bad.tolist()} out of range: {input_path} has "
+                             f"{image.shape[0]} frames")
+    corners = random_crops(len(frames), image.shape[1], image.shape[2], crop, per_frame, seed)
+    corners[:, 0] = frames[corners[:, 0]]
+    results = separate_crops(image, corners, crop, seed=seed, progress=True,
+                             iterations=iterations, lr=lr, mix=mix)
+    layers = np.stack([r.layers for r in results])
+    perms = None
+    if targets is not None:
+        gt = np.stack([targets[f, t : t + crop, lf : lf + crop] for f, t, lf in corners])
+        ordered = [match_layers(gt[i], layers[i]) for i in range(len(layers))]
+        layers = np.stack([o[0] for o in ordered])
+        perms = [o[1] for o in ordered]
+    meta = {
+        "method": "double-dip",
+        "crop": crop,
+        "corners": corners.tolist(),
+        "corner_axes": "frame, top, left",
+        "iterations": iterations,
+        "lr": lr,
+        "mix": mix,
+        "alpha": [r.alpha for r in results],
+        "reconstruction_psnr": [r.psnr for r in results],
+        "kept_step": [r.step for r in results],
+        "seed": seed,
+        "layer_order": perms if perms is not None else "arbitrary (no ground truth)",
+        "units": "intensity",
+        "musplit_version": __version__,
+    }
+    pred = Prediction(layers, channel_names=names, meta=meta)
+    written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
+    click.echo(f"wrote {written}")
+    if targets is not None:
+        res = evaluate_arrays(gt, layers, channel_names=names,
+                              source=f"{out_path} vs {input_path}")
+        click.echo(res["table"])
+        if metrics_path is not None:
+            for p in write_metrics(res, metrics_path):
+                click.echo(f"wrote {p}")
 
 
 # -- import-official -----------------------------------------------------------------------

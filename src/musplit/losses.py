@@ -16,7 +16,9 @@ Two normalisations of the rate exist (spec 3.2):
 ``"elbo"``
     the true per-pixel negative ELBO: ``(Σ NLL + Σ_i KL_i) / (B·T·H·W)``.
 
-The HAE has no rate: its loss is the distortion only.
+The HAE has no rate: its loss is the distortion only. The supervised baselines (spec 10) are
+fitted by the mean squared error on normalised targets, :func:`deep_supervision_mse` (with
+BRAVE-NET's auxiliary outputs).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import Tensor
 
 __all__ = [
     "NonFiniteGuard",
+    "deep_supervision_mse",
     "gaussian_nll",
     "is_finite",
     "kl_annealing_beta",
@@ -149,6 +152,39 @@ def split_elbo(params: Tensor, target: Tensor, kl: Tensor | None = None,
     loss = distortion + beta * rate
     logs["rate"] = rate.detach()
     logs["beta"] = torch.tensor(float(beta))
+    logs["loss"] = loss.detach()
+    return loss, logs
+
+
+def deep_supervision_mse(mean: Tensor, target: Tensor, aux: Sequence[Tensor] = ()
+                         ) -> tuple[Tensor, dict[str, Tensor]]:
+    """MSE loss of the baselines (spec 4 "Baselines", spec 10.4).
+
+    Parameters
+    ----------
+    mean : Tensor, shape (B, C, H, W)
+        The main prediction, normalised target units.
+    target : Tensor, shape (B, C, H, W)
+        Normalised targets.
+    aux : sequence of Tensor, shape (B, C, H, W) each
+        Further predictions fitted to the same targets (BRAVE-NET's deep supervision).
+
+    Returns
+    -------
+    loss : Tensor, scalar
+        ``MSE(mean)`` without ``aux``, else ``(MSE(mean) + mean_k MSE(aux_k)) / 2`` as the
+        reference BRAVE-NET; computed in float32 whatever autocast produced.
+    logs : dict of Tensor
+        ``loss``, ``distortion`` (the main MSE) and, with ``aux``, ``aux_mse``.
+    """
+    y = target.float()
+    main = torch.nn.functional.mse_loss(mean.float(), y)
+    logs = {"distortion": main.detach()}
+    loss = main
+    if len(aux):
+        extra = torch.stack([torch.nn.functional.mse_loss(a.float(), y) for a in aux]).mean()
+        loss = (main + extra) / 2
+        logs["aux_mse"] = extra.detach()
     logs["loss"] = loss.detach()
     return loss, logs
 

@@ -1028,7 +1028,8 @@ def predict_image(
     keep_samples : int
         Keep the first ``k`` individual samples (:attr:`Prediction.samples`).
     aleatoric : bool
-        Compute :attr:`Prediction.aleatoric_std`.
+        Compute :attr:`Prediction.aleatoric_std` (never for a model with
+        ``predicts_variance = False``, such as the MSE baselines: it would be a constant).
     input_scale : float
         Multiplies the image before clipping (spec 1.1).
     amp : {"bf16", "fp16"}, optional
@@ -1055,6 +1056,7 @@ def predict_image(
     """
     _check_common(config, stats, samples, batch_size, seed, keep_samples, input_scale,
                   sample_batch)
+    aleatoric = aleatoric and getattr(model, "predicts_variance", True) is not False
     tiling = make_tiling(config, padding, grid, blend=blend, blend_width=blend_width,
                          paper_geometry=paper_geometry)
     names = _channel_names(config, stats, channel_names)
@@ -1199,6 +1201,7 @@ def predict_to_zarr(
     from musplit.data.io import ImageSource, ZarrWriter, open_image
 
     _check_common(config, stats, samples, batch_size, seed, 0, input_scale, sample_batch)
+    aleatoric = aleatoric and getattr(model, "predicts_variance", True) is not False
     if _file_kind(out_path) != "zarr":
         raise InputError(f"{out_path}: predict_to_zarr writes a .zarr store")
     tiling = make_tiling(config, padding, grid, blend="none", paper_geometry=paper_geometry)

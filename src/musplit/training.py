@@ -27,7 +27,12 @@ from musplit.checkpoint import save_checkpoint
 from musplit.config import Config
 from musplit.data.normalize import NormStats, compute_stats
 from musplit.errors import ConfigError, MusplitError
-from musplit.losses import NonFiniteGuard, kl_annealing_beta, split_elbo
+from musplit.losses import (
+    NonFiniteGuard,
+    deep_supervision_mse,
+    kl_annealing_beta,
+    split_elbo,
+)
 from musplit.models import build
 
 log = logging.getLogger(__name__)
@@ -75,14 +80,13 @@ class SplitModule(L.LightningModule):
                               free_bits=tc.free_bits)
         out = self.model(x)
         params = out[0] if isinstance(out, tuple) else out
-        loss = torch.nn.functional.mse_loss(params[:, : y.shape[1]].float(), y.float())
-        return loss, {"loss": loss.detach(), "distortion": loss.detach()}
+        return deep_supervision_mse(params[:, : y.shape[1]], y, getattr(out, "aux", ()))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss, logs = self._loss(x, y)
         self.log("loss", logs["loss"], prog_bar=True, on_step=True, on_epoch=False)
-        for k in ("distortion", "rate", "kl_nats"):
+        for k in ("distortion", "rate", "kl_nats", "aux_mse"):
             if k in logs:
                 self.log(f"train_{k}", logs[k], on_step=True, on_epoch=False)
         kept = self.guard(loss)

@@ -1,6 +1,8 @@
-"""Networks: the µSplit LadderVAE (HVAE/HAE with Vanilla, Lean-, Regular- and Deep-LC).
+"""Networks: the µSplit LadderVAE (HVAE/HAE with Vanilla, Lean-, Regular- and Deep-LC) and the
+paper's supervised baselines (U-Net, U-Net + Regular-LC, Context-Aware U-Net, BRAVE-NET).
 
-The one entry point is :func:`build`; U-Net and baseline kinds arrive with issue 5.
+The one entry point is :func:`build`. The unsupervised Double-DIP baseline fits each image on
+its own and is not built from a config: see :mod:`musplit.doubledip`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from torch import nn
 from musplit.errors import ConfigError
 from musplit.models.config import ModelConfig
 from musplit.models.lvae import EncoderState, LadderOutput, LadderVAE
+from musplit.models.unet import BaselineOutput, UNet
 
-__all__ = ["EncoderState", "LadderOutput", "LadderVAE", "ModelConfig", "build",
-           "count_parameters"]
+__all__ = ["BaselineOutput", "EncoderState", "LadderOutput", "LadderVAE", "ModelConfig",
+           "build", "count_parameters"]
 
 
 def build(config: ModelConfig) -> nn.Module:
@@ -21,7 +24,9 @@ def build(config: ModelConfig) -> nn.Module:
     Parameters
     ----------
     config : ModelConfig
-        ``kind`` "hvae" or "hae" gives a :class:`LadderVAE`.
+        ``kind`` "hvae" or "hae" gives a :class:`LadderVAE`; "unet" and "ca_unet" a
+        :class:`~musplit.models.unet.UNet`; "bravenet" a
+        :class:`~musplit.models.bravenet.BraveNet`.
 
     Returns
     -------
@@ -38,12 +43,16 @@ def build(config: ModelConfig) -> nn.Module:
         raise ConfigError(f"build() takes a ModelConfig, got {type(config).__name__}")
     if config.kind in ("hvae", "hae"):
         return LadderVAE(config)
-    raise ConfigError(
-        f"model kind '{config.kind}' is not available in this version of musplit "
-        "(available: hvae, hae)"
-    )
+    if config.kind in ("unet", "ca_unet"):
+        return UNet(config)
+    if config.kind == "bravenet":
+        from musplit.models.bravenet import BraveNet
+
+        return BraveNet(config)
+    raise ConfigError(f"model kind '{config.kind}' is not available in this version of musplit")
 
 
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (BatchNorm running statistics are buffers and not counted)."""
     return sum(p.numel() for p in model.parameters())
+
