@@ -8,21 +8,29 @@ learned, starts at 0 (σ = 1/2), and is broadcast over batch and channels; the w
 is the one at the *source* row or column, as in the reference. The module's output is
 ``ReLU(Conv1x1_{4C -> C}(cat[left, right, up, down]))``.
 
-The reference runs these recurrences as Python loops, one row or column at a time, with a
-full autograd graph (spec 13.1 item 18). Here each sweep is exact but runs as a **chunked scan**:
+The reference runs these recurrences as Python loops, one row or column at a time, cloning
+rows under a full autograd graph (spec 13.1 item 18). Here each sweep is exact and runs without
+a per-row graph, as a **chunked scan**:
 
 * one step ``h ↦ max(0, a·h + x)`` with ``a >= 0`` is a function of the form
   ``h ↦ max(c, A·h + B)``, and that family is closed under composition:
   ``max(c2, a2·max(c1, a1·h + b1) + b2) = max(max(c2, a2·c1 + b2), a2·a1·h + a2·b1 + b2)``;
-* the ``n`` rows are cut into about ``sqrt(n)`` chunks; the composite ``(A, B, C)`` of every
-  row relative to the start of its chunk is built for **all chunks at once** (one strided row
-  slice per step), then the chunks are chained, each one vectorised over its rows.
+* the ``n`` rows are cut into chunks of ``k`` rows; each chunk's composite ``(A, B, C)`` is
+  built for **all chunks at once** (``k`` steps on one strided row slice each), the chunks'
+  end values are chained (``n/k`` steps on one row), and the recurrence is run again inside
+  all chunks at once from their entry values (``k`` steps).
 
-That is ``O(sqrt(n))`` sequential steps instead of ``n`` at ``O(n)`` work (a log-depth prefix
-scan would need ``O(n log n)``), with no per-row autograd graph: the backward pass is its own
-scan (a linear one, the other way), and only the sweep outputs are kept for it. Any size works,
-at any patch size; at a size other than the gate's, the gate is centre-cropped or edge-padded
-(a documented musplit extension, as for the LadderVAE's top prior, spec 2.11).
+With ``k = ceil(sqrt(n))`` that is about ``3 sqrt(n)`` sequential steps instead of ``n``, at
+about three times the work of the plain loop (a log-depth prefix scan would need
+``O(n log n)``); with ``k = n`` it is the plain loop, in place. The choice is by the size of
+a row (:data:`SEQUENTIAL_ROW_ELEMENTS`): large rows make per-step overhead negligible and the
+least work wins; small ones (small batches, deep levels at prediction time) gain from fewer
+steps. The backward pass is its own scan (a linear one, the other way), and only the sweep
+outputs are kept for it, which the 1x1 convolution needs anyway.
+
+Any size works, at any patch size; at a size other than the gate's, the gate is
+centre-cropped or edge-padded (a documented musplit extension, as for the LadderVAE's top
+prior, spec 2.11).
 """
 
 from __future__ import annotations
@@ -56,14 +64,9 @@ def _step_rows(n: int, k: int, j: int, reverse: bool) -> slice | None:
     per chunk that has a step ``j``: forwards chunks ``0, 1, ...``; backwards the last chunk
     first. None when no chunk has a step ``j``.
     """
-    if reverse:
-        if j > n - 1:
-            return None
-        first, stop = (n - 1 - j) % k, n - j
-    else:
-        if j > n - 1:
-            return None
-        first, stop = j, n
+    if j > n - 1:
+        return None
+    first, stop = ((n - 1 - j) % k, n - j) if reverse else (j, n)
     cnt = len(range(first, stop, k))
     return slice(first, first + k * (cnt - 1) + 1, k)
 
