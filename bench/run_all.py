@@ -79,6 +79,14 @@ def run_predict(size: int) -> list[dict]:
     return rows
 
 
+def run_compare(budget: float) -> None:
+    """Every method for the same training budget (issue 5); writes compare_methods.md/json."""
+    cmd = [PY, "bench/compare_methods.py", "--budget-seconds", str(budget), "--no-benchmarks"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compare_methods failed:\n{proc.stderr[-2000:]}")
+
+
 def run_data_pipeline(quick: bool) -> None:
     cmd = [PY, "bench/data_pipeline.py"] + (["--quick"] if quick else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=3600)
@@ -140,7 +148,9 @@ def predict_section(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", choices=["data", "train", "predict"], default=None)
+    ap.add_argument("--only", choices=["data", "train", "predict", "compare"], default=None)
+    ap.add_argument("--compare-budget", type=float, default=120.0,
+                    help="training seconds per method for --only compare (issue 5)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--predict-size", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="small data-pipeline run")
@@ -150,6 +160,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     if args.render:
         args.only = "render"
+    if args.only in (None, "compare"):
+        run_compare(args.compare_budget)
     if args.only in (None, "data"):
         run_data_pipeline(args.quick)
     if args.only in (None, "train"):
@@ -172,6 +184,8 @@ def main() -> None:
         parts += [train_step_section(json.loads((RESULTS / "train_step.json").read_text())), ""]
     if (RESULTS / "predict_speed.json").exists():
         parts += [predict_section(json.loads((RESULTS / "predict_speed.json").read_text())), ""]
+    if (RESULTS / "compare_methods.md").exists():
+        parts += [(RESULTS / "compare_methods.md").read_text().strip(), ""]
     (REPO / "BENCHMARKS.md").write_text("\n".join(parts))
     print("wrote BENCHMARKS.md")
 
