@@ -11,15 +11,16 @@ that add up, as superimposed fluorescence channels do, call for a uniform mask, 
 Double-DIP's transparency separation: ``α = 1/2`` fixed (``mix="fixed"``, the recipe of spec
 10.5, where the reconstruction is ``G1 + G2``), or one value fitted per crop together with the
 generators (``mix="learned"``). The recipe follows the Double-DIP authors' public separation
-code (the paper does not state its settings): Adam at 5e-4 for 8000 iterations, a random
-dihedral transform of crop and noise every second iteration, input noise perturbation growing
-to 0.001 over the first 1000 iterations (none at the last), and the iterate with the best
-reconstruction PSNR kept.
+code (the paper does not state its settings): Adam at 5e-4 for 8000 iterations, the 8
+dihedral transforms of crop and noise in turn on every second iteration, a perturbation of
+the noise inputs growing to std 0.001 over the first 1000 iterations (none at the last), and
+the iterate with the best reconstruction PSNR kept (among the iterations that saw the crop
+untransformed).
 
 The paper ran it on random crops of the test images (the crop size was lost; 256 by default).
 Its outputs have no channel identity, so evaluation picks, per crop, the order of the two layers
 that maximises the summed range-invariant PSNR (spec 9.6, :func:`match_layers`). It shows what
-supervision buys: on the paper's data it is 5-10 dB below every supervised method (spec 11.1).
+supervision buys: in the paper's Table 1 it is 4-9 dB below every supervised method.
 
 Entry points: :func:`separate` (one crop), :func:`separate_crops` (random crops of a stack) and
 ``musplit double-dip INPUT --out OUT``.
