@@ -67,15 +67,21 @@ def run_train_step(steps: int) -> list[dict]:
     return rows
 
 
-def run_predict(size: int) -> list[dict]:
+def run_predict(size: int, memory_size: int) -> list[dict]:
+    """Throughput per variant (G=16, 1 and 10 samples) and streaming peak memory."""
     rows = []
-    for variant in ("none", "lean"):
-        for grid in (32, 16):
-            for samples in (1, 10):
-                print(f"predict_speed {variant} G={grid} K={samples} ...", flush=True)
-                rows += _json_lines([PY, "bench/predict_speed.py", "--variant", variant,
-                                     "--grid", str(grid), "--samples", str(samples), "--size",
-                                     str(size), "--threads", "2"], timeout=3600)
+    for variant in ("none", "lean", "regular", "deep"):
+        for samples in (1, 10):
+            print(f"predict {variant} G=16 K={samples} on {size}^2 ...", flush=True)
+            rows += _json_lines([PY, "bench/predict.py", "--variant", variant, "--grid", "16",
+                                 "--samples", str(samples), "--size", str(size), "--threads",
+                                 "2"], timeout=7200)
+    # Bounded memory: a frame far larger than memory would allow as one array, streamed Zarr
+    # to Zarr; the pipeline alone (stub) and with a real (cpu-small width) network.
+    for extra in (["--stub"], ["--filters", "32", "--z", "32", "--variant", "lean"]):
+        print(f"predict to zarr {memory_size}^2 {' '.join(extra)} ...", flush=True)
+        rows += _json_lines([PY, "bench/predict.py", "--to-zarr", "--size", str(memory_size),
+                             "--grid", "32", "--threads", "2", *extra], timeout=7200)
     return rows
 
 
@@ -129,20 +135,55 @@ def train_step_section(rows: list[dict]) -> str:
 
 
 def predict_section(rows: list[dict]) -> str:
-    out = [
-        "## Tiled prediction",
-        "",
-        "`bench/predict_speed.py`: a randomly initialised paper-size HVAE, inner padding, "
-        "P = 64, 2 threads; megapixels of input per second, 1 and 10 samples (encoder once "
-        "per tile).",
-        "",
-        "| variant | frame | G | samples | MP/s | seconds | peak GB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        out.append(f"| {NAMES[r['variant']]} | {r['size']}² | {r['grid']} | {r['samples']} | "
-                   f"{r['megapixels_per_s']:.3f} | {r['seconds']:.1f} | "
-                   f"{r['peak_rss_gb']:.2f} |")
+    speed = [r for r in rows if not r.get("to_zarr")]
+    memory = [r for r in rows if r.get("to_zarr")]
+    out = ["## Tiled prediction (issue 4)", ""]
+    if speed:
+        size = speed[0]["size"]
+        out += [
+            "`bench/predict.py`: a randomly initialised HVAE of the paper's size (speed does not "
+            "depend on the weights), inner padding, P = 64, G = 16, batch 64 tiles, fp32, "
+            f"2 threads, one {size}×{size} frame through `predict_image` (LC crops, network, "
+            "MMSE, stitching). Megapixels of input per second; with K samples the encoder runs "
+            "once per tile and the top-down pass K times. Throughput is per tile, so it is the "
+            f"same for a 2048² frame (4096 tiles of 16²·16 at G = 16 would take "
+            f"(2048/{size})² = {(2048 / size) ** 2:.0f}× the seconds shown).",
+            "",
+            "| variant | params | MP/s, 1 sample | MP/s, 10 samples | cost of 10 vs 1 | "
+            "s for 2048², 1 sample | peak GB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        by = {(r["variant"], r["samples"]): r for r in speed}
+        for v in ("none", "lean", "regular", "deep"):
+            one, ten = by.get((v, 1)), by.get((v, 10))
+            if one is None:
+                continue
+            mp1 = one["megapixels_per_s"]
+            cells = [NAMES[v], f"{one['params']:,}", f"{mp1:.4f}"]
+            if ten:
+                cells += [f"{ten['megapixels_per_s']:.4f}", f"{mp1 / ten['megapixels_per_s']:.1f}×"]
+            else:
+                cells += ["–", "–"]
+            peak = max(r["peak_rss_gb"] for r in (one, ten) if r)
+            cells += [f"{2048**2 / 1e6 / mp1:.0f}", f"{peak:.2f}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    if memory:
+        out += [
+            "**Bounded memory.** `predict_to_zarr` reads a Zarr input block by block (2048² "
+            "blocks plus the LC margin) and writes each block's result to a Zarr output, so "
+            "peak memory does not grow with the frame. Peak RSS of the whole process (Python, "
+            "torch, model, buffers), inner padding, G = 32:",
+            "",
+            "| frame | network | tiles | seconds | peak RSS GB | frame as float32 GB |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in memory:
+            net = ("stand-in (no network: pipeline only)" if r["stub"] else
+                   f"{NAMES[r['variant']]} HVAE, {r['filters']} filters "
+                   f"({r['params']:,} params)")
+            out.append(f"| {r['size']}² | {net} | {r['tiles']:,} | {r['seconds']:.0f} | "
+                       f"{r['peak_rss_gb']:.2f} | {r['size'] ** 2 * 4 / 2**30:.2f} |")
     return "\n".join(out)
 
 
@@ -152,7 +193,11 @@ def main() -> None:
     ap.add_argument("--compare-budget", type=float, default=120.0,
                     help="training seconds per method for --only compare (issue 5)")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--predict-size", type=int, default=512)
+    ap.add_argument("--predict-size", type=int, default=512,
+                    help="frame side for the throughput runs (the issue's 2048 takes hours on "
+                         "2 CPU cores; MP/s is per tile and barely depends on it)")
+    ap.add_argument("--memory-size", type=int, default=16384,
+                    help="frame side for the streaming (Zarr to Zarr) peak-memory runs")
     ap.add_argument("--quick", action="store_true", help="small data-pipeline run")
     ap.add_argument("--render", action="store_true",
                     help="only rebuild BENCHMARKS.md from the stored results")
@@ -167,8 +212,8 @@ def main() -> None:
     if args.only in (None, "train"):
         (RESULTS / "train_step.json").write_text(json.dumps(run_train_step(args.steps), indent=1))
     if args.only in (None, "predict"):
-        (RESULTS / "predict_speed.json").write_text(
-            json.dumps(run_predict(args.predict_size), indent=1))
+        (RESULTS / "predict.json").write_text(
+            json.dumps(run_predict(args.predict_size, args.memory_size), indent=1))
         (RESULTS / "machine.txt").write_text(machine())
     if args.only is None or not (RESULTS / "machine.txt").exists():
         (RESULTS / "machine.txt").write_text(machine())
@@ -182,8 +227,8 @@ def main() -> None:
             parts += ["![data pipeline](bench/figures/data_pipeline.png)", ""]
     if (RESULTS / "train_step.json").exists():
         parts += [train_step_section(json.loads((RESULTS / "train_step.json").read_text())), ""]
-    if (RESULTS / "predict_speed.json").exists():
-        parts += [predict_section(json.loads((RESULTS / "predict_speed.json").read_text())), ""]
+    if (RESULTS / "predict.json").exists():
+        parts += [predict_section(json.loads((RESULTS / "predict.json").read_text())), ""]
     if (RESULTS / "compare_methods.md").exists():
         parts += [(RESULTS / "compare_methods.md").read_text().strip(), ""]
     (REPO / "BENCHMARKS.md").write_text("\n".join(parts))

@@ -161,3 +161,32 @@ def test_nan_from_a_model_is_caught():
     loss, _ = split_elbo(params, torch.zeros(1, 2, 2, 2))
     guard = NonFiniteGuard()
     assert guard(loss) is None and guard.skipped == 1
+
+
+def test_beta_nll_value_and_gradients(toy):
+    """β-NLL: the loss is mean(σ^(2β)·NLL) with σ held constant; β = 1 gives the means the
+    squared-error gradient, the log-variances the NLL gradient times σ²; logs keep the NLL."""
+    params, target, _, _ = toy
+    t = target.shape[1]
+    for beta in (0.5, 1.0):
+        p = params.clone().requires_grad_()
+        loss, logs = split_elbo(p, target, nll_beta=beta)
+        nll = gaussian_nll(params, target)
+        weight = torch.exp(beta * params[:, t:])
+        assert loss.item() == pytest.approx((nll * weight).mean().item())
+        assert logs["distortion"].item() == pytest.approx(nll.mean().item())
+        loss.backward()
+        n = target.numel()
+        mu, ell = params[:, :t], params[:, t:]
+        grad_mu = (mu - target) * torch.exp((beta - 1) * ell) / n
+        torch.testing.assert_close(p.grad[:, :t], grad_mu)
+        grad_ell = 0.5 * (1 - (target - mu).square() * torch.exp(-ell)) * weight / n
+        torch.testing.assert_close(p.grad[:, t:], grad_ell)
+    # β = 1: the mean gradient is exactly the one of 0.5·MSE.
+    p = params.clone().requires_grad_()
+    split_elbo(p, target, nll_beta=1.0)[0].backward()
+    q = params[:, :t].clone().requires_grad_()
+    (0.5 * (q - target).square().mean()).backward()
+    torch.testing.assert_close(p.grad[:, :t], q.grad)
+    with pytest.raises(ValueError, match="nll_beta"):
+        split_elbo(params, target, nll_beta=1.5)

@@ -395,3 +395,26 @@ def test_zero_frames():
     assert frames.shape == (0, SIZE, SIZE, 2) and frames.dtype == np.float32
     assert set(info) >= {"frame", "channel", "range1", "range2", "w1", "w2", "h_shift"}
     assert all(len(col) == 0 for col in info.values())
+
+
+@pytest.mark.parametrize("pairing", ["shared-low", "shared-high"])
+def test_easier_pairings(pairing):
+    """The variant pairings draw each channel's curves from its own two pairings only; the
+    shared segment range occurs in both channels, the other identifies the channel."""
+    from musplit.data.synthetic import PAIRINGS
+
+    _, info = generate_critters(20, size=SIZE, seed=3, pairing=pairing, return_info=True)
+    shared = 0 if pairing == "shared-low" else 1  # index of the shared segment in the pair
+    ident = 1 - shared
+    for ch in (0, 1):
+        sel = info["channel"] == ch
+        pairs = set(zip(info["range1"][sel].tolist(), info["range2"][sel].tolist(), strict=True))
+        assert pairs == set(PAIRINGS[pairing][ch])
+        identifying = {p[ident] for p in pairs}
+        other = {p[ident] for p in PAIRINGS[pairing][1 - ch]}
+        assert len(identifying) == 1 and not identifying & other
+        assert {p[shared] for p in pairs} == {p[shared] for p in PAIRINGS[pairing][1 - ch]}
+    paper = generate_critters(2, size=SIZE, seed=3)
+    assert not np.array_equal(generate_critters(2, size=SIZE, seed=3, pairing=pairing), paper)
+    with pytest.raises(ConfigError, match="pairing"):
+        generate_critters(1, size=SIZE, pairing="xor")

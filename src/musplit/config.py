@@ -43,6 +43,7 @@ class CrittersConfig(_Strict):
     size: int = Field(256, ge=16)
     connector: int = Field(25, ge=0)
     seed: int = 0
+    pairing: Literal["paper", "shared-low", "shared-high"] = "paper"
 
 
 class DataConfig(_Strict):
@@ -115,6 +116,7 @@ class TrainConfig(_Strict):
     kl_estimator: Literal["mc", "analytic"] = "mc"
     free_bits: float = Field(0.0, ge=0)
     kl_annealing: bool = False
+    nll_beta: float = Field(0.0, ge=0.0, le=1.0, description="β-NLL exponent; 0 = paper NLL")
     val_every_steps: int | None = Field(None, ge=1)
 
 

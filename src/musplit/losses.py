@@ -16,6 +16,13 @@ Two normalisations of the rate exist (spec 3.2):
 ``"elbo"``
     the true per-pixel negative ELBO: ``(Σ NLL + Σ_i KL_i) / (B·T·H·W)``.
 
+``nll_beta`` (β-NLL, Seitzer et al., ICLR 2022) weights each pixel's NLL by its predicted
+variance raised to β, held constant (no gradient through the weight). 0 is the paper's NLL. With
+a learned per-pixel variance the plain NLL lets the model explain hard pixels by a large variance
+instead of moving their means, which makes the means learn slowly; β = 1 gives the means the
+gradient of the squared error while the variances are still fitted. Short CPU budgets (the
+``cpu-small`` preset, ``make demo``) use it.
+
 The HAE has no rate: its loss is the distortion only. The supervised baselines (spec 10) are
 fitted by the mean squared error on normalised targets, :func:`deep_supervision_mse` (with
 BRAVE-NET's auxiliary outputs).
@@ -72,7 +79,7 @@ def gaussian_nll(params: Tensor, target: Tensor) -> Tensor:
 
 def split_elbo(params: Tensor, target: Tensor, kl: Tensor | None = None,
                kl_elements: Sequence[int] | None = None, *, normalisation: str = "reference",
-               beta: float = 1.0, free_bits: float = 0.0,
+               beta: float = 1.0, free_bits: float = 0.0, nll_beta: float = 0.0,
                channel_weights: Sequence[float] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The training loss ``distortion + β · rate`` and its parts.
 
@@ -95,6 +102,9 @@ def split_elbo(params: Tensor, target: Tensor, kl: Tensor | None = None,
         Free bits λ in nats **per latent element**: each level's per-sample KL is raised to at
         least ``λ·Z·H_i·W_i`` (the reference's ``max(KL_i, λ)`` on its per-element means). 0
         (parity) leaves negative one-sample estimates as they are.
+    nll_beta : float
+        β-NLL exponent in [0, 1]: each pixel's NLL is multiplied by ``stop_grad(σ²)^nll_beta``.
+        0 (parity) is the plain NLL. ``logs["distortion"]`` is always the plain NLL.
     channel_weights : sequence of float, optional
         ``w_k`` of the channel combination ``Σ w_k mean_k / Σ w_k`` (all 1 by default, which is
         the mean over ``B·T·H·W``).
@@ -123,16 +133,27 @@ def split_elbo(params: Tensor, target: Tensor, kl: Tensor | None = None,
         raise ValueError(f"normalisation must be 'reference' or 'elbo', got {normalisation!r}")
     if free_bits < 0:
         raise ValueError(f"free_bits must be >= 0, got {free_bits}")
+    if not 0.0 <= nll_beta <= 1.0:
+        raise ValueError(f"nll_beta must be in [0, 1], got {nll_beta}")
     nll = gaussian_nll(params, target)  # (B, T, H, W)
     if channel_weights is None:
-        distortion = nll.mean()
+        def reduce(v: Tensor) -> Tensor:
+            return v.mean()
     else:
         w = torch.as_tensor(channel_weights, dtype=nll.dtype, device=nll.device)
         if w.shape != (nll.shape[1],):
             raise ValueError(f"{len(channel_weights)} channel weights for {nll.shape[1]} channels")
-        distortion = (nll.mean(dim=(0, 2, 3)) * w).sum() / w.sum()
 
-    logs: dict[str, Tensor] = {"distortion": distortion.detach()}
+        def reduce(v: Tensor) -> Tensor:
+            return (v.mean(dim=(0, 2, 3)) * w).sum() / w.sum()
+    plain = reduce(nll)
+    if nll_beta > 0:
+        t = target.shape[1]
+        distortion = reduce(nll * torch.exp(nll_beta * params[:, t:].detach().float()))
+    else:
+        distortion = plain
+
+    logs: dict[str, Tensor] = {"distortion": plain.detach()}
     if kl is None:
         rate = distortion.new_zeros(())
     else:

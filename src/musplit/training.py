@@ -77,7 +77,7 @@ class SplitModule(L.LightningModule):
             beta = kl_annealing_beta(self.current_epoch) if tc.kl_annealing else 1.0
             return split_elbo(out.params, y, out.kl, out.kl_elements,
                               normalisation=tc.loss_normalisation, beta=beta,
-                              free_bits=tc.free_bits)
+                              free_bits=tc.free_bits, nll_beta=tc.nll_beta)
         out = self.model(x)
         params = out[0] if isinstance(out, tuple) else out
         return deep_supervision_mse(params[:, : y.shape[1]], y, getattr(out, "aux", ()))

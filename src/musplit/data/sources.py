@@ -96,9 +96,11 @@ def load_targets(data_cfg) -> TargetData:
         from musplit.data.synthetic import generate_critters
 
         s = data_cfg.synthetic
-        targets = generate_critters(s.frames, size=s.size, connector=s.connector, seed=s.seed)
+        targets = generate_critters(s.frames, size=s.size, connector=s.connector, seed=s.seed,
+                                    pairing=s.pairing)
         names = data_cfg.channel_names or ["ch1", "ch2"]
-        source = f"critters(frames={s.frames}, size={s.size}, connector={s.connector})"
+        source = f"critters(frames={s.frames}, size={s.size}, connector={s.connector}" + (
+            f", pairing={s.pairing})" if s.pairing != "paper" else ")")
         rule = "default"
     elif data_cfg.channel_paths is not None:
         targets = load_channel_files(data_cfg.channel_paths, axes=data_cfg.axes)

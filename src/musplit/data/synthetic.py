@@ -42,6 +42,7 @@ from musplit.errors import ConfigError, InputError
 
 __all__ = [
     "CHANNEL_PAIRINGS",
+    "PAIRINGS",
     "CONNECTOR_FREQUENCY",
     "FREQUENCY_RANGES",
     "GENERATOR_VERSION",
@@ -84,7 +85,20 @@ _VERTICAL_BAND = 0.9  # curves start in [0, 0.9 W) (6.4)
 _HORIZONTAL_SHIFT = 0.3  # h = +-U * 0.3 W (6.4)
 _PARITY_CONNECTOR_FRACTION = 0.1  # reference law c = floor(0.1 D) (6.3)
 
-_PAIRINGS = np.asarray(CHANNEL_PAIRINGS, dtype=np.int64)  # (channel, option, lower/higher)
+#: Named channel pairings. "paper" is section 6.2: only the pairing identifies the channel, so a
+#: pixel can be assigned only where both waveforms of its critter are in view. The other two are
+#: easier variants for short training budgets (not in the paper): in "shared-low" the
+#: low-frequency segment (R0 or R1) occurs in both channels and the high-frequency one (R2 for
+#: channel 1, R3 for channel 2) identifies the channel; in "shared-high" the other way round
+#: (R0 for channel 1, R1 for channel 2). Half of every critter is then ambiguous on its own and
+#: needs the other half in view.
+PAIRINGS: dict[str, tuple[tuple[tuple[int, int], tuple[int, int]], ...]] = {
+    "paper": CHANNEL_PAIRINGS,
+    "shared-low": (((0, 2), (1, 2)), ((0, 3), (1, 3))),
+    "shared-high": (((0, 2), (0, 3)), ((1, 2), (1, 3))),
+}
+_PAIRING_ARRAYS = {k: np.asarray(v, dtype=np.int64) for k, v in PAIRINGS.items()}
+_PAIRINGS = _PAIRING_ARRAYS["paper"]  # (channel, option, lower/higher)
 _RANGES = np.asarray(FREQUENCY_RANGES, dtype=np.float64)  # (range, low/high)
 
 
@@ -355,7 +369,7 @@ def _frame(seed: int, index: int, cfg: dict) -> tuple[np.ndarray, dict[str, np.n
     u = rng.random((2, k, 7))  # one block of draws, laid out (channel, curve, variable)
 
     option = (u[..., 0] >= 0.5).astype(np.int64)  # which of the channel's two pairings (6.2)
-    ranges = _PAIRINGS[np.arange(2)[:, None], option]  # (2, k, 2): lower, higher range
+    ranges = _PAIRING_ARRAYS[cfg["pairing"]][np.arange(2)[:, None], option]  # (2, k, 2): lower, higher range
     low, high = _RANGES[ranges, 0], _RANGES[ranges, 1]
     w = low + u[..., 1:3] * (high - low)  # w1 from the lower range, so w1 < w2
     mirrored = u[..., 3] < 0.5
@@ -434,6 +448,7 @@ def generate_critters(
     curves_per_channel: int = 5,
     amplitude: float = 8.0,
     thickness: int = 21,
+    pairing: str = "paper",
     return_info: bool = False,
     workers: int | None = None,
 ):
@@ -468,6 +483,8 @@ def generate_critters(
         critters of one channel is 2A (16 px in the paper).
     thickness : int
         Odd side of the rendering window (21: half-width 10).
+    pairing : {"paper", "shared-low", "shared-high"}
+        Which frequency pairings make each channel, see :data:`PAIRINGS` ("paper": section 6.2).
     return_info : bool
         Also return a table describing every curve.
     workers : int or None
@@ -501,6 +518,8 @@ def generate_critters(
     if k > 255:
         raise ConfigError(f"curves_per_channel must be <= 255, got {k}")
     thickness = _check_thickness(thickness)
+    if pairing not in PAIRINGS:
+        raise ConfigError(f"unknown pairing '{pairing}'; choose one of: {', '.join(PAIRINGS)}")
     amplitude = float(amplitude)
     if not (math.isfinite(amplitude) and amplitude > 0):
         raise ConfigError(f"amplitude must be finite and > 0, got {amplitude}")
@@ -536,6 +555,7 @@ def generate_critters(
         "amplitude": amplitude,
         "thickness": thickness,
         "mu": mu,
+        "pairing": pairing,
     }
 
     start = time.perf_counter()

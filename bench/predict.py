@@ -15,10 +15,10 @@ remains is the pipeline itself (LC crops, normalisation, MMSE statistics, stitch
 ``--to-zarr`` writes the frame to a temporary Zarr store and predicts it with
 :func:`musplit.predict.predict_to_zarr` (block by block, bounded memory). Examples::
 
-    .venv/bin/python bench/predict_speed.py --variant lean --grid 16 --samples 1 --size 2048
-    .venv/bin/python bench/predict_speed.py --variant deep --grid 64 --samples 10 --size 256 \\
+    .venv/bin/python bench/predict.py --variant lean --grid 16 --samples 1 --size 2048
+    .venv/bin/python bench/predict.py --variant deep --grid 64 --samples 10 --size 256 \\
         --threads 2
-    .venv/bin/python bench/predict_speed.py --stub --to-zarr --size 16384 --grid 32
+    .venv/bin/python bench/predict.py --stub --to-zarr --size 16384 --grid 32
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from musplit.data.normalize import NormStats
 from musplit.models import build, count_parameters
 from musplit.predict import Prediction, make_tiling, predict_image, predict_to_zarr
 
-log = logging.getLogger("bench.predict_speed")
+log = logging.getLogger("bench.predict")
 
 
 class Stub(torch.nn.Module):
