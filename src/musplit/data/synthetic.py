@@ -369,7 +369,8 @@ def _frame(seed: int, index: int, cfg: dict) -> tuple[np.ndarray, dict[str, np.n
     u = rng.random((2, k, 7))  # one block of draws, laid out (channel, curve, variable)
 
     option = (u[..., 0] >= 0.5).astype(np.int64)  # which of the channel's two pairings (6.2)
-    ranges = _PAIRING_ARRAYS[cfg["pairing"]][np.arange(2)[:, None], option]  # (2, k, 2): lower, higher range
+    # (2, k, 2): lower, higher range
+    ranges = _PAIRING_ARRAYS[cfg["pairing"]][np.arange(2)[:, None], option]
     low, high = _RANGES[ranges, 0], _RANGES[ranges, 1]
     w = low + u[..., 1:3] * (high - low)  # w1 from the lower range, so w1 < w2
     mirrored = u[..., 3] < 0.5
