@@ -149,9 +149,10 @@ def predict_section(rows: list[dict]) -> str:
             "depend on the weights), inner padding, P = 64, G = 16, batch 64 tiles, fp32, "
             f"2 threads, one {size}×{size} frame through `predict_image` (LC crops, network, "
             "MMSE, stitching). Megapixels of input per second; with K samples the encoder runs "
-            "once per tile and the top-down pass K times. Throughput is per tile, so it is the "
-            f"same for a 2048² frame (4096 tiles of 16²·16 at G = 16 would take "
-            f"(2048/{size})² = {(2048 / size) ** 2:.0f}× the seconds shown).",
+            "once per tile and the top-down pass K times. Throughput is per tile, so it holds for "
+            f"a 2048² frame too: that is {(2048 // 16) ** 2:,} tiles at G = 16, "
+            f"{(2048 / size) ** 2:.0f}× this frame's (the 2048² column is extrapolated; "
+            "measuring it directly takes over two hours for the four variants on 2 cores).",
             "",
             "| variant | params | MP/s, 1 sample | MP/s, 10 samples | cost of 10 vs 1 | "
             "s for 2048², 1 sample | peak GB |",
@@ -179,8 +180,10 @@ def predict_section(rows: list[dict]) -> str:
             "peak memory does not grow with the frame. Peak RSS of the whole process (Python, "
             "torch, model, buffers), inner padding, G = 32. The network's own share (its "
             "weights and one batch of 64 tiles of activations) does not depend on the frame "
-            "size; it is measured on a 4096² frame so that the run stays short on a CPU, and "
-            "the 16k × 16k figure for a real network is the stand-in's plus that share.",
+            "size; with a real network it is measured on a 4096² frame (16,384 tiles already "
+            "take 8 minutes on 2 cores; a 16k × 16k frame would take about 2 hours) and stays "
+            "below the stand-in's peak on 16k × 16k: both are set by the 2048² block, not by "
+            "the frame.",
             "",
             "| frame | network | tiles | seconds | peak RSS GB | frame as float32 GB |",
             "|---|---|---:|---:|---:|---:|",
@@ -238,6 +241,12 @@ def main() -> None:
         parts += [predict_section(json.loads((RESULTS / "predict.json").read_text())), ""]
     if (RESULTS / "compare_methods.md").exists():
         parts += [(RESULTS / "compare_methods.md").read_text().strip(), ""]
+    else:
+        parts += ["## Method comparison (issue 5)", "",
+                  "Not measured yet: `bench/compare_methods.py` trains every method of Table 1 for "
+                  "the same CPU budget on SinosoidalCritters. Run it on a quiet machine with "
+                  "`.venv/bin/python bench/run_all.py --only compare --compare-budget 120` "
+                  "(about 45 minutes).", ""]
     (REPO / "BENCHMARKS.md").write_text("\n".join(parts))
     print("wrote BENCHMARKS.md")
 
