@@ -39,6 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_all import machine  # noqa: E402  (the one machine description of bench/)
+
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 SECTION = "## Method comparison (issue 5)"
@@ -339,23 +342,6 @@ def replace_section(text: str, section: str) -> str:
     return text[:start] + section.strip() + "\n" + tail
 
 
-def _machine() -> str:
-    import platform
-
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch "
-            f"{torch.__version__}; {time.strftime('%Y-%m-%d')}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget-seconds", type=float, default=120.0,
@@ -419,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"budget_s": args.budget_seconds, "threads": args.threads, "frames": args.frames,
             "frame_size": args.frame_size, "connector": args.connector,
             "batch_size": args.batch_size, "patch": args.patch, "size": args.size,
-            "size_note": size_note, "test_frames": args.test_frames, "machine": _machine()}
+            "size_note": size_note, "test_frames": args.test_frames, "machine": machine()}
     args.results.mkdir(parents=True, exist_ok=True)
     _write(args.results / "compare_methods.json", json.dumps({"meta": meta, "rows": rows},
                                                              indent=1))
