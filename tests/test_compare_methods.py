@@ -26,7 +26,7 @@ def test_every_method_has_a_valid_config_at_every_size(compare):
 
     for size in compare.SIZES:
         args = argparse.Namespace(size=size, frame_size=256, patch=64, frames=20, connector=25,
-                                  seed=0, batch_size=32)
+                                  pairing="shared-low", nll_beta=1.0, seed=0, batch_size=32)
         for name in compare.METHODS:
             if name != "double-dip":
                 cfg = compare.make_config(name, args)
