@@ -327,7 +327,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "(the recipe's learning rate; its iteration count is shown, of the recipe's 8000). "
         "Peak memory: the RSS a fresh process gains over two training steps on a random batch "
         "(CPU; the paper's column is GPU memory). s/step: median forward + backward + Adamax "
-        "step, in CPU seconds per thread (wall seconds on an idle machine). These budgets are far from convergence (the paper trains for days): the table "
+        "step, in CPU seconds per thread (wall seconds on an idle machine). "
+        "These budgets are far from convergence (the paper trains for days): the table "
         "compares what each method learns per CPU second, not the paper's final numbers.",
         "",
         "| method | P | params | s/step | steps | peak GB | RI-PSNR ch1 | RI-PSNR ch2 | "
@@ -339,7 +340,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         if r["method"] == "double-dip":
             steps += f" ({r['iterations_per_crop']:,}/crop)"
         out.append(
-            f"| {r['label']} | {r['patch']} | {r['params']:,} | {_f(r.get('step_cpu_s', r['step_s']), '.3f')} | "
+            f"| {r['label']} | {r['patch']} | {r['params']:,} | "
+            f"{_f(r.get('step_cpu_s', r['step_s']), '.3f')} | "
             f"{steps} | {_f(r['peak_step_memory_gb'], '.2f')} | "
             f"{r['ri_psnr'][0]:.2f} | {r['ri_psnr'][1]:.2f} | {r['ri_psnr_mean']:.2f} | "
             f"{r['ssim'][0]:.3f} | {r['ssim'][1]:.3f} | {r['ssim_mean']:.3f} |")
