@@ -475,6 +475,11 @@ def demo(out_dir: Path, frames: int, size: int, steps: int, samples: int, seed: 
              echo=click.echo)
 
 
+# -- issue 7: pseudo-colorize masked cells (musplit.pretrain) -------------------------------
+# [detect/synth commands: registered below this line]
+# [pretrain command: registered below this line]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``musplit`` console script; returns the exit status."""
     try:
