@@ -14,9 +14,9 @@ Run each variant in a fresh process so that peak memories do not mix, e.g.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -32,20 +32,38 @@ log = logging.getLogger("bench.train_step")
 
 
 def tune_glibc_malloc() -> bool:
-    """Make glibc reuse freed memory instead of returning it to the system.
+    """The allocator setting the musplit CLI applies (see musplit.runtime.tune_allocator)."""
+    from musplit.runtime import tune_allocator
 
-    Activations of 32-128 MB are above glibc's largest mmap threshold (32 MB), so by default
-    each one is a fresh mmap whose pages are faulted in (and zeroed) on first touch, then
-    unmapped when freed; on a VM this costs about as much as the arithmetic around it. With
-    mmap disabled and a large trim threshold the heap keeps and recycles that memory, at the
-    price of a somewhat higher peak RSS. jemalloc/tcmalloc via LD_PRELOAD do the same.
+    return tune_allocator()
+
+
+def _best_seconds(fn, repeat: int) -> float:
+    fn()  # warm-up (oneDNN primitive creation, page faults)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def machine_peaks(dtype: torch.dtype, repeat: int = 5) -> dict:
+    """This machine's attainable FLOP/s, measured now, with the step's threads and dtype.
+
+    ``matmul``: a 2048³ matrix product. ``conv``: the µSplit workhorse, a channels_last 3×3
+    convolution with 64 input and output channels on a batch of 32 64×64 maps (forward only).
+    The best of ``repeat`` runs is taken: the peak is what the hardware can do, not the average.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    n = 2048
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    mm = 2 * n**3 / _best_seconds(lambda: a @ b, repeat)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dtype=dtype,
+                                                    memory_format=torch.channels_last)
+    x = torch.randn(32, 64, 64, 64, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        cv = 2 * 32 * 64 * 64 * 64 * 64 * 9 / _best_seconds(lambda: conv(x), repeat)
+    return {"matmul_gflops": round(mm / 1e9, 1), "conv_gflops": round(cv / 1e9, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                     help="channels_last memory format (default on)")
-    ap.add_argument("--tune-malloc", action="store_true",
-                    help="glibc only: keep freed memory for reuse (no mmap, no trimming)")
+    ap.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                    help="glibc only: keep freed memory for reuse, as the musplit CLI does "
+                         "(default on)")
+    ap.add_argument("--flops", action="store_true",
+                    help="count the step's FLOPs and measure this machine's peak in this run")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -99,6 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         step()
     times = [step() for _ in range(args.steps)]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    extra = {}
+    if args.flops:  # after the timed steps, so that it cannot raise the memory peak
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = counter.get_total_flops()
+        peaks = machine_peaks(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+        achieved = flops / statistics.median(times) / 1e9
+        extra = {"gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(achieved, 1),
+                 **peaks, "conv_utilisation": round(achieved / peaks["conv_gflops"], 3),
+                 "matmul_utilisation": round(achieved / peaks["matmul_gflops"], 3)}
     result = {
         "variant": args.variant,
         "kind": args.kind,
@@ -113,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         "device": device.type,
         "tune_malloc": args.tune_malloc,
         "torch": torch.__version__,
+        "patch": args.patch,
+        "step_times": [round(t, 3) for t in times],
+        "load_avg": round(os.getloadavg()[0], 2),
+        **extra,
     }
     sys.stdout.write(json.dumps(result) + "\n")
     return 0

@@ -1,0 +1,61 @@
+"""Process-level settings that make CPU training and prediction faster.
+
+:func:`tune_allocator` is called by the ``musplit`` command line (set ``MUSPLIT_TUNE_MALLOC=0``
+to turn it off). Python users who train or predict on a CPU can call it once at the start of
+their program; it changes how this process allocates memory and nothing else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+
+log = logging.getLogger("musplit")
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_tuned: bool | None = None
+
+
+def tune_allocator(trim_threshold: int = 1 << 30) -> bool:
+    """Make glibc's malloc keep freed memory for reuse; return whether it took effect.
+
+    A training step of µSplit allocates activations of 32-128 MB. They are above glibc's largest
+    mmap threshold, so by default each one is a fresh ``mmap`` whose pages the kernel faults in
+    and zeroes on first touch, and which is unmapped again when freed. On a virtual machine
+    that page handling costs about as much as the arithmetic around it. Switching mmap off
+    and raising the trim threshold lets the heap recycle those blocks: bench/train_step.py
+    measured 1.3-1.7× faster steps for a peak memory about 10 % higher.
+
+    The call is a no-op (returning False) on systems without glibc, and when the environment
+    variable ``MUSPLIT_TUNE_MALLOC`` is ``0``. Calling it again does nothing more.
+
+    Parameters
+    ----------
+    trim_threshold : int
+        Bytes of free memory at the top of the heap that glibc keeps rather than returning to
+        the system (default 1 GiB).
+    """
+    global _tuned
+    if _tuned is not None:
+        return _tuned
+    _tuned = False
+    if os.environ.get("MUSPLIT_TUNE_MALLOC", "1").strip() in ("0", "false", "no", "off"):
+        return False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another libc: leave it alone
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    _tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    log.debug("glibc malloc tuned for reuse: %s", _tuned)
+    return _tuned
+
+
+__all__ = ["tune_allocator"]
