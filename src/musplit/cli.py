@@ -159,9 +159,11 @@ def _switch_kind(over: dict, base_kind: str) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--devices", default="auto", show_default=True)
 @click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
+@click.option("--init-from", "init_from", default=None,
+              help="Start from the encoder of a pre-training checkpoint (musplit pretrain).")
 def train(config_path, preset_name, data_path, channel_files, axes, channels, critters, kind,
           lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every, precision,
-          seed, out_dir, resume, devices, strategy):
+          seed, out_dir, resume, devices, strategy, init_from=None):
     """Train a model; the run folder gets the config, split, logs and checkpoints."""
     from musplit.config import PRESETS, Config, preset
     from musplit.training import train as run_training
@@ -188,7 +190,7 @@ def train(config_path, preset_name, data_path, channel_files, axes, channels, cr
         over["model"]["z_dims"] = [32] * 8
     for key, val in (("max_steps", max_steps), ("max_epochs", max_epochs),
                      ("batch_size", batch_size), ("val_every_steps", val_every),
-                     ("precision", precision), ("seed", seed)):
+                     ("precision", precision), ("seed", seed), ("init_from", init_from)):
         if val is not None:
             over["train"][key] = val
     if config_path is not None:
@@ -481,6 +483,9 @@ def demo(out_dir: Path, frames: int, size: int, steps: int, samples: int, seed: 
 # -- issue 7: pseudo-colorize masked cells (musplit.pretrain) -------------------------------
 # [detect/synth commands: registered below this line]
 # [pretrain command: registered below this line]
+from musplit.pretrain.cli_pretrain import pretrain  # noqa: E402
+
+cli.add_command(pretrain)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,6 +118,9 @@ class TrainConfig(_Strict):
     kl_annealing: bool = False
     nll_beta: float = Field(0.0, ge=0.0, le=1.0, description="β-NLL exponent; 0 = paper NLL")
     val_every_steps: int | None = Field(None, ge=1)
+    init_from: str | None = Field(
+        None, description="pre-training checkpoint (musplit pretrain) whose encoder weights "
+        "initialise the model, loaded strictly (spec/pcmc.md 13.6)")
 
 
 class PredictConfig(_Strict):

@@ -329,6 +329,11 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     val_loader = make_loader(val_ds, max(tc.batch_size, 64), num_workers=tc.num_workers)
 
     module = SplitModule(config, stats)
+    if tc.init_from and not resume:  # resume restores the trained weights instead
+        from musplit.pretrain.usplit import load_pretrained_encoder, write_report
+
+        report = load_pretrained_encoder(module.model, tc.init_from)
+        write_report(report, run_dir / "init_report.json")
     extra = {"split": data.split.to_dict(), "channel_names": data.channel_names,
              "data_source": data.source}
     callbacks = [

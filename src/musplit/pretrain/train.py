@@ -150,7 +150,13 @@ def load_pretrained(path: str | os.PathLike) -> PretrainResult:
         Not a file, unsafe or unreadable, or a checkpoint of another kind (e.g. a trained
         µSplit model).
     """
-    payload = load_checkpoint(path)
+    try:
+        payload = load_checkpoint(path)
+    except (IndexError, KeyError, TypeError, AttributeError) as e:
+        # musplit.checkpoint.load_checkpoint lets some unpickler errors on non-checkpoint files
+        # through (e.g. IndexError on a text file); they mean the same thing here.
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") \
+            from None
     extra = payload.get("extra") or {}
     if extra.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(f"{path} is not a pre-training checkpoint (musplit pretrain "
