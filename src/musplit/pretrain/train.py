@@ -152,7 +152,9 @@ def load_pretrained(path: str | os.PathLike) -> PretrainResult:
     """
     try:
         payload = load_checkpoint(path)
-    except (IndexError, KeyError, TypeError, AttributeError) as e:
+    except MusplitError:
+        raise
+    except Exception as e:  # noqa: BLE001
         # musplit.checkpoint.load_checkpoint lets some unpickler errors on non-checkpoint files
         # through (e.g. IndexError on a text file); they mean the same thing here.
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") \
