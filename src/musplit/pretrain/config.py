@@ -307,6 +307,20 @@ class DetectionConfig(_Strict):
                     raise ValueError(f"reference mode forces {k} = {v}")
         return self
 
+    def with_mode(self, mode: str) -> DetectionConfig:
+        """This config in evaluation ``mode``; decoding values and max_dets take that mode's
+        defaults (clean: candidate threshold 0.3; reference: the forced values)."""
+        if mode == self.mode:
+            return self
+        data = self.model_dump()
+        for k in (*_REFERENCE_FORCED, "max_dets"):
+            data.pop(k, None)
+        data["mode"] = mode
+        if mode == "clean":
+            data["threshold"] = self.threshold
+            data["nms_kernel"] = self.nms_kernel
+        return DetectionConfig.model_validate(data)
+
     @property
     def model_config_resolved(self) -> CCFViTConfig | CellCentroidFormerConfig:
         if self.model == "ccf_vit":
