@@ -57,6 +57,12 @@ def test_unsafe_and_broken_files_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="unreadable or truncated"):
         load_checkpoint(cut)
 
+    # Not a checkpoint at all (a text file): the legacy unpickler raises KeyError on it.
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello world\n")
+    with pytest.raises(CheckpointError, match="unreadable or truncated"):
+        load_checkpoint(text)
+
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")
 
