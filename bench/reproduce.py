@@ -47,6 +47,7 @@ EXPERIMENTS = ("table2", "padding", "levels", "alignment", "precision")
 NAMES = {"none": "Vanilla", "lean": "Lean-LC", "regular": "Regular-LC", "deep": "Deep-LC"}
 PADS = (8, 16, 24)
 log = logging.getLogger("bench.reproduce")
+_REPORT_DIR = REPO
 
 
 # -- runs --------------------------------------------------------------------------------
@@ -361,10 +362,12 @@ def _plt():
 
 
 def _save(fig, path: Path) -> str:
+    """Write the figure atomically; return its path relative to the report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, path)
-    return path.name
+    return os.path.relpath(path, _REPORT_DIR)
 
 
 def _bar_figure(scores: dict, path: Path) -> str:
@@ -432,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nll-beta", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "REPRODUCTION.md")
+    ap.add_argument("--figures", type=Path, default=REPO / "bench" / "figures",
+                    help="folder for the PNG figures")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -442,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--test-frames must be at least 2 (the verdicts need a standard error)")
     if only - set(EXPERIMENTS):
         ap.error(f"unknown experiment(s) {sorted(only - set(EXPERIMENTS))}")
-    args.out_dir = args.out.resolve().parent
+    global _REPORT_DIR
+    _REPORT_DIR = args.out.resolve().parent
+    args.out_dir = args.figures
 
     import torch
 
