@@ -482,6 +482,10 @@ def demo(out_dir: Path, frames: int, size: int, steps: int, samples: int, seed: 
 
 # -- issue 7: pseudo-colorize masked cells (musplit.pretrain) -------------------------------
 # [detect/synth commands: registered below this line]
+from musplit.pretrain.cli_detect import detect, synth  # noqa: E402
+
+cli.add_command(detect)
+cli.add_command(synth)
 # [pretrain command: registered below this line]
 from musplit.pretrain.cli_pretrain import pretrain  # noqa: E402
 
