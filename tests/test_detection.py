@@ -345,3 +345,25 @@ def test_train_detector_tiny_cnn_from_pretext_model():
     assert log["load_report"]["scope"] == "all"
     assert len(log["load_report"]["skipped"]) == 4
     assert model(torch.rand(1, 3, 64, 64))["sizes"].shape == (1, 2, 64, 64)
+
+
+def test_aux_pcolor_multitask_fine_tuning():
+    from musplit.pretrain import synth
+    from musplit.pretrain.colormap import pcolor
+
+    imgs, labs = synth.generate("sim_nuclei", 2, 0, size=64)
+    ccf = TINY_CCF.model_copy(update={"aux_pcolor": True, "aux_depth": 1})
+    cfg = DetectionConfig(vit=ccf, steps=2, batch=2)
+    data = det._DetectionData(det.normalize_images(imgs), labs, cfg, pcolor=True)
+    x, tg = data[(1, 5)]  # rotated and flipped: the target follows the transformed input
+    assert torch.equal(tg["pcolor"], torch.as_tensor(pcolor(x[0].numpy())))
+    lab_t = np.rot90(labs[1], 1)[:, ::-1]
+    assert torch.equal(tg["heatmap"][0], torch.as_tensor(
+        det.centroid_heatmap(det.boxes_from_labels(np.ascontiguousarray(lab_t))[0], (64, 64))))
+    model, log = det.train_detector(imgs, labs, cfg)
+    with torch.no_grad():
+        out = model(x[None])
+    assert out["pcolor"].shape == (1, 3, 64, 64)
+    parts = det.detection_loss(out, {k: v[None] for k, v in tg.items()}, cfg)
+    assert float(parts["loss"]) == pytest.approx(
+        float(parts["heatmap"] + 0.5 * parts["size"] + parts["pcolor"]), rel=1e-5)

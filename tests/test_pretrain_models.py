@@ -230,7 +230,8 @@ def test_ccfvit_tiny_forward_and_aux():
                        mvit_patch=4, mvit_mlp_dim=64, aux_pcolor=True, neck_dual_conv=True,
                        heads_add_3x3_convs=True, heads_add_activation=True)
     m = CCFViT(cfg)
-    out = m(torch.rand(1, 3, 128, 128))
+    with torch.no_grad():
+        out = m(torch.rand(1, 3, 128, 128))
     assert out["heatmap"].shape == (1, 1, 128, 128)
     assert out["sizes"].shape == (1, 2, 128, 128)
     assert out["pcolor"].shape == (1, 3, 128, 128)
@@ -262,7 +263,8 @@ def test_cell_centroid_former_full_size_count():
 def test_cell_centroid_former_tiny_detect_and_pretext():
     x = torch.rand(2, 3, 64, 64)
     det = tiny_cnn()
-    out = det(x)
+    with torch.no_grad():
+        out = det(x)
     assert out["heatmap"].shape == (2, 1, 64, 64) and out["sizes"].shape == (2, 2, 64, 64)
     assert float(out["heatmap"].min()) >= 0 and float(out["heatmap"].max()) <= 1
     pre = tiny_cnn(pretext=True)
