@@ -5,7 +5,9 @@ Spec/pcmc.md §9 (and §10 for the reference defects avoided here). Pipeline:
 instance labels -> boxes (xywh, +1 widths) -> centroid heatmap (ellipse + box filter, summed)
 and size maps (3x3 blocks, ViT; central half of the box, CNN) -> detector -> Huber loss ->
 decoding (3x3 max-pool NMS, threshold, 4-connected components, truncated centroids, sizes read
-at the centroid) -> torchmetrics ``MeanAveragePrecision`` with the pycocotools backend.
+at the centroid) -> COCO mAP from pycocotools' ``COCOeval``, set up as torchmetrics'
+``MeanAveragePrecision`` sets up its pycocotools backend (the torchmetrics wrapper itself needs
+torchvision, which has no CPU build here).
 
 Two evaluation modes share one API (§9.6): ``clean`` (default: ground truth from the instance
 masks, heatmap-peak scores, candidates above 0.3, max_dets [10, 100, 1000], clipped boxes) and
