@@ -271,7 +271,7 @@ def predict_section(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", choices=["data", "train", "memory", "predict", "compare",
-                                       "reproduce"], default=None)
+                                       "reproduce", "pcmc"], default=None)
     ap.add_argument("--reproduce-minutes", type=float, default=60.0,
                     help="budget of bench/reproduce.py (REPRODUCTION.md)")
     ap.add_argument("--compare-budget", type=float, default=120.0,
@@ -301,6 +301,9 @@ def main() -> None:
         print("reproduce ...", flush=True)
         subprocess.run([PY, "bench/reproduce.py", "--budget-minutes",
                         str(args.reproduce_minutes)], check=True, cwd=REPO)
+    if args.only in (None, "pcmc"):
+        print("pcmc ...", flush=True)
+        subprocess.run([PY, "bench/pcmc.py", "--no-benchmarks"], check=True, cwd=REPO)
     if args.only in (None, "predict"):
         (RESULTS / "predict.json").write_text(
             json.dumps(run_predict(args.predict_size, args.memory_size), indent=1))
@@ -334,6 +337,8 @@ def main() -> None:
                   "the same CPU budget on SinosoidalCritters. Run it on a quiet machine with "
                   "`.venv/bin/python bench/run_all.py --only compare --compare-budget 120` "
                   "(about 45 minutes).", ""]
+    if (RESULTS / "pcmc.md").exists():
+        parts += [(RESULTS / "pcmc.md").read_text().strip(), ""]
     (REPO / "BENCHMARKS.md").write_text("\n".join(parts))
     print("wrote BENCHMARKS.md")
 
