@@ -45,6 +45,12 @@ def test_tiny_vit_pretrain_loss_decreases_and_transfers_to_ccfvit(frames, tmp_pa
     assert back.data_manifest_sha256 == res.data_manifest_sha256 and back.key_map == res.key_map
     for k, v in res.encoder_state.items():
         assert torch.equal(back.encoder_state[k], v)
+    # `musplit detect train --init pre.ckpt` reads the encoder without the pretext head
+    from musplit.pretrain.detection import read_encoder_state
+
+    init = read_encoder_state(path)
+    assert set(init) == set(res.encoder_state)
+    assert not load_encoder(det, init).unexpected
 
 
 def test_same_seed_same_run_and_other_seed_differs(frames):

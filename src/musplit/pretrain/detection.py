@@ -695,6 +695,12 @@ def read_encoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"init checkpoint {p} could not be loaded safely ({first})") \
             from None
+    if isinstance(payload, dict) and isinstance(payload.get("extra"), dict) and \
+            payload["extra"].get("kind") == "musplit-pretrain":
+        # A `musplit pretrain` checkpoint: its encoder weights, without the pretext head.
+        from musplit.pretrain.train import load_pretrained
+
+        return load_pretrained(p).encoder_state
     if isinstance(payload, dict):
         for key in ("encoder_state_dict", "state_dict"):
             if isinstance(payload.get(key), dict):
