@@ -81,9 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block", type=int, default=2048, help="predict_to_zarr block side")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                    help="glibc allocator tuned for reuse, as the musplit CLI does (default on)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
+    if args.tune_malloc:
+        from musplit.runtime import tune_allocator
+
+        tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
