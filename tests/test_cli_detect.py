@@ -93,7 +93,7 @@ def test_detect_train_predict_evaluate_with_pretrained_init(data, capsys, tmp_pa
     assert [fr["frame"] for fr in boxes["frames"]] == ["000000.tif", "000001.tif", "000002.tif"]
     assert len(rows) - 1 == sum(len(fr["boxes"]) for fr in boxes["frames"])
 
-    for flag, mode in ((), "clean"), (("--reference",), "reference"):
+    for flag, mode in ((), "clean"), (("--reference-mode",), "reference"):
         metrics = tmp_path / f"metrics_{mode}.json"
         rc, out, err = run(["detect", "evaluate", "--model", run_dir / "detector.ckpt",
                             "--data", data / "detect-test", "--out", metrics, *flag], capsys)

@@ -317,7 +317,7 @@ _EVAL_OPTIONS = [
                  help="Test frames with instance masks (same layouts as `detect train`)."),
     click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="Write the metrics as JSON."),
-    click.option("--reference", is_flag=True,
+    click.option("--reference-mode", "--reference", "reference", is_flag=True,
                  help="Reference-compatible evaluation (GT decoded from target maps, scores "
                       "1, max_dets 1/10/100) instead of the clean protocol."),
     click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True),
