@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
+    if not zipfile.is_zipfile(path):  # a TIFF, a text file, a cut download, ...
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated (not a PyTorch "
+                              "checkpoint archive)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
