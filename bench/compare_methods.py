@@ -345,7 +345,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"{steps} | {_f(r['peak_step_memory_gb'], '.2f')} | "
             f"{r['ri_psnr'][0]:.2f} | {r['ri_psnr'][1]:.2f} | {r['ri_psnr_mean']:.2f} | "
             f"{r['ssim'][0]:.3f} | {r['ssim'][1]:.3f} | {r['ssim_mean']:.3f} |")
-    out += ["", f"Machine: {meta['machine']}."]
+    load = meta.get("load_avg_15min")
+    out += ["", f"Machine: {meta['machine']}"
+            + (f" (15-minute load average at the end: {load})." if load is not None else ".")]
     return "\n".join(out)
 
 
@@ -428,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             "frame_size": args.frame_size, "connector": args.connector,
             "pairing": args.pairing, "nll_beta": args.nll_beta,
             "batch_size": args.batch_size, "patch": args.patch, "size": args.size,
-            "size_note": size_note, "test_frames": args.test_frames, "machine": machine()}
+            "size_note": size_note, "test_frames": args.test_frames, "machine": machine(),
+            "load_avg_15min": round(os.getloadavg()[2], 2)}
     args.results.mkdir(parents=True, exist_ok=True)
     _write(args.results / "compare_methods.json", json.dumps({"meta": meta, "rows": rows},
                                                              indent=1))
