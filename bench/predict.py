@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "to_zarr": args.to_zarr,
         "amp": args.amp,
         "channels_last": args.channels_last,
+        "tune_malloc": args.tune_malloc,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
     }))

@@ -246,7 +246,7 @@ def predict_section(rows: list[dict]) -> str:
         out += [
             "`bench/predict.py`: a randomly initialised HVAE of the paper's size (speed does not "
             "depend on the weights), inner padding, P = 64, G = 16 and 32, batch 64 tiles, "
-            "fp32, 2 threads, allocator tuned as the CLI does, one frame of "
+            "fp32, 2 threads, one frame of "
             f"{' / '.join(f'{s}²' for s in sizes)} through `predict_image` (LC crops, network, "
             "MMSE, stitching). Megapixels of input per second; with K samples the encoder runs "
             "once per tile and the top-down pass K times. Throughput is per tile, so it holds "
@@ -274,7 +274,13 @@ def predict_section(rows: list[dict]) -> str:
                 peak = max(r["peak_rss_gb"] for r in (one, ten) if r)
                 cells += [f"{2048**2 / 1e6 / mp1:.0f}", f"{peak:.2f}"]
                 out.append("| " + " | ".join(cells) + " |")
-        out += ["", PREDICT_NOTES, ""]
+        runs = []
+        for grid in sorted({r["grid"] for r in speed}):
+            rs = [r for r in speed if r["grid"] == grid]
+            tuned = all(r.get("tune_malloc") for r in rs)
+            runs.append(f"G = {grid} on a {rs[0]['size']}² frame, allocator "
+                        f"{'tuned' if tuned else 'not tuned (measured before that setting)'}")
+        out += ["", "Rows measured separately: " + "; ".join(runs) + ".", "", PREDICT_NOTES, ""]
     if memory:
         out += [
             "**Bounded memory.** `predict_to_zarr` reads a Zarr input block by block (2048² "
