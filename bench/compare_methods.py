@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import machine  # noqa: E402  (the one machine description of bench/)
+import run_all  # noqa: E402  (shared helpers of bench/)
+from run_all import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -351,14 +352,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(out)
 
 
-def replace_section(text: str, section: str) -> str:
-    """``text`` with its "## Method comparison (issue 5)" section replaced (or appended)."""
-    start = text.find(SECTION)
-    if start < 0:
-        return text.rstrip() + "\n\n" + section.strip() + "\n"
-    end = text.find("\n## ", start + len(SECTION))
-    tail = "" if end < 0 else text[end:]
-    return text[:start] + section.strip() + "\n" + tail
+def replace_section(text: str, section: str, heading: str = SECTION) -> str:
+    """``text`` with this benchmark's section replaced by ``section`` (or appended)."""
+    return run_all.replace_section(text, section, heading)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import machine  # noqa: E402  (the one machine description of bench/)
+import run_all  # noqa: E402  (shared helpers of bench/)
+from run_all import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -573,13 +574,8 @@ def markdown(result: dict) -> str:
 
 
 def replace_section(text: str, section: str, heading: str = SECTION) -> str:
-    """``text`` with its ``heading`` section replaced by ``section`` (or appended)."""
-    start = text.find(heading)
-    if start < 0:
-        return text.rstrip() + "\n\n" + section.strip() + "\n"
-    end = text.find("\n## ", start + len(heading))
-    tail = "" if end < 0 else text[end:]
-    return text[:start] + section.strip() + "\n" + tail
+    """``text`` with this benchmark's section replaced by ``section`` (or appended)."""
+    return run_all.replace_section(text, section, heading)
 
 
 def figure(det: dict, path: Path) -> Path:

@@ -49,6 +49,17 @@ def machine() -> str:
             f"torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
 
 
+def replace_section(text: str, section: str, heading: str) -> str:
+    """``text`` with its ``heading`` section (up to the next "## ") replaced by ``section``, or
+    with ``section`` appended when there is none."""
+    start = text.find(heading)
+    if start < 0:
+        return text.rstrip() + "\n\n" + section.strip() + "\n"
+    end = text.find("\n## ", start + len(heading))
+    tail = "" if end < 0 else text[end:]
+    return text[:start] + section.strip() + "\n" + tail
+
+
 def _json_lines(cmd: list[str], timeout: int) -> list[dict]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if proc.returncode != 0:

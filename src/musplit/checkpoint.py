@@ -41,6 +41,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """A content hash of the weights (key order independent), for provenance."""
     h = hashlib.sha256()

@@ -133,6 +133,21 @@ class PredictConfig(_Strict):
     blend: Literal["none", "linear", "cosine"] = "none"
 
 
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """The mapping a YAML file holds; a missing file, bad YAML or a non-mapping is a
+    :class:`ConfigError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"config file {path} is not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
 class Config(_Strict):
     """Everything one run needs, validated as a whole."""
 
@@ -180,16 +195,7 @@ class Config(_Strict):
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> Config:
         """Read and validate a YAML config; errors are :class:`ConfigError` naming the file."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        return cls.validated(data, source=str(path))
+        return cls.validated(read_yaml_mapping(path), source=str(path))
 
     @classmethod
     def validated(cls, data: dict, source: str = "config") -> Config:

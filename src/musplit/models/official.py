@@ -17,7 +17,6 @@ The reference does not store its normalisation statistics (spec 12.1), so they a
 from __future__ import annotations
 
 import builtins
-import hashlib
 import logging
 import os
 import pickle
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from musplit.checkpoint import file_sha256
 from musplit.errors import CheckpointError
 from musplit.models.config import ModelConfig
 
@@ -473,14 +473,6 @@ def load_reference_checkpoint(path: str | os.PathLike, *, stub_unknown_classes: 
     return dict(state_dict), meta
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _load_strict(model: torch.nn.Module, state_dict: Mapping[str, Tensor]) -> None:
     """``load_state_dict(strict=True)`` with errors that name keys in the reference layout."""
     own = model.state_dict()
@@ -600,7 +592,7 @@ def import_official(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *
         data=DataConfig(patch=patch, scales=model_cfg.scales, lc_alignment="floor"),
         model=model_cfg,
     )
-    source = {"path": str(ckpt_path), "sha256": _sha256(ckpt_path), "parameters": n_params,
+    source = {"path": str(ckpt_path), "sha256": file_sha256(ckpt_path), "parameters": n_params,
               "format": "reference µSplit (juglab/uSplit) Lightning checkpoint", **meta}
     written = save_checkpoint(
         out_path, state_dict=model.state_dict(), config=config.model_dump(mode="json"),

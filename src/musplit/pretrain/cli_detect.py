@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from musplit.errors import ConfigError, InputError
+from musplit.errors import InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -135,19 +135,9 @@ def _read_inputs(paths: tuple[Path, ...]) -> tuple[list[np.ndarray], list[str]]:
 
 
 def _load_config(path: Path | None) -> dict:
-    if path is None:
-        return {}
-    import yaml
+    from musplit.config import read_yaml_mapping
 
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping")
-    return data
+    return {} if path is None else read_yaml_mapping(path)
 
 
 # -- synth ---------------------------------------------------------------------------------

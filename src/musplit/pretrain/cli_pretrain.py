@@ -14,7 +14,7 @@ import click
 import numpy as np
 import yaml
 
-from musplit.errors import ConfigError, InputError
+from musplit.errors import InputError
 
 CHECKPOINT = "pretrained.ckpt"
 
@@ -117,12 +117,9 @@ def pretrain(objective, scope, model_name, data_path, axes, channel, mix_channel
     if (data_path is None) == (synthetic is None):
         raise InputError("give exactly one of --data PATH and --synthetic PRESET")
     if config_path is not None:
-        try:
-            base = yaml.safe_load(Path(config_path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read {config_path}: {e}") from None
-        if not isinstance(base, dict):
-            raise ConfigError(f"{config_path} does not hold a PretrainConfig mapping")
+        from musplit.config import read_yaml_mapping
+
+        base = read_yaml_mapping(config_path)
     else:
         base = {}
     cfg = dict(base)

@@ -488,14 +488,6 @@ def _sha256_bytes(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_tiff(path: Path, arr: np.ndarray) -> None:
     import tifffile
 
@@ -515,7 +507,9 @@ def _write_json(path: Path, data) -> None:
 
 
 def _file_record(root: Path, rel: str, arr: np.ndarray) -> dict:
-    return {"path": rel, "sha256": _sha256_file(root / rel),
+    from musplit.checkpoint import file_sha256
+
+    return {"path": rel, "sha256": file_sha256(root / rel),
             "data_sha256": _sha256_bytes(np.ascontiguousarray(arr).tobytes()),
             "shape": list(arr.shape), "dtype": str(arr.dtype)}
 
@@ -568,6 +562,8 @@ def verify_dataset(out_dir: str | os.PathLike) -> list[str]:
     Checks each file against its recorded sha256 (was it changed on disk?) and each regenerated
     array against the recorded data sha256 (does this generator still produce the same data?).
     """
+    from musplit.checkpoint import file_sha256
+
     out = Path(out_dir)
     man_path = out / "manifest.json"
     if not man_path.is_file():
@@ -584,7 +580,7 @@ def verify_dataset(out_dir: str | os.PathLike) -> list[str]:
         p = out / rel
         if not p.is_file():
             problems.append(f"{rel}: missing")
-        elif _sha256_file(p) != rec["sha256"]:
+        elif file_sha256(p) != rec["sha256"]:
             problems.append(f"{rel}: file checksum differs from the manifest")
     for i, fr in enumerate(generate_frames(cfg, config.frames, config.seed,
                                            namespace=config.namespace, dtype=config.dtype)):
