@@ -177,12 +177,12 @@ class UNet(nn.Module):
             raise InputError(f"this U-Net (depth {self.depth}, {self.scales} scale(s)) needs "
                              f"{need}, got {h}x{w}")
 
-    def forward(self, x: Tensor) -> BaselineOutput:
-        """``x (B, S, H, W)`` (normalised LC stack) -> :class:`BaselineOutput`."""
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The encoder half: the ``inc`` output, then each ``Down_i`` output (with its LC
+        merge); the last one is the bottleneck."""
         self._check(x)
-        size = tuple(x.shape[-2:])
         h = self.inc(x[:, :1])
-        skips = [h]
+        feats = [h]
         for i, down in enumerate(self.downs, start=1):
             h = down(h)
             if self.lc and i < self.scales:
@@ -190,8 +190,13 @@ class UNet(nn.Module):
                 # the primary to its size and merge (spec 10.2, as spec 2.4).
                 e = self.lc_convs[i - 1](self.lc_stems[i - 1](x[:, i : i + 1]))
                 h = self.lc_merges[i - 1](h, e, pad_a=True)
-            skips.append(h)
-        skips.pop()  # the bottleneck output is h itself
+            feats.append(h)
+        return feats
+
+    def forward(self, x: Tensor) -> BaselineOutput:
+        """``x (B, S, H, W)`` (normalised LC stack) -> :class:`BaselineOutput`."""
+        size = tuple(x.shape[-2:])
+        *skips, h = self.encode(x)
         if self.context is not None:
             skips = [ct(s) for ct, s in zip(self.context, skips, strict=True)]
         for up, skip in zip(self.ups, reversed(skips), strict=True):

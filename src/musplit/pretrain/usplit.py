@@ -75,19 +75,7 @@ def encoder_keys(model: nn.Module, scope: str = "encoder") -> list[str]:
 
 
 # -- the bottom-up features ------------------------------------------------------------------
-def _unet_features(net: nn.Module, x: Tensor) -> list[Tensor]:
-    """The U-Net's encoder half: ``inc`` output, then each ``Down_i`` output (with its LC
-    merge), as in :meth:`UNet.forward`."""
-    net._check(x)
-    h = net.inc(x[:, :1])
-    feats = [h]
-    for i, down in enumerate(net.downs, start=1):
-        h = down(h)
-        if net.lc and i < net.scales:
-            e = net.lc_convs[i - 1](net.lc_stems[i - 1](x[:, i : i + 1]))
-            h = net.lc_merges[i - 1](h, e, pad_a=True)
-        feats.append(h)
-    return feats
+
 
 
 def bottom_up_features(net: nn.Module, x: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
@@ -95,7 +83,7 @@ def bottom_up_features(net: nn.Module, x: Tensor) -> tuple[list[Tensor], tuple[i
     (pixel spacing 1), then one per level (spacing 2, 4, ...); and the input size."""
     kind = net.config.kind
     if kind == "unet":
-        return _unet_features(net, x), tuple(x.shape[-2:])
+        return net.encode(x), tuple(x.shape[-2:])
     captured: list[Tensor] = []
     hook = net.encoder.stem.register_forward_hook(lambda m, i, o: captured.append(o))
     try:
