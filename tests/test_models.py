@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import musplit.models.blocks as blocks
 from musplit.config import ModelConfig
@@ -423,3 +424,58 @@ def test_config_refuses_patches_the_variant_cannot_take():
     with pytest.raises(ValueError, match="divisible by 2\\^4"):
         ModelConfig(lc="deep", patch=40)
     assert ModelConfig(lc="regular", patch=62).patch == 62  # S = L+1: never halved
+
+
+def _unfused_resblock(block, x):
+    h = block.drop1(block.conv1(F.elu(block.bn1(x))))
+    h = block.drop2(block.conv2(F.elu(block.bn2(h))))
+    return (block.gate(h) if block.gate is not None else h) + x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("gated", [False, True])
+def test_fused_bn_elu_conv_matches_the_modules(channels_last, gated):
+    import copy
+
+    from musplit.models.blocks import ResBlock
+
+    torch.manual_seed(0)
+    fused = ResBlock(6, gated=gated, dropout=0.0).double().train()
+    plain = copy.deepcopy(fused)
+    x = torch.randn(4, 6, 10, 10, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = fused(x1), _unfused_resblock(plain, x2)
+    assert torch.equal(y1, y2)  # the forward pass is the same arithmetic
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    assert torch.allclose(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
+    for (name, p1), (_, p2) in zip(fused.named_parameters(), plain.named_parameters(), strict=True):
+        assert torch.allclose(p1.grad, p2.grad, rtol=1e-10, atol=1e-12), name
+    for (name, b1), (_, b2) in zip(fused.named_buffers(), plain.named_buffers(), strict=True):
+        assert torch.equal(b1, b2), name  # running statistics and num_batches_tracked
+
+
+def test_fused_bn_elu_conv_gradcheck_and_memory():
+    from musplit.models.blocks import _BNELUConvFn, bn_elu_conv
+
+    torch.manual_seed(1)
+    bn = nn.BatchNorm2d(3).double()
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *t: _BNELUConvFn.apply(*t, bn, conv),
+        (x, bn.weight, bn.bias, conv.weight, conv.bias))
+    # Only the input (plus per-channel statistics and weights) is kept for backward.
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        bn_elu_conv(x, bn, conv)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
+    # In evaluation mode and without gradients the plain modules run (running statistics).
+    bn.eval()
+    with torch.no_grad():
+        out = bn_elu_conv(x, bn, conv)
+    assert torch.equal(out, conv(F.elu(bn(x))))
