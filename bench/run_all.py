@@ -186,22 +186,30 @@ def train_step_section(rows: list[dict]) -> str:
             "`torch.utils.flop_counter` (convolutions and matrix products), divided by the "
             "median step time, against this machine's peak measured in the same process: a "
             "2048³ matrix product and a channels_last 3×3 convolution (64→64 channels, batch "
-            "32, 64×64; oneDNN, best of 5), both with 2 threads and in the step's precision.",
+            "32, 64×64; oneDNN, best of 5), both with 2 threads and in the step's precision. "
+            "*conv fwd+bwd* is the same convolution's forward and backward (input and weight "
+            "gradients, 3× the forward FLOPs) timed together: what a training step's "
+            "convolutions can reach at best, since oneDNN's weight gradient runs well below "
+            "its forward speed on this CPU.",
             "",
             "| variant | precision | GFLOP/step | achieved GFLOP/s | matmul peak | conv peak | "
-            "of conv peak | of matmul peak |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "conv fwd+bwd peak | of conv peak | of conv fwd+bwd | of matmul peak |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for v in ("none", "lean", "regular", "deep"):
             for prec in ("fp32", "bf16"):
                 r = by.get((v, prec))
                 if r is None or "gflop_per_step" not in r:
                     continue
+                train = (f"{r['conv_train_gflops']:.0f} | " if "conv_train_gflops" in r
+                         else "– | ")
+                train_u = (f"{100 * r['conv_train_utilisation']:.0f} % | "
+                           if "conv_train_utilisation" in r else "– | ")
                 out.append(
                     f"| {NAMES[v]} | {prec} | {r['gflop_per_step']:.0f} | "
                     f"{r['achieved_gflops']:.0f} | {r['matmul_gflops']:.0f} | "
-                    f"{r['conv_gflops']:.0f} | {100 * r['conv_utilisation']:.0f} % | "
-                    f"{100 * r['matmul_utilisation']:.0f} % |")
+                    f"{r['conv_gflops']:.0f} | {train}{100 * r['conv_utilisation']:.0f} % | "
+                    f"{train_u}{100 * r['matmul_utilisation']:.0f} % |")
     return "\n".join(out)
 
 
@@ -244,8 +252,11 @@ PREDICT_NOTES = (
     "far less than 10× where the encoder is a large share of the network (Lean-LC); "
     "Vanilla's, Regular-LC's and Deep-LC's top-down passes are most of their cost (they "
     "hold the 64→256-channel convolutions and, for Regular/Deep-LC, run at full patch "
-    "resolution), which bounds what sharing the encoder can save. Ask for samples when "
-    "you want the uncertainty map, not by default.")
+    "resolution), which bounds what sharing the encoder can save. The *floor* column is "
+    "that bound, measured in the same run: with encoder time e and one top-down pass d on a "
+    "batch of 64 tiles, 10 samples cannot cost less than (e + 10 d) / (e + d) times one. "
+    "Where the measured cost is near its floor, nothing is recomputed that could be shared. "
+    "Ask for samples when you want the uncertainty map, not by default.")
 
 
 def predict_section(rows: list[dict]) -> str:
@@ -266,8 +277,8 @@ def predict_section(rows: list[dict]) -> str:
             "because measuring it directly takes hours for the four variants on 2 cores.",
             "",
             "| variant, grid | params | MP/s, 1 sample | MP/s, 10 samples | cost of 10 vs 1 | "
-            "s for 2048², 1 sample | peak GB |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "floor (encoder once) | s for 2048², 1 sample | peak GB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         by = {(r["variant"], r["grid"], r["samples"]): r for r in speed}
         for grid in sorted({r["grid"] for r in speed}):
@@ -282,6 +293,9 @@ def predict_section(rows: list[dict]) -> str:
                               f"{mp1 / ten['megapixels_per_s']:.1f}×"]
                 else:
                     cells += ["–", "–"]
+                floor = one.get("floor_10_vs_1")
+                cells.append(f"{floor:.1f}× (encoder {100 * one['encoder_share']:.0f} %)"
+                             if floor else "–")
                 peak = max(r["peak_rss_gb"] for r in (one, ten) if r)
                 cells += [f"{2048**2 / 1e6 / mp1:.0f}", f"{peak:.2f}"]
                 out.append("| " + " | ".join(cells) + " |")

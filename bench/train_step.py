@@ -52,7 +52,8 @@ def machine_peaks(dtype: torch.dtype, repeat: int = 5) -> dict:
     """This machine's attainable FLOP/s, measured now, with the step's threads and dtype.
 
     ``matmul``: a 2048³ matrix product. ``conv``: the µSplit workhorse, a channels_last 3×3
-    convolution with 64 input and output channels on a batch of 32 64×64 maps (forward only).
+    convolution with 64 input and output channels on a batch of 32 64×64 maps, forward only
+    (``conv``) and forward + backward (``conv_train``).
     The best of ``repeat`` runs is taken: the peak is what the hardware can do, not the average.
     """
     n = 2048
@@ -61,9 +62,17 @@ def machine_peaks(dtype: torch.dtype, repeat: int = 5) -> dict:
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dtype=dtype,
                                                     memory_format=torch.channels_last)
     x = torch.randn(32, 64, 64, 64, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    fwd_flops = 2 * 32 * 64 * 64 * 64 * 64 * 9
     with torch.no_grad():
-        cv = 2 * 32 * 64 * 64 * 64 * 64 * 9 / _best_seconds(lambda: conv(x), repeat)
-    return {"matmul_gflops": round(mm / 1e9, 1), "conv_gflops": round(cv / 1e9, 1)}
+        t_fwd = _best_seconds(lambda: conv(x), repeat)
+    # The same convolution's backward (input and weight gradients, 2x the forward FLOPs) as
+    # a training step runs it: forward + backward is the most a step's convolutions can reach.
+    go = torch.randn_like(x)
+    w = conv.weight
+    t_bwd = _best_seconds(lambda: torch.ops.aten.convolution_backward(
+        go, x, w, [64], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, True]), repeat)
+    return {"matmul_gflops": round(mm / 1e9, 1), "conv_gflops": round(fwd_flops / t_fwd / 1e9, 1),
+            "conv_train_gflops": round(3 * fwd_flops / (t_fwd + t_bwd) / 1e9, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         achieved = flops / statistics.median(times) / 1e9
         extra = {"gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(achieved, 1),
                  **peaks, "conv_utilisation": round(achieved / peaks["conv_gflops"], 3),
+                 "conv_train_utilisation": round(achieved / peaks["conv_train_gflops"], 3),
                  "matmul_utilisation": round(achieved / peaks["matmul_gflops"], 3)}
     result = {
         "variant": args.variant,
