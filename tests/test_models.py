@@ -432,15 +432,18 @@ def _unfused_resblock(block, x):
     return (block.gate(h) if block.gate is not None else h) + x
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("gated", [False, True])
-def test_fused_bn_elu_conv_matches_the_modules(channels_last, gated):
+def test_fused_bn_elu_conv_matches_the_modules(channels_last, gated, momentum):
     import copy
 
     from musplit.models.blocks import ResBlock
 
     torch.manual_seed(0)
     fused = ResBlock(6, gated=gated, dropout=0.0).double().train()
+    fused.bn1.momentum = fused.bn2.momentum = momentum
+    fused(torch.randn(4, 6, 10, 10, dtype=torch.float64))  # running statistics move first
     plain = copy.deepcopy(fused)
     x = torch.randn(4, 6, 10, 10, dtype=torch.float64)
     if channels_last:

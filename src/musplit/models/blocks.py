@@ -141,7 +141,9 @@ class _BNELUConvFn(torch.autograd.Function):
                 conv: nn.Conv2d) -> Tensor:
         if bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
-        momentum = 0.1 if bn.momentum is None else bn.momentum
+        # As nn.BatchNorm2d: momentum None means a cumulative average over the batches seen.
+        momentum = (bn.momentum if bn.momentum is not None
+                    else 1.0 / float(bn.num_batches_tracked))
         z, mean, invstd = torch.native_batch_norm(x, bn_w, bn_b, bn.running_mean,
                                                   bn.running_var, True, momentum, bn.eps)
         y = conv._conv_forward(F.elu(z, inplace=True), conv_w, conv_b)
