@@ -127,10 +127,10 @@ class _GateFn(torch.autograd.Function):
 class _BNELUConvFn(torch.autograd.Function):
     """``conv(ELU(BatchNorm(x)))`` in training mode, keeping only ``x`` for backward.
 
-    Autograd's composition keeps three tensors of the block's width: BatchNorm's input, the
-    ELU output (shared with the convolution, which needs its input) and nothing else of note;
-    but for the two halves of a :class:`ResBlock` that is four activations, and at 64² with
-    64 channels each is 32 MB per batch of 32. This function keeps only ``x`` and the batch
+    Autograd's composition keeps two activations per call: BatchNorm's input and the ELU
+    output (shared with the convolution, which needs its input). For the two halves of a
+    :class:`ResBlock` that is four, and at 64² with 64 channels each is 32 MB per batch of
+    32. This function keeps only ``x`` and the batch
     statistics, and recomputes ``ELU(BatchNorm(x))`` (two elementwise passes) in backward;
     the forward result, the running statistics and the gradients equal the unfused modules'.
     """
@@ -185,6 +185,8 @@ def bn_elu_conv(x: Tensor, bn: nn.Module, conv: nn.Conv2d) -> Tensor:
             and not torch.is_autocast_enabled("cuda") and x.dtype == conv.weight.dtype
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)):
         return _BNELUConvFn.apply(x, bn.weight, bn.bias, conv.weight, conv.bias, bn, conv)
+    # ELU may overwrite BatchNorm's output; without BN its input is x itself, which the
+    # residual connection still needs.
     return conv(F.elu(bn(x), inplace=isinstance(bn, nn.BatchNorm2d)))
 
 
