@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from musplit import native
+
 __all__ = [
+    "Conv2d",
     "Gate",
     "GaussianLatent",
     "Merge",
@@ -26,6 +29,7 @@ __all__ = [
     "StochasticLayer",
     "centre_crop",
     "centre_pad",
+    "conv2d",
     "fit_prior",
     "gaussian_latent",
     "stable_variance",
@@ -89,6 +93,61 @@ def _batch_slices(batch: int, per_sample: int) -> list[slice]:
     return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
 
 
+# -- convolution -----------------------------------------------------------------------------
+def _autocast_on() -> bool:
+    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+
+
+class _ConvFn(torch.autograd.Function):
+    """``conv2d(x, w, b)`` whose bias gradient is a plain sum over batch and pixels.
+
+    oneDNN computes the bias gradient inside its weight-gradient primitive, and for channels_last
+    tensors on CPU that costs about 5 ms per 64-channel 64² map at batch 32, ten times a
+    separate sum. Everything else is the stock convolution, forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor, stride, padding, dilation,
+                groups: int) -> Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, dilation, groups)
+        return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        need = ctx.needs_input_grad
+        g_x, g_w, _ = torch.ops.aten.convolution_backward(
+            g, x, w, None, stride, padding, dilation, False, [0, 0], groups,
+            [need[0], need[1], False])
+        g_b = g.sum(dim=(0, 2, 3)) if need[2] else None
+        return g_x, g_w, g_b, None, None, None, None
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> Tensor:
+    """:func:`torch.nn.functional.conv2d`; when training, with :class:`_ConvFn`'s cheaper bias
+    gradient (integer or pair ``stride``/``padding``/``dilation``, no string padding)."""
+    if (bias is not None and bias.requires_grad and torch.is_grad_enabled()
+            and not _autocast_on() and x.dim() == 4):
+        pair = torch.nn.modules.utils._pair
+        return _ConvFn.apply(x, weight, bias, pair(stride), pair(padding), pair(dilation),
+                             groups)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+class Conv2d(nn.Conv2d):
+    """:class:`torch.nn.Conv2d` that trains through :func:`conv2d` (same parameters, names and
+    results; only the bias gradient is computed more cheaply)."""
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super()._conv_forward(input, weight, bias)
+        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation,
+                      self.groups)
+
+
 # -- deterministic blocks ------------------------------------------------------------------
 class _GateFn(torch.autograd.Function):
     """``ELU(a) * sigmoid(g)`` for ``[a, g] = y``, keeping only ``y`` for backward.
@@ -102,6 +161,8 @@ class _GateFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: Tensor) -> Tensor:
         ctx.save_for_backward(y)
+        if native.supports(y):
+            return native.gate_fwd(y)
         a, g = y.chunk(2, dim=1)
         out = torch.empty_like(a)
         for sl in _batch_slices(y.shape[0], y[0].numel()):
@@ -111,6 +172,8 @@ class _GateFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
+        if native.supports(y, grad_out):
+            return native.gate_bwd(y, grad_out)
         a, g = y.chunk(2, dim=1)
         grad = torch.empty_like(y)
         grad_a, grad_g = grad.chunk(2, dim=1)
@@ -131,8 +194,12 @@ class _BNELUConvFn(torch.autograd.Function):
     output (shared with the convolution, which needs its input). For the two halves of a
     :class:`ResBlock` that is four, and at 64² with 64 channels each is 32 MB per batch of
     32. This function keeps only ``x`` and the batch
-    statistics, and recomputes ``ELU(BatchNorm(x))`` (two elementwise passes) in backward;
-    the forward result, the running statistics and the gradients equal the unfused modules'.
+    statistics, and recomputes ``ELU(BatchNorm(x))`` in backward; the forward result, the
+    running statistics and the gradients equal the unfused modules'.
+
+    Where the compiled kernels of :mod:`musplit.native` are available, BatchNorm-apply and ELU
+    are one pass (forward and recomputation), and the ELU and BatchNorm gradients two more,
+    instead of eager PyTorch's five; results then agree with the modules to float32 rounding.
     """
 
     @staticmethod
@@ -144,9 +211,17 @@ class _BNELUConvFn(torch.autograd.Function):
         # As nn.BatchNorm2d: momentum None means a cumulative average over the batches seen.
         momentum = (bn.momentum if bn.momentum is not None
                     else 1.0 / float(bn.num_batches_tracked))
-        z, mean, invstd = torch.native_batch_norm(x, bn_w, bn_b, bn.running_mean,
-                                                  bn.running_var, True, momentum, bn.eps)
-        y = conv._conv_forward(F.elu(z, inplace=True), conv_w, conv_b)
+        ctx.native = x.dim() == 4 and native.supports(x)
+        if ctx.native:
+            mean, var = torch.batch_norm_update_stats(x, bn.running_mean, bn.running_var,
+                                                      momentum)
+            invstd = torch.rsqrt(var + bn.eps)
+            scale, shift = _bn_affine(mean, invstd, bn_w, bn_b)
+            y = conv._conv_forward(native.bn_elu(x, scale, shift), conv_w, conv_b)
+        else:
+            z, mean, invstd = torch.native_batch_norm(x, bn_w, bn_b, bn.running_mean,
+                                                      bn.running_var, True, momentum, bn.eps)
+            y = conv._conv_forward(F.elu(z, inplace=True), conv_w, conv_b)
         ctx.save_for_backward(x, mean, invstd, bn_w, bn_b, conv_w)
         ctx.eps = bn.eps
         ctx.has_conv_bias = conv_b is not None
@@ -157,34 +232,86 @@ class _BNELUConvFn(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor):
         x, mean, invstd, bn_w, bn_b, conv_w = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
-        shape = (1, -1, 1, 1)
-        scale = invstd if bn_w is None else invstd * bn_w
-        shift = -mean * scale if bn_b is None else bn_b - mean * scale
-        a = torch.addcmul(shift.view(shape), x, scale.view(shape))
-        F.elu(a, inplace=True)
+        scale, shift = _bn_affine(mean, invstd, bn_w, bn_b)
+        if ctx.native:
+            a = native.bn_elu(x, scale, shift)
+        else:
+            shape = (1, -1, 1, 1)
+            a = F.elu(torch.addcmul(shift.view(shape), x, scale.view(shape)), inplace=True)
         need = ctx.needs_input_grad
         g_a, g_cw, g_cb = torch.ops.aten.convolution_backward(
-            grad_y, a, conv_w, [conv_w.shape[0]] if ctx.has_conv_bias else None, stride,
+            grad_y, a, conv_w, None, stride,
             padding, dilation, False, [0, 0], groups,
-            [need[0] or need[1] or need[2], need[3], ctx.has_conv_bias and need[4]])
+            [need[0] or need[1] or need[2], need[3], False])
+        if ctx.has_conv_bias and need[4]:
+            g_cb = grad_y.sum(dim=(0, 2, 3))  # cheaper than oneDNN's, see _ConvFn
         g_x = g_bw = g_bb = None
-        if g_a is not None:
+        if g_a is not None and ctx.native and native.supports(x, g_a, a):
+            g_x, g_bw, g_bb = _native_elu_bn_backward(a, g_a, x, mean, invstd, bn_w, need)
+        elif g_a is not None:
             # ELU'(z) from its output a: 1 above zero, a + 1 below (alpha = 1).
             g_z = torch.ops.aten.elu_backward(g_a, 1.0, 1.0, 1.0, True, a)
             del a, g_a
             g_x, g_bw, g_bb = torch.ops.aten.native_batch_norm_backward(
                 g_z, x, bn_w, None, None, mean, invstd, True, ctx.eps,
                 [need[0], bn_w is not None and need[1], bn_b is not None and need[2]])
+        if bn_w is None:
+            g_bw = None
+        if bn_b is None:
+            g_bb = None
         return g_x, g_bw, g_bb, g_cw, g_cb, None, None
 
 
+def _bn_affine(mean: Tensor, invstd: Tensor, weight: Tensor | None, bias: Tensor | None
+               ) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` with ``BatchNorm(x) = x * scale + shift`` per channel."""
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return scale, shift
+
+
+def _native_elu_bn_backward(a: Tensor, g_a: Tensor, x: Tensor, mean: Tensor, invstd: Tensor,
+                            weight: Tensor | None, need: tuple[bool, ...]
+                            ) -> tuple[Tensor | None, Tensor, Tensor]:
+    """Gradients w.r.t. ``x``, BN's weight and bias from ``g_a = dL/da``, ``a = ELU(BN(x))``.
+
+    Training-mode BatchNorm backward with ``xc = x - mean``, ``n`` values per channel,
+    ``k = weight * invstd``:  ``dL/dx = k (g - sum g / n) - k invstd² xc sum(g xc) / n``,
+    ``dL/dweight = invstd sum(g xc)`` and ``dL/dbias = sum g``, for ``g = dL/dz``.
+    ``g_a`` is overwritten (it becomes ``dL/dz``, then ``dL/dx``).
+    """
+    sum_g, sum_gx = native.elu_bwd_bn_sums(a, g_a, x, mean)
+    del a
+    n = x.numel() // x.shape[1]
+    inv = invstd.double()
+    k = inv if weight is None else inv * weight.double()
+    g_bw = (inv * sum_gx).to(x.dtype)
+    g_bb = sum_g.to(x.dtype)
+    g_x = None
+    if need[0]:
+        coef_x = -k * inv * inv * sum_gx / n
+        shift = -k * sum_g / n
+        g_x = native.bn_bwd_apply(g_a, x, k, coef_x, shift, mean, out=g_a)
+    return g_x, g_bw, g_bb
+
+
 def bn_elu_conv(x: Tensor, bn: nn.Module, conv: nn.Conv2d) -> Tensor:
-    """``conv(ELU(bn(x)))``; in training with gradients, the memory-lean fused version."""
+    """``conv(ELU(bn(x)))``; in training with gradients, the memory-lean fused version.
+
+    In evaluation without gradients (prediction) BatchNorm-apply and ELU are one pass of
+    :func:`musplit.native.bn_elu` where the compiled kernels are available.
+    """
+    plain_conv = conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
     if (isinstance(bn, nn.BatchNorm2d) and bn.training and bn.track_running_stats
-            and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.is_autocast_enabled("cuda") and x.dtype == conv.weight.dtype
-            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)):
+            and torch.is_grad_enabled() and not _autocast_on()
+            and x.dtype == conv.weight.dtype and plain_conv):
         return _BNELUConvFn.apply(x, bn.weight, bn.bias, conv.weight, conv.bias, bn, conv)
+    if (isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.track_running_stats
+            and not torch.is_grad_enabled() and not _autocast_on() and x.dim() == 4
+            and native.supports(x) and conv.weight.dtype == x.dtype):
+        invstd = torch.rsqrt(bn.running_var + bn.eps)
+        scale, shift = _bn_affine(bn.running_mean, invstd, bn.weight, bn.bias)
+        return conv(native.bn_elu(x, scale, shift))
     # ELU may overwrite BatchNorm's output; without BN its input is x itself, which the
     # residual connection still needs.
     return conv(F.elu(bn(x), inplace=isinstance(bn, nn.BatchNorm2d)))
@@ -195,7 +322,7 @@ class Gate(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, 2 * channels, 1)
+        self.conv = Conv2d(channels, 2 * channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return _GateFn.apply(self.conv(x))
@@ -222,10 +349,10 @@ class ResBlock(nn.Module):
                  dropout: float = 0.1, kernel: int = 3):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
-        self.conv1 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.conv1 = Conv2d(channels, channels, kernel, padding=kernel // 2)
         self.drop1 = nn.Dropout2d(dropout, inplace=True)
         self.bn2 = nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
-        self.conv2 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.conv2 = Conv2d(channels, channels, kernel, padding=kernel // 2)
         self.drop2 = nn.Dropout2d(dropout, inplace=True)
         self.gate = Gate(channels) if gated else None
 
@@ -248,7 +375,7 @@ class Stem(nn.Module):
     def __init__(self, channels: int, *, kernel: int, batchnorm: bool, dropout: float,
                  in_channels: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, channels, kernel, padding=kernel // 2)
+        self.conv = Conv2d(in_channels, channels, kernel, padding=kernel // 2)
         self.res = ResBlock(channels, gated=False, batchnorm=batchnorm, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -268,7 +395,7 @@ class Merge(nn.Module):
 
     def __init__(self, channels: int, *, batchnorm: bool, dropout: float):
         super().__init__()
-        self.proj = nn.Conv2d(2 * channels, channels, 1)
+        self.proj = Conv2d(2 * channels, channels, 1)
         # Merges are gated whatever the `gated` setting (reference merge layers always are).
         self.res = ResBlock(channels, gated=True, batchnorm=batchnorm, dropout=dropout)
 
@@ -279,7 +406,7 @@ class Merge(nn.Module):
         ya = F.conv2d(a, w[:, :f])
         if pad_a:
             ya = centre_pad(ya, tuple(b.shape[-2:]))
-        return self.res(F.conv2d(b, w[:, f:], self.proj.bias).add_(ya))
+        return self.res(conv2d(b, w[:, f:], self.proj.bias).add_(ya))
 
 
 # -- the stochastic layer ------------------------------------------------------------------
@@ -487,14 +614,14 @@ class StochasticLayer(nn.Module):
     def __init__(self, channels: int, z_dim: int, *, top: bool):
         super().__init__()
         self.z_dim = z_dim
-        self.post_conv = nn.Conv2d(channels, 2 * z_dim, 3, padding=1)
-        self.prior_conv = None if top else nn.Conv2d(channels, 2 * z_dim, 3, padding=1)
-        self.out_conv = nn.Conv2d(z_dim, channels, 3, padding=1)
+        self.post_conv = Conv2d(channels, 2 * z_dim, 3, padding=1)
+        self.prior_conv = None if top else Conv2d(channels, 2 * z_dim, 3, padding=1)
+        self.out_conv = Conv2d(z_dim, channels, 3, padding=1)
 
     def posterior_mean(self, u: Tensor) -> Tensor:
         """``μ_q`` only: the first ``Z`` output channels of ``post_conv`` (HAE, spec 2.6)."""
         w, b = self.post_conv.weight, self.post_conv.bias
-        return F.conv2d(u, w[: self.z_dim], b[: self.z_dim], padding=1)
+        return conv2d(u, w[: self.z_dim], b[: self.z_dim], padding=1)
 
     def forward(self, u: Tensor, prior: Tensor | None, eps: Tensor | None, *, kl: bool,
                 analytic: bool = False) -> tuple[Tensor, Tensor | None]:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from musplit.models.blocks import fit_prior
+from musplit.models.blocks import Conv2d, conv2d, fit_prior
 
 __all__ = ["ContextTransfer", "directional_scan"]
 
@@ -295,7 +295,7 @@ class ContextTransfer(nn.Module):
     def __init__(self, channels: int, size: tuple[int, int]):
         super().__init__()
         self.gate = nn.Parameter(torch.zeros(4, int(size[0]), int(size[1])))
-        self.proj = nn.Conv2d(4 * channels, channels, 1)
+        self.proj = Conv2d(4 * channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, C, H, W)``."""
@@ -313,7 +313,7 @@ class ContextTransfer(nn.Module):
         # and the backward pass keeps only the sweeps (which the scans keep anyway).
         c = x.shape[1]
         weight = self.proj.weight
-        y = F.conv2d(sweeps[0], weight[:, :c], self.proj.bias)
+        y = conv2d(sweeps[0], weight[:, :c], self.proj.bias)
         for i in range(1, 4):
             y = y + F.conv2d(sweeps[i], weight[:, i * c : (i + 1) * c])
         return F.relu(y)

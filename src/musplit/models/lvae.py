@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from musplit.errors import InputError
 from musplit.models.blocks import (
+    Conv2d,
     Merge,
     ResBlock,
     Stem,
@@ -107,7 +108,7 @@ class EncoderLevel(nn.Module):
     def __init__(self, cfg: ModelConfig, *, lc_merge: bool):
         super().__init__()
         f, kw = cfg.filters, {"batchnorm": cfg.batchnorm, "dropout": cfg.dropout}
-        self.down = nn.Conv2d(f, f, 3, stride=2, padding=1)
+        self.down = Conv2d(f, f, 3, stride=2, padding=1)
         self.res = ResBlock(f, gated=cfg.gated, **kw)
         self.extra = nn.ModuleList(
             ResBlock(f, gated=cfg.gated, **kw) for _ in range(cfg.blocks_per_level - 1)
@@ -213,7 +214,7 @@ class Head(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.conv = nn.Conv2d(cfg.filters, 2 * cfg.out_channels, 3, padding=1)
+        self.conv = Conv2d(cfg.filters, 2 * cfg.out_channels, 3, padding=1)
         self.bound = cfg.logvar_bound
         self.logvar_min = cfg.logvar_min
 
