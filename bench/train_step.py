@@ -25,6 +25,7 @@ from contextlib import nullcontext
 
 import torch
 
+from musplit import native
 from musplit.losses import split_elbo
 from musplit.models import ModelConfig, build, count_parameters
 
@@ -92,10 +93,19 @@ def main(argv: list[str] | None = None) -> int:
                          "(default on)")
     ap.add_argument("--flops", action="store_true",
                     help="count the step's FLOPs and measure this machine's peak in this run")
+    ap.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
+                    help="use musplit.native's compiled elementwise kernels where they build "
+                         "(default on, as the CLI does)")
+    ap.add_argument("--compare-eager", type=int, default=0, metavar="N",
+                    help="after the timed steps, N more pairs of steps alternating eager "
+                         "PyTorch and the native kernels in this process: their speed ratio "
+                         "is then free of the VM's drift")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    if not args.native:
+        os.environ["MUSPLIT_NATIVE"] = "0"
     if args.tune_malloc:
         tune_glibc_malloc()
     if args.threads:
@@ -130,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     times = [step() for _ in range(args.steps)]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     extra = {}
+    if args.compare_eager and native.available():
+        paired = {"0": [], "1": []}
+        for _ in range(args.compare_eager):
+            for flag in ("0", "1"):  # MUSPLIT_NATIVE is read at every kernel call
+                os.environ["MUSPLIT_NATIVE"] = flag
+                paired[flag].append(step())
+        os.environ["MUSPLIT_NATIVE"] = "1"
+        eager_s, native_s = statistics.median(paired["0"]), statistics.median(paired["1"])
+        extra.update({"eager_step_s": round(eager_s, 3), "native_step_s": round(native_s, 3),
+                      "native_speedup": round(eager_s / native_s, 3),
+                      "compare_pairs": args.compare_eager})
     if args.flops:  # after the timed steps, so that it cannot raise the memory peak
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -155,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "channels_last": args.channels_last,
         "device": device.type,
         "tune_malloc": args.tune_malloc,
+        "native": native.available(),
         "torch": torch.__version__,
         "patch": args.patch,
         "step_times": [round(t, 3) for t in times],

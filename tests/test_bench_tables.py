@@ -57,3 +57,16 @@ def test_train_table_reports_both_conv_peaks():
     assert "| 200 | – | 25 % | – | 50 % |" in bf16
     speed = next(x for x in lines if x.startswith("| Vanilla | 5 |"))
     assert "| 2.00 | 0.45 | 1.00 | 0.23 |" in speed  # 2.0 / 4.4 and 1.0 / 4.4
+
+
+def test_train_table_shows_the_native_kernel_comparison_only_when_measured():
+    base = {"params": 5, "peak_rss_gb": 1.0, "precision": "fp32", "step_s": 1.5}
+    with_ab = [{**base, "variant": "none", "eager_step_s": 1.8, "native_step_s": 1.5,
+                "native_speedup": 1.2, "compare_pairs": 2},
+               {**base, "variant": "lean"}]
+    lines = run_all.train_step_section(with_ab).splitlines()
+    start = lines.index("| variant | eager s/step | native s/step | speed-up | pairs |") + 2
+    table = lines[start:lines.index("", start) if "" in lines[start:] else len(lines)]
+    assert table == ["| Vanilla | 1.80 | 1.50 | 1.20× | 2 |"]  # Lean-LC has no comparison
+    without = run_all.train_step_section([{**base, "variant": "none"}])
+    assert "Compiled elementwise kernels" not in without
