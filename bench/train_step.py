@@ -159,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         flops = counter.get_total_flops()
         peaks = machine_peaks(torch.bfloat16 if args.precision == "bf16" else torch.float32)
         achieved = flops / statistics.median(times) / 1e9
-        extra = {"gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(achieved, 1),
-                 **peaks, "conv_utilisation": round(achieved / peaks["conv_gflops"], 3),
-                 "conv_train_utilisation": round(achieved / peaks["conv_train_gflops"], 3),
-                 "matmul_utilisation": round(achieved / peaks["matmul_gflops"], 3)}
+        extra.update({
+            "gflop_per_step": round(flops / 1e9, 1), "achieved_gflops": round(achieved, 1),
+            **peaks, "conv_utilisation": round(achieved / peaks["conv_gflops"], 3),
+            "conv_train_utilisation": round(achieved / peaks["conv_train_gflops"], 3),
+            "matmul_utilisation": round(achieved / peaks["matmul_gflops"], 3)})
     result = {
         "variant": args.variant,
         "kind": args.kind,
