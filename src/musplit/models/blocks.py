@@ -9,6 +9,10 @@ prior parameters come in as conv outputs, the sample and the per-sample KL go ou
 distribution objects, computes the stable variance once per tensor and, when gradients are
 needed, runs as one fused autograd function that keeps only its three inputs for the backward
 pass (spec 13.1 item 18: in Regular- and Deep-LC this layer used to dominate memory).
+
+On CPU the elementwise chains (BatchNorm-apply with ELU, the gate, their gradients) run in the
+compiled kernels of :mod:`musplit.native` where those build, and the convolutions' bias
+gradients are plain sums (:class:`Conv2d`); both fall back to stock PyTorch otherwise.
 """
 
 from __future__ import annotations

@@ -53,13 +53,13 @@ _SIGNATURES = {
     "musplit_kernels_version": ([], _int),
     "musplit_bn_elu_fwd": ([_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _int, _int], None),
     "musplit_elu_bwd_bn_sums": ([_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _int,
-                                 _int], None),
+                                 _int], _int),
     "musplit_bn_bwd_apply": ([_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _int,
                               _int], None),
     "musplit_gate_fwd": ([_ptr, _ptr, _i64, _i64, _i64, _int, _int], None),
     "musplit_gate_bwd": ([_ptr, _ptr, _ptr, _i64, _i64, _i64, _int, _int], None),
 }
-KERNELS_VERSION = 1
+KERNELS_VERSION = 2
 
 
 def _disabled() -> bool:
@@ -246,8 +246,10 @@ def elu_bwd_bn_sums(a: Tensor, g: Tensor, x: Tensor, mean: Tensor) -> tuple[Tens
     sums = torch.zeros(2, c, dtype=torch.float64)
     mean = mean.float().contiguous()
     rows, length, cl = _geometry(x)
-    lib.musplit_elu_bwd_bn_sums(_p(a), _p(g), _p(x), _p(mean), _p(sums[0]), _p(sums[1]), rows,
-                                length, c, cl, _threads(x))
+    status = lib.musplit_elu_bwd_bn_sums(_p(a), _p(g), _p(x), _p(mean), _p(sums[0]),
+                                         _p(sums[1]), rows, length, c, cl, _threads(x))
+    if status != 0:
+        raise MemoryError("musplit.native: out of memory for the BatchNorm gradient sums")
     return sums[0], sums[1]
 
 

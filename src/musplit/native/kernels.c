@@ -22,7 +22,7 @@
 #include <omp.h>
 #endif
 
-#define MUSPLIT_KERNELS_VERSION 1
+#define MUSPLIT_KERNELS_VERSION 2
 
 int musplit_kernels_version(void) { return MUSPLIT_KERNELS_VERSION; }
 
@@ -92,13 +92,14 @@ void musplit_bn_elu_fwd(const float *x, float *out, const float *scale, const fl
  *
  * a = ELU(z) (recomputed by musplit_bn_elu_fwd), g holds dL/da on entry and dL/dz on exit:
  * ELU'(z) = 1 where a > 0 and a + 1 elsewhere. With xc = x - mean[c]:
- *   sum_g[c] = sum dL/dz,  sum_gx[c] = sum dL/dz * xc      (double precision, per thread). */
-void musplit_elu_bwd_bn_sums(const float *a, float *g, const float *x, const float *mean,
+ *   sum_g[c] = sum dL/dz,  sum_gx[c] = sum dL/dz * xc      (double precision, per thread).
+ * Returns 0, or -1 if the per-thread sums could not be allocated (nothing is written then). */
+int musplit_elu_bwd_bn_sums(const float *a, float *g, const float *x, const float *mean,
                              double *sum_g, double *sum_gx, int64_t rows, int64_t len,
                              int64_t channels, int cl, int nt) {
     if (nt < 1) nt = 1;
     double *part = calloc((size_t)(2 * nt * channels), sizeof(double));
-    if (!part) return; /* the caller zeroed the outputs and checks for this */
+    if (!part) return -1;
     int used = 1;
 #pragma omp parallel num_threads(nt)
     {
@@ -147,6 +148,7 @@ void musplit_elu_bwd_bn_sums(const float *a, float *g, const float *x, const flo
         }
     }
     free(part);
+    return 0;
 }
 
 /* BatchNorm's input gradient from dL/dz: gx = A[c] gz + B[c] (x - mean[c]) + D[c].
