@@ -96,3 +96,72 @@ def test_user_errors_in_train_and_predict(tmp_path, capsys):
     code, _, err = run(["predict", tmp_path / "none.ckpt", tmp_path / "in.tif", "--out",
                         tmp_path / "o.tif"], capsys)
     assert code == 2 and "none.ckpt" in err
+
+
+def _hae_checkpoint(path):
+    """A tiny deterministic (HAE) musplit checkpoint: predictions are exact functions of the
+    input, so the streamed and the in-memory paths can be compared value for value."""
+    import torch
+
+    from musplit.checkpoint import save_checkpoint
+    from musplit.config import Config
+    from musplit.data.normalize import NormStats
+    from musplit.models import build
+
+    cfg = Config.validated({
+        "model": {"kind": "hae", "lc": "lean", "filters": 8, "z_dims": [4, 4], "scales": 3,
+                  "patch": 32, "dropout": 0.0},
+        "data": {"patch": 32, "scales": 3, "pad": "reflect"},
+        "predict": {"grid": 16, "batch_size": 16}})
+    torch.manual_seed(0)
+    model = build(cfg.model).eval()
+    stats = NormStats(clip_max=50.0, input_mean=5.0, input_std=3.0, target_mean=[5.0, 5.0],
+                      target_std=[3.0, 3.0], alpha=[0.5, 0.5])
+    return save_checkpoint(path, state_dict=model.state_dict(),
+                           config=cfg.model_dump(mode="json"), stats=stats.to_dict())
+
+
+def test_predict_to_zarr_streams_and_precision_is_recorded(tmp_path, capsys, monkeypatch):
+    import tifffile
+
+    import musplit.predict as mp
+    from musplit.predict import Prediction
+
+    ckpt = _hae_checkpoint(tmp_path / "m.ckpt")
+    img = np.random.default_rng(1).uniform(0, 20, (2, 70, 90)).astype(np.float32)
+    src = tmp_path / "mixed.tif"
+    tifffile.imwrite(src, img, metadata={"axes": "QYX"})
+    before = src.read_bytes()
+    code, _, err = run(["predict", ckpt, src, "--axes", "SYX", "--out", tmp_path / "a.tif"],
+                       capsys)
+    assert code == 0, err
+    calls = []
+    real = mp.predict_to_zarr
+    monkeypatch.setattr(mp, "predict_to_zarr", lambda *a, **k: calls.append(k) or real(*a, **k))
+    code, out, err = run(["predict", ckpt, src, "--axes", "SYX", "--out", tmp_path / "a.zarr"],
+                         capsys)
+    assert code == 0, err
+    assert len(calls) == 1 and calls[0]["amp"] == "fp32"  # the .zarr output was streamed
+    mem, streamed = Prediction.load(tmp_path / "a.tif"), Prediction.load(tmp_path / "a.zarr")
+    assert streamed.mean.shape == (2, 70, 90, 2)
+    np.testing.assert_allclose(streamed.mean, mem.mean, rtol=1e-5, atol=1e-5)
+    assert mem.meta["precision"] == streamed.meta["precision"] == "fp32"
+
+    # bf16: recorded in the output, close to fp32 (a tiny untrained model: loose bound)
+    code, _, err = run(["predict", ckpt, src, "--axes", "SYX", "--precision", "bf16",
+                        "--out", tmp_path / "b.tif"], capsys)
+    assert code == 0, err
+    low = Prediction.load(tmp_path / "b.tif")
+    assert low.meta["precision"] == "bf16"
+    assert not np.array_equal(low.mean, mem.mean)
+    assert np.abs(low.mean - mem.mean).max() < 0.05 * np.abs(mem.mean).max()
+
+    # an existing output is refused before any prediction; the input is never touched
+    calls.clear()
+    code, _, err = run(["predict", ckpt, src, "--axes", "SYX", "--out", tmp_path / "a.zarr"],
+                       capsys)
+    assert code == 2 and "already exists" in err and not calls
+    code, _, err = run(["predict", ckpt, src, "--axes", "SYX", "--precision", "fp64",
+                        "--out", tmp_path / "c.zarr"], capsys)
+    assert code == 2 and "fp64" in err
+    assert src.read_bytes() == before

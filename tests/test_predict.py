@@ -394,3 +394,21 @@ def test_progress_bar_and_global_rng_untouched():
     torch.manual_seed(123)
     predict_image(Identity(), config(), stats(), image(1, 20, 20), progress=True)
     assert torch.equal(torch.rand(1), expected)
+
+
+def test_reduced_precision_is_checked_against_the_hardware(monkeypatch, caplog):
+    from musplit import predict as mp
+
+    assert mp.fast_precision(None) and mp.fast_precision("fp32")
+    assert mp.fast_precision("bf16", "cuda") and mp.fast_precision("fp16", "cuda")
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported",
+                 "_is_amx_fp16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not mp.fast_precision("bf16") and not mp.fast_precision("fp16")
+    with caplog.at_level("WARNING", logger="musplit"):
+        out = predict_image(Identity(), config(), stats(), image(1, 20, 20), grid=8, amp="bf16")
+    assert "emulated" in caplog.text and out.meta["precision"] == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert mp.fast_precision("bf16") and not mp.fast_precision("fp16")
+    with pytest.raises(InputError, match="amp"):
+        predict_image(Identity(), config(), stats(), image(1, 20, 20), grid=8, amp="int8")

@@ -228,32 +228,55 @@ def train(config_path, preset_name, data_path, channel_files, axes, channels, cr
               help="Posterior samples averaged (MMSE).")
 @click.option("--std", "with_std", is_flag=True, help="Also write the per-pixel std.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Network arithmetic (default: the model's config, fp32). bf16 is about "
+                   "twice as fast on CUDA and on CPUs with AVX512-BF16 or AMX.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
-            batch_size, seed, overwrite):
-    """Split the superimposed image INPUT with the trained MODEL."""
+            batch_size, precision, seed, overwrite):
+    """Split the superimposed image INPUT with the trained MODEL.
+
+    With a .zarr output the image is read and predicted block by block (2048-px blocks plus
+    their context), so images larger than memory work.
+    """
     from musplit.data.io import open_image
+    from musplit.predict import _file_kind, _sibling
     from musplit.splitter import Splitter
 
     if out_path.resolve() == input_path.resolve():
         raise InputError(f"--out {out_path} is the input file: it would be overwritten")
+    kind = _file_kind(out_path)
+    # Refuse an existing output now, not after a long prediction.
+    for tag in ("", "_std") if with_std else ("",):
+        target = _sibling(out_path, tag)
+        if (target.exists() or target.is_symlink()) and not overwrite:
+            raise InputError(f"{target} already exists; choose another output path or "
+                             "overwrite it (--overwrite)")
     splitter = Splitter.load(model)
     src = open_image(input_path, axes=axes)
+    if not mix_channels and src.n_channels != 1:
+        raise InputError(
+            f"{input_path} has {src.n_channels} channels; musplit predicts from one "
+            "superimposed channel (use --mix-channels to mix separate channels)")
+    if samples and samples > 1 and not with_std:
+        log.info("--samples > 1: the std is computed; add --std to write it")
+    if kind == "zarr" and not mix_channels:
+        written = splitter.predict_to_zarr(
+            src, out_path, padding=padding, grid=grid, samples=samples,
+            batch_size=batch_size, seed=seed, precision=precision, std=with_std,
+            overwrite=overwrite, progress=True, protect=[input_path])
+        click.echo(f"wrote {written}")
+        return
     if mix_channels:
         chans = _int_list(mix_channels, "--mix-channels")
         stacked = src.read(channels=chans)
         image = splitter.stats.mix(splitter.stats.clip(stacked))
     else:
-        if src.n_channels != 1:
-            raise InputError(
-                f"{input_path} has {src.n_channels} channels; musplit predicts from one "
-                "superimposed channel (use --mix-channels to mix separate channels)")
         image = src.read()[..., 0]
-    if samples and samples > 1 and not with_std:
-        log.info("--samples > 1: the std is computed; add --std to write it")
     pred = splitter.predict(image, padding=padding, grid=grid, samples=samples,
-                            batch_size=batch_size, seed=seed, progress=True)
+                            batch_size=batch_size, seed=seed, precision=precision,
+                            progress=True)
     if not with_std:
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])

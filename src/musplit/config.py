@@ -131,6 +131,9 @@ class PredictConfig(_Strict):
     samples: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
     blend: Literal["none", "linear", "cosine"] = "none"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="network arithmetic: fp32 (parity) or bf16/fp16 autocast, faster "
+        "where the hardware has it (CUDA; CPUs with AVX512-BF16 or AMX)")
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict:
