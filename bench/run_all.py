@@ -98,7 +98,7 @@ def run_memory() -> list[dict]:
 
 
 def run_predict(size: int, memory_size: int, grids: tuple[int, ...] = (16, 32),
-                memory: bool = True) -> list[dict]:
+                memory: bool = True, direct: tuple[str, ...] = ("none", "lean")) -> list[dict]:
     """Throughput per variant and grid (1 and 10 samples) and streaming peak memory."""
     rows = []
     for grid in grids:
@@ -108,6 +108,13 @@ def run_predict(size: int, memory_size: int, grids: tuple[int, ...] = (16, 32),
                 rows += _json_lines([PY, "bench/predict.py", "--variant", variant, "--grid",
                                      str(grid), "--samples", str(samples), "--size", str(size),
                                      "--threads", "2"], timeout=7200)
+    # Direct check of the per-tile extrapolation: a real 2048² frame, one sample, G = 32, for
+    # the two cheapest variants (the others take 6-8 minutes each on 2 cores).
+    for variant in direct:
+        print(f"predict {variant} G=32 K=1 on 2048^2 (direct) ...", flush=True)
+        got = _json_lines([PY, "bench/predict.py", "--variant", variant, "--grid", "32",
+                           "--samples", "1", "--size", "2048", "--threads", "2"], timeout=7200)
+        rows += [{**r, "direct": True} for r in got]
     if not memory:
         return rows
     # Bounded memory: a frame far larger than memory would allow as one array, streamed Zarr
@@ -127,10 +134,70 @@ def merge_predict(old: list[dict], new: list[dict]) -> list[dict]:
     """``old`` with every row that ``new`` measures again replaced."""
     def key(r):
         return (r["variant"], r["grid"], r["samples"], r.get("to_zarr"), r.get("stub"),
-                r["size"] if r.get("to_zarr") else None)
+                r["size"] if r.get("to_zarr") else None, bool(r.get("direct")))
 
     fresh = {key(r) for r in new}
     return [r for r in old if key(r) not in fresh] + new
+
+
+def run_precision(steps: int) -> list[dict]:
+    """bf16 against fp32 prediction: speed per variant, accuracy of trained demo models."""
+    print("precision (speed, then accuracy) ...", flush=True)
+    return _json_lines([PY, "bench/precision.py", "--steps", str(steps)], timeout=7200)
+
+
+def precision_section(rows: list[dict]) -> str:
+    speed = [r for r in rows if r["kind"] == "speed"]
+    acc = [r for r in rows if r["kind"] == "accuracy"]
+    out = [
+        "## Prediction precision: bf16 against fp32 (issue 6, defaults)",
+        "",
+        "`bench/precision.py`. *Speed*: HVAE of the paper's size, inner padding, G = 32, batch "
+        "64 tiles, 2 threads, one sample; the same frame predicted in fp32 and with bf16 "
+        "autocast, alternating in one process (median of each), so the ratio is free of the "
+        "VM's drift. This CPU has AVX512-BF16; where a CPU lacks it (and AMX) PyTorch "
+        "emulates bf16 and `musplit predict` warns that it will be slower.",
+        "",
+    ]
+    if speed:
+        size = speed[0]["size"]
+        out += [f"| variant | fp32 MP/s | bf16 MP/s | bf16 speed-up | pairs ({size}² frame) |",
+                "|---|---:|---:|---:|---:|"]
+        for r in speed:
+            out.append(f"| {NAMES[r['variant']]} | {r['fp32_mp_s']:.4f} | {r['bf16_mp_s']:.4f} | "
+                       f"{r['speedup']:.2f}× | {r['pairs']} |")
+        out.append("")
+    if acc:
+        a0 = acc[0]
+        out += [
+            f"*Accuracy*: the demo's models (`cpu-small` widths, critters N25 `shared-low`, "
+            f"{a0['size']}² frames) trained for {a0['steps']} steps, their {a0['test_frames']} "
+            f"test frames predicted with {a0['samples']} samples and the same seed (so the same "
+            "latent noise) in both precisions: RI-PSNR (mean ± s.e.m. over frames) and SSIM, "
+            "and how far the two predictions are apart in units of the target's std.",
+            "",
+            "| model | fp32 RI-PSNR | bf16 RI-PSNR | Δ dB | fp32 SSIM | bf16 SSIM | "
+            "mean / max abs difference (target std) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in acc:
+            out.append(
+                f"| HVAE {NAMES[r['variant']]} | {r['fp32_psnr']:.2f} ± {r['fp32_psnr_sem']:.2f} "
+                f"| {r['bf16_psnr']:.2f} ± {r['bf16_psnr_sem']:.2f} | "
+                f"{r['bf16_psnr'] - r['fp32_psnr']:+.3f} | {r['fp32_ssim']:.3f} | "
+                f"{r['bf16_ssim']:.3f} | {r['mean_abs_diff_norm']:.4f} / "
+                f"{r['max_abs_diff_norm']:.3f} |")
+        out.append("")
+    out.append(PRECISION_NOTE)
+    return "\n".join(out)
+
+
+PRECISION_NOTE = (
+    "**Default.** `musplit predict` computes in fp32 (parity with the paper and the "
+    "reference, and the only fast choice on CPUs without bf16 hardware, which most laptops "
+    "are). `--precision bf16` (or `predict.precision: bf16` in the config) is the setting "
+    "to use on a CPU with AVX512-BF16 or AMX and on a CUDA GPU; the table gives its speed-up "
+    "and what it changes in the result.")
 
 
 def run_compare(budget: float) -> None:
@@ -279,7 +346,8 @@ PREDICT_NOTES = (
 
 
 def predict_section(rows: list[dict]) -> str:
-    speed = [r for r in rows if not r.get("to_zarr")]
+    speed = [r for r in rows if not r.get("to_zarr") and not r.get("direct")]
+    direct = [r for r in rows if r.get("direct")]
     memory = [r for r in rows if r.get("to_zarr")]
     out = ["## Tiled prediction (issues 4 and 6)", ""]
     if speed:
@@ -324,7 +392,29 @@ def predict_section(rows: list[dict]) -> str:
             tuned = all(r.get("tune_malloc") for r in rs)
             runs.append(f"G = {grid} on a {rs[0]['size']}² frame, allocator "
                         f"{'tuned' if tuned else 'not tuned (measured before that setting)'}")
-        out += ["", "Rows measured separately: " + "; ".join(runs) + ".", "", PREDICT_NOTES, ""]
+        out += ["", "Rows measured separately: " + "; ".join(runs) + ".", ""]
+        by1 = {(r["variant"], r["grid"]): r for r in speed if r["samples"] == 1}
+        if direct:
+            out += [
+                "**Checked on a real 2048² frame.** One sample, G = 32, the whole frame "
+                "through `predict_image`, against the seconds the table's per-tile rate "
+                "predicts (rows measured in separate runs, so the VM's drift between them "
+                "shows up in the ratio):",
+                "",
+                "| variant | tiles | measured s | MP/s | extrapolated s | measured / extrapolated |"
+                " peak GB |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for r in direct:
+                ref = by1.get((r["variant"], r["grid"]))
+                ext = (r["size"] ** 2 / 1e6 / ref["megapixels_per_s"]) if ref else None
+                ratio = f"{r['seconds'] / ext:.2f}" if ext else "–"
+                ext_s = f"{ext:.0f}" if ext else "–"
+                out.append(f"| {NAMES[r['variant']]} | {r['tiles']:,} | {r['seconds']:.0f} | "
+                           f"{r['megapixels_per_s']:.4f} | {ext_s} | {ratio} | "
+                           f"{r['peak_rss_gb']:.2f} |")
+            out.append("")
+        out += [PREDICT_NOTES, ""]
     if memory:
         out += [
             "**Bounded memory.** `predict_to_zarr` reads a Zarr input block by block (2048² "
@@ -352,7 +442,9 @@ def predict_section(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", choices=["data", "train", "memory", "predict", "compare",
-                                       "reproduce", "pcmc"], default=None)
+                                       "reproduce", "pcmc", "precision"], default=None)
+    ap.add_argument("--precision-steps", type=int, default=400,
+                    help="training steps of each model of the bf16 accuracy check")
     ap.add_argument("--reproduce-minutes", type=float, default=60.0,
                     help="budget of bench/reproduce.py (REPRODUCTION.md)")
     ap.add_argument("--compare-budget", type=float, default=120.0,
@@ -396,6 +488,9 @@ def main() -> None:
                if (RESULTS / "predict.json").exists() else [])
         (RESULTS / "predict.json").write_text(json.dumps(merge_predict(old, rows), indent=1))
         (RESULTS / "machine.txt").write_text(machine())
+    if args.only in (None, "precision"):
+        (RESULTS / "precision.json").write_text(
+            json.dumps(run_precision(args.precision_steps), indent=1))
     if args.only is None or not (RESULTS / "machine.txt").exists():
         (RESULTS / "machine.txt").write_text(machine())
 
@@ -417,6 +512,8 @@ def main() -> None:
                   "with a verdict per claim.", ""]
     if (RESULTS / "predict.json").exists():
         parts += [predict_section(json.loads((RESULTS / "predict.json").read_text())), ""]
+    if (RESULTS / "precision.json").exists():
+        parts += [precision_section(json.loads((RESULTS / "precision.json").read_text())), ""]
     if (RESULTS / "compare_methods.md").exists():
         parts += [(RESULTS / "compare_methods.md").read_text().strip(), ""]
     else:

@@ -70,3 +70,43 @@ def test_train_table_shows_the_native_kernel_comparison_only_when_measured():
     assert table == ["| Vanilla | 1.80 | 1.50 | 1.20× | 2 |"]  # Lean-LC has no comparison
     without = run_all.train_step_section([{**base, "variant": "none"}])
     assert "Compiled elementwise kernels" not in without
+
+
+def test_direct_2048_rows_are_checked_against_the_per_tile_rate():
+    rows = [_row("none", 1, 0.05),
+            {**_row("none", 1, 0.04, seconds=104.9, tiles=4096), "size": 2048, "direct": True}]
+    text = run_all.predict_section(rows)
+    main = [x for x in text.splitlines() if x.startswith("| Vanilla, G = 32")]
+    assert len(main) == 1 and "| 0.0500 |" in main[0]  # the direct row is not a table row
+    check = next(x for x in text.splitlines() if x.startswith("| Vanilla | 4,096 |"))
+    # 2048² at 0.05 MP/s is 83.9 s extrapolated; 104.9 measured is 1.25 times that
+    assert "| 105 | 0.0400 | 84 | 1.25 |" in check
+    # a new direct row replaces the stored direct row only, never the per-tile row
+    merged = run_all.merge_predict(rows, [{**rows[1], "seconds": 90.0}])
+    assert len(merged) == 2 and sorted(r.get("direct", False) for r in merged) == [False, True]
+
+
+def test_precision_table():
+    rows = [{"kind": "speed", "variant": "none", "size": 512, "fp32_mp_s": 0.04,
+             "bf16_mp_s": 0.07, "speedup": 1.75, "pairs": 2},
+            {"kind": "accuracy", "variant": "lean", "steps": 400, "size": 256,
+             "test_frames": 10, "samples": 5, "fp32_psnr": 20.5, "fp32_psnr_sem": 0.3,
+             "bf16_psnr": 20.48, "bf16_psnr_sem": 0.3, "fp32_ssim": 0.61, "bf16_ssim": 0.609,
+             "mean_abs_diff_norm": 0.0012, "max_abs_diff_norm": 0.05}]
+    lines = run_all.precision_section(rows).splitlines()
+    assert "| Vanilla | 0.0400 | 0.0700 | 1.75× | 2 |" in lines
+    lean = next(x for x in lines if x.startswith("| HVAE Lean-LC"))
+    assert "| 20.50 ± 0.30 | 20.48 ± 0.30 | -0.020 |" in lean and "0.0012 / 0.050" in lean
+
+
+def test_precision_bench_runs_end_to_end(capsys):
+    import precision as bench_precision
+
+    speed = bench_precision.speed_rows(["none"], size=64, pairs=1, batch=16)
+    assert speed[0]["variant"] == "none" and speed[0]["fp32_s"] > 0 and speed[0]["bf16_s"] > 0
+    assert 0 < speed[0]["max_abs_diff_norm"] < 1  # bf16 differs from fp32, but not wildly
+    acc = bench_precision.accuracy_rows(steps=2, frames=12, size=64, samples=2, seed=0)
+    assert [r["variant"] for r in acc] == ["lean", "none"]
+    for r in acc:
+        assert abs(r["bf16_psnr"] - r["fp32_psnr"]) < 1.0 and r["max_abs_diff_norm"] > 0
+    assert capsys.readouterr().out.count("\n") == 3  # one JSON line per row
