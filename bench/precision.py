@@ -33,6 +33,9 @@ from musplit.data.normalize import NormStats
 from musplit.models import build, count_parameters
 from musplit.predict import fast_precision, predict_image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import machine_peaks  # noqa: E402
+
 
 def speed_rows(variants: list[str], size: int, pairs: int, batch: int) -> list[dict]:
     rows = []
@@ -65,7 +68,8 @@ def speed_rows(variants: list[str], size: int, pairs: int, batch: int) -> list[d
             "bf16_s": round(b16, 3), "fp32_mp_s": round(size**2 / 1e6 / f32, 5),
             "bf16_mp_s": round(size**2 / 1e6 / b16, 5), "speedup": round(f32 / b16, 3),
             "max_abs_diff_norm": float(np.abs(means["fp32"] - means["bf16"]).max()),
-            "fast_bf16": fast_precision("bf16"), "threads": torch.get_num_threads()})
+            "fast_bf16": fast_precision("bf16"), "threads": torch.get_num_threads(),
+            "conv_gflops": machine_peaks(torch.float32, repeat=3)["conv_gflops"]})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

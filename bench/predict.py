@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stub", action="store_true", help="zero-cost model: pipeline only")
     ap.add_argument("--to-zarr", action="store_true", help="stream through predict_to_zarr")
     ap.add_argument("--block", type=int, default=2048, help="predict_to_zarr block side")
+    ap.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True,
+                    help="after the run, measure the CPU's 3x3-conv peak (GFLOP/s)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
@@ -182,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.stub and args.kind == "hvae" and not args.to_zarr:
         split = encoder_share(model, cfg, args)
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.probe and args.device == "cpu":
+        # The VM's speed right now (after the peak-memory reading): a 2-core VM's speed can
+        # change by 2x between runs, and this says which state a row was measured in.
+        from train_step import machine_peaks
+
+        split["conv_gflops"] = machine_peaks(torch.float32, repeat=3)["conv_gflops"]
     print(json.dumps({
         "variant": args.variant,
         "kind": args.kind,

@@ -130,6 +130,16 @@ def run_predict(size: int, memory_size: int, grids: tuple[int, ...] = (16, 32),
     return rows
 
 
+def _speed_note(rows: list[dict]) -> str:
+    """The CPU's conv peak while ``rows`` were measured, where the rows recorded it."""
+    peaks = [r["conv_gflops"] for r in rows if r.get("conv_gflops")]
+    if not peaks:
+        return ""
+    lo, hi = min(peaks), max(peaks)
+    span = f"{lo:.0f}" if hi - lo < 10 else f"{lo:.0f}-{hi:.0f}"
+    return f", 3×3-conv peak {span} GFLOP/s during the runs"
+
+
 def merge_predict(old: list[dict], new: list[dict]) -> list[dict]:
     """``old`` with every row that ``new`` measures again replaced."""
     def key(r):
@@ -166,7 +176,8 @@ def precision_section(rows: list[dict]) -> str:
         for r in speed:
             out.append(f"| {NAMES[r['variant']]} | {r['fp32_mp_s']:.4f} | {r['bf16_mp_s']:.4f} | "
                        f"{r['speedup']:.2f}× | {r['pairs']} |")
-        out.append("")
+        note = _speed_note(speed)
+        out += ["", f"Measured in one process{note}." if note else "", ""]
     if acc:
         a0 = acc[0]
         out += [
@@ -391,7 +402,8 @@ def predict_section(rows: list[dict]) -> str:
             rs = [r for r in speed if r["grid"] == grid]
             tuned = all(r.get("tune_malloc") for r in rs)
             runs.append(f"G = {grid} on a {rs[0]['size']}² frame, allocator "
-                        f"{'tuned' if tuned else 'not tuned (measured before that setting)'}")
+                        f"{'tuned' if tuned else 'not tuned (measured before that setting)'}"
+                        + _speed_note(rs))
         out += ["", "Rows measured separately: " + "; ".join(runs) + ".", ""]
         by1 = {(r["variant"], r["grid"]): r for r in speed if r["samples"] == 1}
         if direct:
@@ -402,17 +414,19 @@ def predict_section(rows: list[dict]) -> str:
                 "shows up in the ratio):",
                 "",
                 "| variant | tiles | measured s | MP/s | extrapolated s | measured / extrapolated |"
-                " peak GB |",
-                "|---|---:|---:|---:|---:|---:|---:|",
+                " peak GB | conv peak GFLOP/s (2048² run / per-tile run) |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for r in direct:
                 ref = by1.get((r["variant"], r["grid"]))
                 ext = (r["size"] ** 2 / 1e6 / ref["megapixels_per_s"]) if ref else None
                 ratio = f"{r['seconds'] / ext:.2f}" if ext else "–"
                 ext_s = f"{ext:.0f}" if ext else "–"
+                peaks = " / ".join(f"{x['conv_gflops']:.0f}" if x and x.get("conv_gflops")
+                                   else "–" for x in (r, ref))
                 out.append(f"| {NAMES[r['variant']]} | {r['tiles']:,} | {r['seconds']:.0f} | "
                            f"{r['megapixels_per_s']:.4f} | {ext_s} | {ratio} | "
-                           f"{r['peak_rss_gb']:.2f} |")
+                           f"{r['peak_rss_gb']:.2f} | {peaks} |")
             out.append("")
         out += [PREDICT_NOTES, ""]
     if memory:

@@ -429,10 +429,10 @@ def test_predict_to_zarr_memory_is_set_by_the_block_not_the_frame(tmp_path):
     predict_to_zarr(Identity(lc=2), cfg, stats(), image(1, 64, 64), tmp_path / "w.zarr",
                     block=128, **kw)
 
-    def peak(fn):
+    def peak(fn, *args, **kwargs):
         tracemalloc.start()
         try:
-            out = fn()
+            out = fn(Identity(lc=2), cfg, stats(), *args, **kwargs, **kw)
             return tracemalloc.get_traced_memory()[1], out
         finally:
             tracemalloc.stop()
@@ -442,10 +442,9 @@ def test_predict_to_zarr_memory_is_set_by_the_block_not_the_frame(tmp_path):
         img = image(1, side, side)
         src = write_zarr(tmp_path / f"in{side}.zarr", img[..., None], "SYXC",
                          chunks=(1, 256, 256, 1))
-        streamed[side], path = peak(lambda: predict_to_zarr(
-            Identity(lc=2), cfg, stats(), src, tmp_path / f"s{side}.zarr", block=128, **kw))
-        in_memory[side], ref = peak(lambda: predict_image(Identity(lc=2), cfg, stats(), img,
-                                                          **kw))
+        streamed[side], path = peak(predict_to_zarr, src, tmp_path / f"s{side}.zarr",
+                                    block=128)
+        in_memory[side], ref = peak(predict_image, img)
         np.testing.assert_allclose(Prediction.load(path).mean, ref.mean, rtol=1e-6)
         assert in_memory[side] > 2 * img.nbytes  # the whole mean and aleatoric std
     assert in_memory[1536] > 3.5 * in_memory[768]
