@@ -400,7 +400,11 @@ def test_reduced_precision_is_checked_against_the_hardware(monkeypatch, caplog):
     from musplit import predict as mp
 
     assert mp.fast_precision(None) and mp.fast_precision("fp32")
-    assert mp.fast_precision("bf16", "cuda") and mp.fast_precision("fp16", "cuda")
+    assert mp.fast_precision("fp16", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # before Ampere
+    assert not mp.fast_precision("bf16", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert mp.fast_precision("bf16", "cuda")
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported",
                  "_is_amx_fp16_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)

@@ -237,8 +237,8 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
             batch_size, precision, seed, overwrite):
     """Split the superimposed image INPUT with the trained MODEL.
 
-    With a .zarr output the image is read and predicted block by block (2048-px blocks plus
-    their context), so images larger than memory work.
+    With a .zarr output (and no --mix-channels) the image is read and predicted block by
+    block (2048-px blocks plus their context), so images larger than memory work.
     """
     from musplit.data.io import open_image
     from musplit.predict import _file_kind, _sibling

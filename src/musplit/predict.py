@@ -628,8 +628,10 @@ class _Engine:
                 raise InputError(f"amp must be one of {tuple(AMP_DTYPES)} or None, got {amp!r}")
             self.amp = AMP_DTYPES[amp]
             if not fast_precision(amp, self.device):
-                log.warning("%s on this CPU is emulated (no %s): expect it to be slower than "
-                            "fp32", amp, "AVX512-BF16 or AMX" if amp == "bf16" else "AMX-FP16")
+                need = ("a GPU of the Ampere generation or later" if self.device.type == "cuda"
+                        else "AVX512-BF16 or AMX" if amp == "bf16" else "AMX-FP16")
+                log.warning("%s is emulated on this %s (it needs %s): expect it to be slower "
+                            "than fp32", amp, self.device.type.upper(), need)
         m = np.float32(stats.input_mean)
         s = np.float32(stats.input_std)
         self._in_mean, self._in_std = m, s
@@ -934,11 +936,16 @@ def _progress(total: int, enabled: bool, desc: str):
 def fast_precision(amp: str | None, device: torch.device | str = "cpu") -> bool:
     """Whether autocast to ``amp`` runs on hardware made for it on ``device``.
 
-    Always True for fp32 (``None``) and on CUDA. On a CPU, bf16 needs AVX512-BF16 or AMX and
-    fp16 needs AMX-FP16; elsewhere PyTorch emulates them, usually slower than fp32.
+    Always True for fp32 (``None``). On a CPU, bf16 needs AVX512-BF16 or AMX and fp16 needs
+    AMX-FP16; elsewhere PyTorch emulates them, usually slower than fp32. On CUDA, fp16 is
+    always native and bf16 from Ampere on; other devices are assumed to have what they offer.
     """
     device = torch.device(device)
-    if amp in (None, "fp32") or device.type != "cpu":
+    if amp in (None, "fp32"):
+        return True
+    if device.type == "cuda":
+        return amp == "fp16" or bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
         return True
     cpu = torch.cpu
 
