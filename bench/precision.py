@@ -69,6 +69,7 @@ def speed_rows(variants: list[str], size: int, pairs: int, batch: int) -> list[d
             "bf16_mp_s": round(size**2 / 1e6 / b16, 5), "speedup": round(f32 / b16, 3),
             "max_abs_diff_norm": float(np.abs(means["fp32"] - means["bf16"]).max()),
             "fast_bf16": fast_precision("bf16"), "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"),
             "conv_gflops": machine_peaks(torch.float32, repeat=3)["conv_gflops"]})
         print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "tune_malloc": args.tune_malloc,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
         **split,
     }))
     return 0

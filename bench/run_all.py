@@ -130,6 +130,28 @@ def run_predict(size: int, memory_size: int, grids: tuple[int, ...] = (16, 32),
     return rows
 
 
+def speed_summary(results: dict[str, list[dict]]) -> str:
+    """One line: the fp32 3×3-conv peak measured alongside each part, and when."""
+    labels = {"train_step": "training step", "predict": "prediction",
+              "precision": "prediction precision"}
+    parts = []
+    for name, rows in results.items():
+        peaks = [r["conv_gflops"] for r in rows
+                 if r.get("conv_gflops") and r.get("precision", "fp32") == "fp32"]
+        if not peaks:
+            continue
+        dates = sorted({r["date"] for r in rows if r.get("date")})
+        when = f" ({', '.join(dates)})" if dates else ""
+        parts.append(f"{labels.get(name, name)} {min(peaks):.0f}-{max(peaks):.0f}{when}")
+    if not parts:
+        return ""
+    return ("**The VM's speed when each part ran** (fp32 3×3-conv peak, 2 threads, GFLOP/s, "
+            "measured in the same processes): " + "; ".join(parts) + ". A 2-core VM's speed "
+            "changes by 2× or more between days, so compare rows within a part, and read "
+            "ratios measured in one process (× reference is against fixed figures and needs "
+            "a VM at its usual speed).")
+
+
 def _speed_note(rows: list[dict]) -> str:
     """The CPU's conv peak while ``rows`` were measured, where the rows recorded it."""
     peaks = [r["conv_gflops"] for r in rows if r.get("conv_gflops")]
@@ -188,8 +210,8 @@ def precision_section(rows: list[dict]) -> str:
             "and how far the two predictions are apart in units of the target's std.",
             "",
             "| model | fp32 RI-PSNR | bf16 RI-PSNR | Δ dB | fp32 SSIM | bf16 SSIM | "
-            "mean / max abs difference (target std) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "mean / max abs difference (target std) | predict s fp32 / bf16 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in acc:
             out.append(
@@ -197,18 +219,22 @@ def precision_section(rows: list[dict]) -> str:
                 f"| {r['bf16_psnr']:.2f} ± {r['bf16_psnr_sem']:.2f} | "
                 f"{r['bf16_psnr'] - r['fp32_psnr']:+.3f} | {r['fp32_ssim']:.3f} | "
                 f"{r['bf16_ssim']:.3f} | {r['mean_abs_diff_norm']:.4f} / "
-                f"{r['max_abs_diff_norm']:.3f} |")
+                f"{r['max_abs_diff_norm']:.3f} | {r['fp32_predict_s']:.1f} / "
+                f"{r['bf16_predict_s']:.1f} |")
         out.append("")
     out.append(PRECISION_NOTE)
     return "\n".join(out)
 
 
 PRECISION_NOTE = (
-    "**Default.** `musplit predict` computes in fp32 (parity with the paper and the "
-    "reference, and the only fast choice on CPUs without bf16 hardware, which most laptops "
-    "are). `--precision bf16` (or `predict.precision: bf16` in the config) is the setting "
-    "to use on a CPU with AVX512-BF16 or AMX and on a CUDA GPU; the table gives its speed-up "
-    "and what it changes in the result.")
+    "**Default.** `musplit predict` computes in fp32: parity with the paper and the "
+    "reference, the only fast choice on CPUs without bf16 hardware (most laptops), and no "
+    "slower for narrow models (the demo's 16-filter models predicted no faster in bf16 "
+    "above: their convolutions are too small for bf16 to pay for the casts around them; "
+    "those two timings are single runs). `--precision bf16` (or `predict.precision: bf16` in "
+    "the config) is the setting for models of the paper's width on a CPU with AVX512-BF16 or "
+    "AMX (1.5-1.7× here) and on a CUDA GPU of the Ampere generation or later; at these "
+    "models' accuracy it changes the RI-PSNR by less than 0.01 dB.")
 
 
 def run_compare(budget: float) -> None:
@@ -350,9 +376,12 @@ PREDICT_NOTES = (
     "Vanilla's, Regular-LC's and Deep-LC's top-down passes are most of their cost (they "
     "hold the 64→256-channel convolutions and, for Regular/Deep-LC, run at full patch "
     "resolution), which bounds what sharing the encoder can save. The *floor* column is "
-    "that bound, measured in the same run: with encoder time e and one top-down pass d on a "
-    "batch of 64 tiles, 10 samples cannot cost less than (e + 10 d) / (e + d) times one. "
-    "Where the measured cost is near its floor, nothing is recomputed that could be shared. "
+    "that bound for the network, measured in the same run: with encoder time e and one "
+    "top-down pass d on a batch of 64 tiles, the network's work for 10 samples cannot cost "
+    "less than (e + 10 d) / (e + d) times one. The whole path also shares the per-tile work "
+    "outside the network (lateral-context crops, normalisation, stitching), so its measured "
+    "cost can fall below the floor; where it is at or below it, nothing that could be shared "
+    "is recomputed. "
     "Ask for samples when you want the uncertainty map, not by default.")
 
 
@@ -372,7 +401,8 @@ def predict_section(rows: list[dict]) -> str:
             "once per tile and the top-down pass K times. Throughput is per tile, so it holds "
             f"for a 2048² frame too ({(2048 // 16) ** 2:,} tiles at G = 16, "
             f"{(2048 // 32) ** 2:,} at G = 32): the 2048² column is extrapolated from it, "
-            "because measuring it directly takes hours for the four variants on 2 cores.",
+            "because measuring it directly takes hours for the four variants on 2 cores; a "
+            "real 2048² frame is measured below for the two cheapest variants.",
             "",
             "| variant, grid | params | MP/s, 1 sample | MP/s, 10 samples | cost of 10 vs 1 | "
             "floor (encoder once) | s for 2048², 1 sample | peak GB |",
@@ -511,6 +541,11 @@ def main() -> None:
     parts = ["# Benchmarks", "",
              f"Machine: {(RESULTS / 'machine.txt').read_text().strip()}. No GPU was "
              "available for these runs. Regenerate with `make bench`.", ""]
+    summary = speed_summary({name: json.loads((RESULTS / f"{name}.json").read_text())
+                             for name in ("train_step", "predict", "precision")
+                             if (RESULTS / f"{name}.json").exists()})
+    if summary:
+        parts += [summary, ""]
     if (RESULTS / "data_pipeline.md").exists():
         parts += [(RESULTS / "data_pipeline.md").read_text().strip(), ""]
         if (ROOT / "figures" / "data_pipeline.png").exists():

@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "patch": args.patch,
         "step_times": [round(t, 3) for t in times],
         "load_avg": round(os.getloadavg()[0], 2),
+        "date": time.strftime("%Y-%m-%d"),
         **extra,
     }
     sys.stdout.write(json.dumps(result) + "\n")

@@ -92,11 +92,13 @@ def test_precision_table():
             {"kind": "accuracy", "variant": "lean", "steps": 400, "size": 256,
              "test_frames": 10, "samples": 5, "fp32_psnr": 20.5, "fp32_psnr_sem": 0.3,
              "bf16_psnr": 20.48, "bf16_psnr_sem": 0.3, "fp32_ssim": 0.61, "bf16_ssim": 0.609,
-             "mean_abs_diff_norm": 0.0012, "max_abs_diff_norm": 0.05}]
+             "mean_abs_diff_norm": 0.0012, "max_abs_diff_norm": 0.05,
+             "fp32_predict_s": 8.0, "bf16_predict_s": 12.5}]
     lines = run_all.precision_section(rows).splitlines()
     assert "| Vanilla | 0.0400 | 0.0700 | 1.75× | 2 |" in lines
     lean = next(x for x in lines if x.startswith("| HVAE Lean-LC"))
-    assert "| 20.50 ± 0.30 | 20.48 ± 0.30 | -0.020 |" in lean and "0.0012 / 0.050" in lean
+    assert "| 20.50 ± 0.30 | 20.48 ± 0.30 | -0.020 |" in lean
+    assert lean.endswith("| 0.0012 / 0.050 | 8.0 / 12.5 |")
 
 
 def test_precision_bench_runs_end_to_end(capsys):
@@ -112,3 +114,15 @@ def test_precision_bench_runs_end_to_end(capsys):
     for r in acc:
         assert abs(r["bf16_psnr"] - r["fp32_psnr"]) < 1.0 and r["max_abs_diff_norm"] > 0
     assert capsys.readouterr().out.count("\n") == 3  # one JSON line per row
+
+
+def test_speed_summary_names_each_parts_fp32_conv_peak_and_date():
+    line = run_all.speed_summary({
+        "train_step": [{"precision": "fp32", "conv_gflops": 481.0, "date": "2026-11-21"},
+                       {"precision": "bf16", "conv_gflops": 957.0, "date": "2026-11-21"},
+                       {"precision": "fp32", "conv_gflops": 522.4, "date": "2026-11-21"}],
+        "predict": [{"conv_gflops": 222.0, "date": "2026-12-06"}, {"variant": "old row"}],
+        "precision": [{"kind": "accuracy"}]})
+    assert "training step 481-522 (2026-11-21); prediction 222-222 (2026-12-06)." in line
+    assert "precision" not in line.split("GFLOP/s")[1].split(".")[0]  # no peak recorded
+    assert run_all.speed_summary({"predict": [{"variant": "old row"}]}) == ""

@@ -1069,9 +1069,10 @@ def predict_image(
     input_scale : float
         Multiplies the image before clipping (spec 1.1).
     amp : {"bf16", "fp16", "fp32"}, optional
-        Autocast the network to bf16 or fp16 (not parity; statistics stay float32). About
-        1.6-2x faster on a CPU with AVX512-BF16 or AMX and on CUDA; emulated, hence slower,
-        on other CPUs (a warning says so). None or "fp32": full precision.
+        Autocast the network to bf16 or fp16 (not parity; statistics stay float32). bf16 is
+        1.5-1.7x faster for models of the paper's width on a CPU with AVX512-BF16 (no faster
+        for narrow ones); emulated, hence slower, on CPUs without it or AMX (a warning says
+        so). None or "fp32": full precision.
     channels_last : bool
         Run the network in channels-last memory layout (faster; results equal up to float
         rounding). The model is converted for the call and converted back afterwards.

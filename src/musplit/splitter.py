@@ -94,9 +94,9 @@ class Splitter:
         batch_size : int, optional
             Patches per forward pass.
         precision : {"fp32", "bf16", "fp16"}, optional
-            Network arithmetic; default from the config ("fp32", parity). bf16 is about twice
-            as fast on CPUs with AVX512-BF16 or AMX and on CUDA (BENCHMARKS.md gives the
-            accuracy it costs).
+            Network arithmetic; default from the config ("fp32", parity). bf16 is about 1.6x
+            faster for models of the paper's width on CPUs with AVX512-BF16 or AMX and on
+            recent GPUs (BENCHMARKS.md gives the accuracy it costs).
 
         Returns
         -------
