@@ -346,7 +346,9 @@ def memory_section(rows: list[dict]) -> str:
         "Peak RSS of one fp32 HVAE training step (paper settings) in a fresh process, measured "
         "at two batch sizes and extrapolated linearly to batch 32 (Vanilla at 256² and 512² "
         "needs more than this machine's 24 GiB at batch 32). The paper's column is training "
-        "GPU memory (GiB) on its data; here it is CPU memory of the step alone.",
+        "GPU memory (GiB) on its data; here it is CPU memory of the step alone."
+        + (f" Measured {', '.join(sorted({r['date'] for r in rows if r.get('date')}))}."
+           if any(r.get("date") for r in rows) else ""),
         "",
         "| model | P | measured (batch: GB) | per sample GB | batch 32 GB (extrapolated) | "
         "paper GiB |",
