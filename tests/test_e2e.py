@@ -130,7 +130,7 @@ def test_predict_to_zarr_streams_and_precision_is_recorded(tmp_path, capsys, mon
     ckpt = _hae_checkpoint(tmp_path / "m.ckpt")
     img = np.random.default_rng(1).uniform(0, 20, (2, 70, 90)).astype(np.float32)
     src = tmp_path / "mixed.tif"
-    tifffile.imwrite(src, img, metadata={"axes": "QYX"})
+    tifffile.imwrite(src, img, photometric="minisblack", metadata={"axes": "QYX"})
     before = src.read_bytes()
     code, _, err = run(["predict", ckpt, src, "--axes", "SYX", "--out", tmp_path / "a.tif"],
                        capsys)
@@ -165,3 +165,36 @@ def test_predict_to_zarr_streams_and_precision_is_recorded(tmp_path, capsys, mon
                         "--out", tmp_path / "c.zarr"], capsys)
     assert code == 2 and "fp64" in err
     assert src.read_bytes() == before
+
+
+def test_a_prediction_too_large_for_memory_is_refused_before_any_work(tmp_path, capsys,
+                                                                      monkeypatch):
+    import tifffile
+
+    import musplit.predict as mp
+    import musplit.runtime
+
+    ckpt = _hae_checkpoint(tmp_path / "m.ckpt")
+    img = np.random.default_rng(2).uniform(0, 20, (3, 64, 80)).astype(np.float32)
+    src = tmp_path / "mixed.tif"
+    tifffile.imwrite(src, img, photometric="minisblack", metadata={"axes": "QYX"})
+    # 3 frames of 64 x 80: input + mean + aleatoric std (2 channels each) is 5 * 61,440 B,
+    # plus the context of one frame; pretend only 200 kB are left
+    monkeypatch.setattr(musplit.runtime, "available_memory", lambda: 200_000)
+    calls = []
+    real = mp.predict_image
+    monkeypatch.setattr(mp, "predict_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    code, _, err = run(["predict", ckpt, src, "--axes", "SYX", "--out", tmp_path / "a.tif"],
+                       capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "0.0 GiB are available" in err and "--out NAME.zarr" in err and not calls
+    assert not (tmp_path / "a.tif").exists()
+    # streaming to Zarr holds one block, so it goes ahead
+    code, _, err = run(["predict", ckpt, src, "--axes", "SYX", "--out", tmp_path / "a.zarr"],
+                       capsys)
+    assert code == 0, err
+    # with plenty of memory the in-memory path runs as before
+    monkeypatch.setattr(musplit.runtime, "available_memory", lambda: 1 << 34)
+    code, _, err = run(["predict", ckpt, src, "--axes", "SYX", "--out", tmp_path / "a.tif"],
+                       capsys)
+    assert code == 0 and calls, err

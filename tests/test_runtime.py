@@ -26,3 +26,29 @@ def test_tune_allocator_takes_effect_once_on_glibc():
 def test_tune_allocator_can_be_turned_off():
     assert _run("0") == "False False"
     assert _run("off") == "False False"
+
+
+def test_available_memory_is_at_most_the_machines_and_honours_a_cgroup_limit(monkeypatch):
+    import builtins
+    import io
+    import sys
+
+    from musplit.runtime import available_memory
+
+    if not sys.platform.startswith("linux"):
+        assert available_memory() is None
+        return
+    total = int(open("/proc/meminfo").readline().split()[1]) * 1024
+    got = available_memory()
+    assert 0 < got <= total
+    files = {"/proc/meminfo": "MemTotal: 8000000 kB\nMemAvailable: 4000000 kB\n",
+             "/sys/fs/cgroup/memory.max": "3000000000\n",
+             "/sys/fs/cgroup/memory.current": "1000000000\n"}
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: io.StringIO(files[path]))
+    assert available_memory() == 2_000_000_000  # the container's 3 GB less 1 GB in use
+    files["/sys/fs/cgroup/memory.max"] = "max\n"
+    assert available_memory() == 4_000_000 * 1024
+    del files["/proc/meminfo"]
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: (
+        io.StringIO(files[path]) if path in files else (_ for _ in ()).throw(OSError(path))))
+    assert available_memory() is None

@@ -269,6 +269,9 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
             overwrite=overwrite, progress=True, protect=[input_path])
         click.echo(f"wrote {written}")
         return
+    _check_in_memory_prediction(src, splitter, samples, with_std, input_path,
+                                n_read=len(_int_list(mix_channels, "--mix-channels"))
+                                if mix_channels else 1, zarr=kind == "zarr")
     if mix_channels:
         chans = _int_list(mix_channels, "--mix-channels")
         stacked = src.read(channels=chans)
@@ -282,6 +285,36 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
     click.echo(f"wrote {written}")
+
+
+def _check_in_memory_prediction(src, splitter, samples, with_std, input_path, *, n_read: int,
+                                zarr: bool) -> None:
+    """Refuse, before any work, a prediction held in memory that cannot fit in it.
+
+    The in-memory path keeps the input, the output arrays (mean, aleatoric std, std) of every
+    frame and the lateral-context stack of the frame being tiled (about ``scales + 3`` frame
+    copies), all float32. Streaming to Zarr keeps one block at a time.
+    """
+    from musplit.runtime import available_memory
+
+    avail = available_memory()
+    if avail is None:
+        return
+    px = src.n_frames * src.height * src.width
+    c = splitter.stats.n_channels if splitter.stats is not None else 2
+    outputs = 2 * c + (c if (samples or splitter.config.predict.samples) > 1 else 0)
+    need = 4 * px * (n_read + 1 + outputs) + 4 * src.height * src.width * (
+        splitter.config.data.scales + 3)
+    if need <= 0.9 * avail:
+        return
+    how = ("mix the channels into one image first, then predict it to a .zarr output"
+           if zarr or n_read > 1 else
+           "write the result to a .zarr output instead (--out NAME.zarr), which is "
+           "predicted block by block")
+    raise InputError(
+        f"predicting {input_path} ({src.n_frames} x {src.height} x {src.width} px) in memory "
+        f"needs about {need / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB are available; "
+        f"{how}")
 
 
 # -- evaluate ------------------------------------------------------------------------------

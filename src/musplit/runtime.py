@@ -59,3 +59,27 @@ def tune_allocator(trim_threshold: int = 1 << 30) -> bool:
 
 
 __all__ = ["tune_allocator"]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use, or None where that cannot be told.
+
+    Linux: ``MemAvailable`` of /proc/meminfo, lowered to what the cgroup (a container's limit)
+    has left. Elsewhere None: callers then skip memory checks rather than guess.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+        avail = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                used = int(f.read().strip())
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail
