@@ -268,7 +268,9 @@ def train_step_section(rows: list[dict]) -> str:
         "type given in issue 6. bf16 is autocast on the CPU (this CPU has AVX512-BF16). "
         "Single runs on a 2-core VM vary with other load (the 1-minute load average at the "
         "end of each run is shown). Goals: fp32 ≤ 0.4× and bf16 ≤ 0.25× the reference time, "
-        "peak memory ≤ 0.6× the reference.",
+        "peak memory ≤ 0.6× the reference."
+        + (f" Measured {', '.join(sorted({r['date'] for r in rows if r.get('date')}))}."
+           if any(r.get("date") for r in rows) else ""),
         "",
         "| variant | params | fp32 s/step | × ref | bf16 s/step | × ref | reference s/step | "
         "peak GB fp32 | reference GB | × ref | load |",
