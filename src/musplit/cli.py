@@ -242,18 +242,15 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     block (2048-px blocks plus their context), so images larger than memory work.
     """
     from musplit.data.io import open_image
-    from musplit.predict import _file_kind, _sibling
+    from musplit.predict import _file_kind, _sibling, refuse_existing
     from musplit.splitter import Splitter
 
     if out_path.resolve() == input_path.resolve():
         raise InputError(f"--out {out_path} is the input file: it would be overwritten")
     kind = _file_kind(out_path)
     # Refuse an existing output now, not after a long prediction.
-    for tag in ("", "_std") if with_std else ("",):
-        target = _sibling(out_path, tag)
-        if (target.exists() or target.is_symlink()) and not overwrite:
-            raise InputError(f"{target} already exists; choose another output path or "
-                             "overwrite it (--overwrite)")
+    refuse_existing([_sibling(out_path, t) for t in (("", "_std") if with_std else ("",))],
+                    overwrite)
     splitter = Splitter.load(model)
     src = open_image(input_path, axes=axes)
     if not mix_channels and src.n_channels != 1:
@@ -269,11 +266,10 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
             overwrite=overwrite, progress=True, protect=[input_path])
         click.echo(f"wrote {written}")
         return
-    _check_in_memory_prediction(src, splitter, samples, with_std, input_path,
-                                n_read=len(_int_list(mix_channels, "--mix-channels"))
-                                if mix_channels else 1, zarr=kind == "zarr")
-    if mix_channels:
-        chans = _int_list(mix_channels, "--mix-channels")
+    chans = _int_list(mix_channels, "--mix-channels") if mix_channels else None
+    _check_in_memory_prediction(src, splitter, samples, input_path,
+                                n_read=len(chans) if chans else 1, zarr=kind == "zarr")
+    if chans:
         stacked = src.read(channels=chans)
         image = splitter.stats.mix(splitter.stats.clip(stacked))
     else:
@@ -287,7 +283,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     click.echo(f"wrote {written}")
 
 
-def _check_in_memory_prediction(src, splitter, samples, with_std, input_path, *, n_read: int,
+def _check_in_memory_prediction(src, splitter, samples, input_path, *, n_read: int,
                                 zarr: bool) -> None:
     """Refuse, before any work, a prediction held in memory that cannot fit in it.
 

@@ -182,12 +182,8 @@ class Prediction:
             arrays["_aleatoric_std"] = self.aleatoric_std
         targets = {tag: _sibling(path, tag) for tag in arrays}
         # Refuse before writing anything: no half-saved prediction (mean written, std refused).
+        refuse_existing(targets.values(), overwrite)
         for out in targets.values():
-            if (out.exists() or out.is_symlink()) and not overwrite:
-                raise InputError(
-                    f"{out} already exists; choose another output path or overwrite it "
-                    "(overwrite=True, --overwrite)"
-                )
             _check_output(out, True, protect, kind)
         names = list(self.channel_names) or None
         for tag, arr in arrays.items():
@@ -237,6 +233,16 @@ def _file_kind(path) -> str:
     if name.endswith(".zarr"):
         return "zarr"
     raise InputError(f"{path}: a prediction is saved as .tif/.tiff or .zarr")
+
+
+def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
+    """:class:`InputError` for the first of ``paths`` that exists, unless ``overwrite``."""
+    if overwrite:
+        return
+    for p in map(Path, paths):
+        if p.exists() or p.is_symlink():
+            raise InputError(f"{p} already exists; choose another output path or overwrite it "
+                             "(overwrite=True, --overwrite)")
 
 
 def _sibling(path, tag: str) -> Path:
@@ -1293,10 +1299,7 @@ def predict_to_zarr(
     if aleatoric:
         tags["aleatoric_std"] = "_aleatoric_std"
     paths = {k: _sibling(out_path, t) for k, t in tags.items()}
-    for p in paths.values():
-        if (p.exists() or p.is_symlink()) and not overwrite:
-            raise InputError(f"{p} already exists; choose another output path or overwrite it "
-                             "(overwrite=True, --overwrite)")
+    refuse_existing(paths.values(), overwrite)
     clip = input_clip(stats)
     writers: dict[str, ZarrWriter] = {}
     n_batches = sum(-(-min(bt, rows - r0) * min(bt, cols - c0) // batch_size)
