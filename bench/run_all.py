@@ -130,19 +130,35 @@ def run_predict(size: int, memory_size: int, grids: tuple[int, ...] = (16, 32),
     return rows
 
 
+def _measured(rows: list[dict]) -> str:
+    """" Measured DATE[, DATE]." from the rows' dates, or "" where none recorded one."""
+    dates = sorted({r["date"] for r in rows if r.get("date")})
+    return f" Measured {', '.join(dates)}." if dates else ""
+
+
+def _peak_span(rows: list[dict], merge_below: float = 0.0) -> str:
+    """The fp32 3×3-conv peak range the rows recorded (GFLOP/s), or "" where none did; one
+    number where the range is narrower than ``merge_below``."""
+    peaks = [r["conv_gflops"] for r in rows
+             if r.get("conv_gflops") and r.get("precision", "fp32") == "fp32"]
+    if not peaks:
+        return ""
+    lo, hi = min(peaks), max(peaks)
+    return f"{lo:.0f}" if hi - lo < merge_below else f"{lo:.0f}-{hi:.0f}"
+
+
 def speed_summary(results: dict[str, list[dict]]) -> str:
     """One line: the fp32 3×3-conv peak measured alongside each part, and when."""
     labels = {"train_step": "training step", "predict": "prediction",
               "precision": "prediction precision"}
     parts = []
     for name, rows in results.items():
-        peaks = [r["conv_gflops"] for r in rows
-                 if r.get("conv_gflops") and r.get("precision", "fp32") == "fp32"]
-        if not peaks:
+        span = _peak_span(rows)
+        if not span:
             continue
         dates = sorted({r["date"] for r in rows if r.get("date")})
         when = f" ({', '.join(dates)})" if dates else ""
-        parts.append(f"{labels.get(name, name)} {min(peaks):.0f}-{max(peaks):.0f}{when}")
+        parts.append(f"{labels.get(name, name)} {span}{when}")
     if not parts:
         return ""
     return ("**The VM's speed when each part ran** (fp32 3×3-conv peak, 2 threads, GFLOP/s, "
@@ -154,12 +170,8 @@ def speed_summary(results: dict[str, list[dict]]) -> str:
 
 def _speed_note(rows: list[dict]) -> str:
     """The CPU's conv peak while ``rows`` were measured, where the rows recorded it."""
-    peaks = [r["conv_gflops"] for r in rows if r.get("conv_gflops")]
-    if not peaks:
-        return ""
-    lo, hi = min(peaks), max(peaks)
-    span = f"{lo:.0f}" if hi - lo < 10 else f"{lo:.0f}-{hi:.0f}"
-    return f", 3×3-conv peak {span} GFLOP/s during the runs"
+    span = _peak_span(rows, merge_below=10)
+    return f", 3×3-conv peak {span} GFLOP/s during the runs" if span else ""
 
 
 def merge_predict(old: list[dict], new: list[dict]) -> list[dict]:
@@ -268,9 +280,7 @@ def train_step_section(rows: list[dict]) -> str:
         "type given in issue 6. bf16 is autocast on the CPU (this CPU has AVX512-BF16). "
         "Single runs on a 2-core VM vary with other load (the 1-minute load average at the "
         "end of each run is shown). Goals: fp32 ≤ 0.4× and bf16 ≤ 0.25× the reference time, "
-        "peak memory ≤ 0.6× the reference."
-        + (f" Measured {', '.join(sorted({r['date'] for r in rows if r.get('date')}))}."
-           if any(r.get("date") for r in rows) else ""),
+        "peak memory ≤ 0.6× the reference." + _measured(rows),
         "",
         "| variant | params | fp32 s/step | × ref | bf16 s/step | × ref | reference s/step | "
         "peak GB fp32 | reference GB | × ref | load |",
@@ -348,9 +358,7 @@ def memory_section(rows: list[dict]) -> str:
         "Peak RSS of one fp32 HVAE training step (paper settings) in a fresh process, measured "
         "at two batch sizes and extrapolated linearly to batch 32 (Vanilla at 256² and 512² "
         "needs more than this machine's 24 GiB at batch 32). The paper's column is training "
-        "GPU memory (GiB) on its data; here it is CPU memory of the step alone."
-        + (f" Measured {', '.join(sorted({r['date'] for r in rows if r.get('date')}))}."
-           if any(r.get("date") for r in rows) else ""),
+        "GPU memory (GiB) on its data; here it is CPU memory of the step alone." + _measured(rows),
         "",
         "| model | P | measured (batch: GB) | per sample GB | batch 32 GB (extrapolated) | "
         "paper GiB |",
