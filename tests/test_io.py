@@ -135,9 +135,16 @@ def test_sample_and_time_axes_merge():
     np.testing.assert_array_equal(src.read(frames=[4, 1])[..., 0], arr.reshape(6, 8, 9)[[4, 1]])
 
 
-def test_z_longer_than_one_is_refused_with_a_hint():
-    msg = refuses("the input array", lambda: open_image(np.zeros((4, 8, 8)), "ZYX"), "3-D")
-    assert "'SYX'" in msg
+def test_z_longer_than_one_is_read_as_frames(caplog):
+    # Was a refusal ("3-D stacks are not supported"); Z planes are now separate 2-D frames.
+    arr = stack(4, 8, 8, 1)[..., 0]
+    with caplog.at_level("INFO", logger="musplit.data.io"):
+        src = open_image(arr, "ZYX")
+    assert "Z planes are read as separate 2-D frames" in caplog.text
+    assert src.canonical_shape == (4, 8, 8, 1)
+    np.testing.assert_array_equal(src.read()[..., 0], arr)
+    tz = stack(6, 8, 8, 1)[..., 0].reshape(2, 3, 8, 8)  # T=2, Z=3: T major
+    np.testing.assert_array_equal(open_image(tz, "TZYX").read(frames=[4])[0, ..., 0], tz[1, 1])
 
 
 def test_guessed_axes_and_ambiguous_shapes():

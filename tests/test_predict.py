@@ -454,3 +454,74 @@ def test_predict_to_zarr_memory_is_set_by_the_block_not_the_frame(tmp_path):
     assert in_memory[1536] > 3.5 * in_memory[768]
     assert streamed[1536] < 1.25 * streamed[768]
     assert streamed[1536] < in_memory[1536] / 8
+
+
+# -- issue 15: what the input's file says is kept in the outputs -------------------------------
+def _named_checkpoint(path):
+    """A tiny deterministic (HAE) checkpoint whose channels are named nucleus and actin."""
+    from musplit.checkpoint import save_checkpoint
+
+    cfg = Config.validated({
+        "model": {"kind": "hae", "lc": "lean", "filters": 8, "z_dims": [4, 4], "scales": 2,
+                  "patch": P, "dropout": 0.0},
+        "data": {"patch": P, "scales": 2, "pad": "reflect"},
+        "predict": {"grid": 8, "batch_size": 16}})
+    torch.manual_seed(0)
+    model = build(cfg.model).eval()
+    st = stats(clip=5000.0, m_in=500.0, s_in=300.0, m_t=(500.0, 500.0), s_t=(300.0, 300.0))
+    return save_checkpoint(path, state_dict=model.state_dict(),
+                           config=cfg.model_dump(mode="json"), stats=st.to_dict(),
+                           extra={"channel_names": ["nucleus", "actin"]})
+
+
+@pytest.mark.parametrize("out_name", ["pred.ome.tif", "pred.zarr"])
+def test_cli_predict_keeps_pixel_size_names_and_float32_units(tmp_path, capsys, out_name):
+    import tifffile
+
+    from musplit.cli import main
+    from musplit.data.io import open_image
+    from musplit.splitter import Splitter
+
+    ckpt = _named_checkpoint(tmp_path / "m.ckpt")
+    raw = np.random.default_rng(4).integers(0, 1200, (2, 40, 36)).astype(np.uint16)
+    inp = tmp_path / "in.ome.tif"
+    tifffile.imwrite(inp, raw, ome=True, photometric="minisblack",
+                     metadata={"axes": "TYX", "PhysicalSizeX": 0.0775, "PhysicalSizeY": 0.0775,
+                               "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    out = tmp_path / out_name
+    code = main(["predict", str(ckpt), str(inp), "--out", str(out), "--samples", "2", "--std"])
+    assert code == 0, capsys.readouterr().err
+    for path in (out, out.with_name(out_name.replace("pred", "pred_std"))):  # mean and std
+        src = open_image(path)
+        assert src.pixel_size == pytest.approx((0.0775, 0.0775)), path
+        assert src.channel_names == ["nucleus", "actin"] and src.dtype == np.float32
+        assert src.canonical_shape == (2, 40, 36, 2)
+    back = Prediction.load(out)
+    assert back.pixel_size == pytest.approx((0.0775, 0.0775))
+    # Integer input: float32 output in the input's intensity units, equal to predicting the
+    # same values given as float32 (the HAE is deterministic).
+    ref = Splitter.load(ckpt).predict(raw.astype(np.float32), samples=1)
+    assert back.mean.dtype == np.float32
+    np.testing.assert_allclose(back.mean, ref.mean, rtol=1e-4, atol=1e-2)
+    assert 0 < back.mean.mean() < 5000  # intensity units, not normalised ones
+
+
+def test_splitter_takes_the_pixel_size_of_an_image_source(tmp_path):
+    from musplit.data.io import open_image, write_tiff
+    from musplit.splitter import Splitter
+
+    s = Splitter.load(_named_checkpoint(tmp_path / "m.ckpt"))
+    img = (np.random.default_rng(5).random((1, 24, 20)) * 1000).astype(np.uint16)
+    path = write_tiff(tmp_path / "in.ome.tif", img[..., None], pixel_size=(0.2, 0.1))
+    src = open_image(path)
+    pred = s.predict(src)
+    assert pred.pixel_size == pytest.approx((0.2, 0.1))
+    np.testing.assert_allclose(pred.mean, s.predict(img.astype(np.float32)).mean, rtol=1e-5)
+    assert s.predict(img, pixel_size=(0.3, 0.3)).pixel_size == (0.3, 0.3)
+    assert s.predict(img).pixel_size is None
+    z = s.predict_to_zarr(src, tmp_path / "o.zarr")
+    assert open_image(z).pixel_size == pytest.approx((0.2, 0.1))
+    z2 = s.predict_to_zarr(img.astype(np.float32), tmp_path / "o2.zarr", pixel_size=(0.5, 0.5))
+    assert open_image(z2).pixel_size == pytest.approx((0.5, 0.5))
+    with pytest.raises(InputError, match="pixel_size"):
+        s.predict(img, pixel_size=(0, 1))

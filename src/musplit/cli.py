@@ -75,8 +75,16 @@ def generate_critters_cmd(frames, size, connector, seed, out_dir, fmt, overwrite
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--axes", default=None, help="Axes of the file if its metadata has none.")
-def info(path: Path, axes: str | None) -> None:
-    """Describe an image file (shape, axes, channels) or a musplit checkpoint."""
+@click.option("--series", type=click.IntRange(min=0), default=None,
+              help="Image series of a TIFF file (default: the first full-resolution one).")
+@click.option("--level", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Pyramid level (0 = full resolution).")
+@click.option("--stats/--no-stats", "with_stats", default=True, show_default=True,
+              help="Per-channel intensity statistics (from a sample of a large image).")
+def info(path: Path, axes: str | None, series: int | None = None, level: int = 0,
+         with_stats: bool = True) -> None:
+    """Describe an image file (shape, axes, channels, pixel size, per-channel intensities) or
+    a musplit checkpoint."""
     if path.suffix in (".ckpt", ".pt", ".pth"):
         from musplit.checkpoint import load_checkpoint
 
@@ -93,11 +101,53 @@ def info(path: Path, axes: str | None) -> None:
         return
     from musplit.data.io import open_image
 
-    src = open_image(path, axes=axes)
+    src = open_image(path, axes=axes, series=series, level=level)
     click.echo(f"{path}: axes {src.axes}, shape {tuple(src.shape)}, dtype {src.dtype}")
+    if src.n_series > 1:
+        click.echo(f"  series {src.series_index} of {src.n_series} (0..{src.n_series - 1}; "
+                   "--series N shows another)")
+    if src.n_levels > 1:
+        click.echo(f"  pyramid level {src.level} of {src.n_levels} (0 = full resolution; "
+                   "--level N shows another)")
     click.echo(f"  as SYXC: {src.n_frames} frames of {src.height}x{src.width}, "
                f"{src.n_channels} channels"
                + (f" ({', '.join(src.channel_names)})" if src.channel_names else ""))
+    if src.pixel_size:
+        py, px = src.pixel_size
+        click.echo(f"  pixel size: {py:.6g} x {px:.6g} µm (y x x)")
+    else:
+        click.echo("  pixel size: not recorded")
+    if with_stats:
+        _echo_channel_statistics(src)
+
+
+def _echo_channel_statistics(src) -> None:
+    """The per-channel table of ``musplit info`` (musplit.data.io.channel_statistics)."""
+    from musplit.data.io import channel_statistics
+
+    rows = channel_statistics(src)
+    width = max([7] + [len(r["name"]) for r in rows])
+    click.echo(f"  {'channel':<{width}} {'min':>11} {'median':>11} {'99.9%':>11} {'max':>11} "
+               f"{'saturated':>10} {'zeros':>8}")
+    for r in rows:
+        cells = " ".join(f"{r[k]:>11.6g}" for k in ("min", "median", "p99_9", "max"))
+        click.echo(f"  {r['name']:<{width}} {cells} {100 * r['saturated']:>9.3f}% "
+                   f"{100 * r['zeros']:>7.3f}%")
+        if r["non_finite"]:
+            click.echo(f"  {r['name']}: {100 * r['non_finite']:.3f}% of the pixels are NaN or "
+                       "Inf, left out of these statistics")
+    if src.dtype.kind in "iu":
+        click.echo(f"  saturated: pixels at {rows[0]['saturation']:.0f}, the {src.dtype} "
+                   "maximum")
+    else:
+        click.echo("  saturated: pixels at the channel maximum, counted when more than 0.1% "
+                   "of them are (floating-point pixels have no fixed maximum)")
+    first = rows[0]
+    if first["sampled"]:
+        click.echo(f"  statistics from a sample: {first['frames']} of {src.n_frames} frames, "
+                   f"{first['pixels']:,} pixels per channel")
+    else:
+        click.echo(f"  statistics of all {src.n_frames} frames")
 
 
 # -- train ---------------------------------------------------------------------------------
@@ -129,9 +179,15 @@ def _switch_kind(over: dict, base_kind: str) -> None:
 @click.option("--preset", "preset_name", default=None,
               help="Start from a preset: cpu-small, paper-pavia, paper-hagen, "
                    "paper-critters-n0, paper-critters-n25.")
-@click.option("--data", "data_path", default=None, help="Multi-channel training file.")
+@click.option("--data", "data_path", default=None,
+              help="Multi-channel training data: a file, a folder or glob of files, or "
+                   "comma-separated files (one or more frames each, sizes may differ).")
 @click.option("--channel-files", default=None,
-              help="Comma-separated files, one per channel (instead of --data).")
+              help="Comma-separated files (or one folder of files), one per channel "
+                   "(instead of --data).")
+@click.option("--split", "split", default=None,
+              help="default (frames, or held-out regions when there are too few frames), "
+                   "spatial (always regions), hagen, or a split.json file.  [default: default]")
 @click.option("--axes", default=None, help="Axes of the data, e.g. SYXC (default: metadata).")
 @click.option("--channels", default=None, help="Channel indices to separate, e.g. 2,3.")
 @click.option("--critters", type=click.Choice(["n0", "n25"]), default=None,
@@ -161,16 +217,19 @@ def _switch_kind(over: dict, base_kind: str) -> None:
 @click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
 @click.option("--init-from", "init_from", default=None,
               help="Start from the encoder of a pre-training checkpoint (musplit pretrain).")
-def train(config_path, preset_name, data_path, channel_files, axes, channels, critters, kind,
-          lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every, precision,
-          seed, out_dir, resume, devices, strategy, init_from=None):
+def train(config_path, preset_name, data_path, channel_files, split, axes, channels, critters,
+          kind, lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every,
+          precision, seed, out_dir, resume, devices, strategy, init_from=None):
     """Train a model; the run folder gets the config, split, logs and checkpoints."""
     from musplit.config import PRESETS, Config, preset
     from musplit.training import train as run_training
 
     over: dict = {"data": {}, "model": {}, "train": {}}
     if data_path:
-        over["data"]["path"] = data_path
+        parts = [p.strip() for p in data_path.split(",") if p.strip()]
+        over["data"]["path"] = parts[0] if len(parts) == 1 else parts
+    if split:
+        over["data"]["split"] = split
     if channel_files:
         over["data"]["channel_paths"] = [p.strip() for p in channel_files.split(",")]
     if critters:
@@ -208,7 +267,8 @@ def train(config_path, preset_name, data_path, channel_files, axes, channels, cr
     if cfg.data.path is None and cfg.data.channel_paths is None and cfg.data.synthetic is None:
         raise InputError("no training data: give --data FILE, --channel-files A,B, "
                          "--critters n0|n25 or a --config that names the data")
-    best = run_training(cfg, out_dir, resume=resume, devices=devices, strategy=strategy)
+    best = run_training(cfg, out_dir, resume=resume, devices=devices, strategy=strategy,
+                        echo=click.echo)
     click.echo(f"best checkpoint: {best}")
 
 
@@ -219,6 +279,10 @@ def train(config_path, preset_name, data_path, channel_files, axes, channels, cr
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
               help="Output .tif/.tiff or .zarr (the std goes next to it with --std).")
 @click.option("--axes", default=None, help="Axes of INPUT (default: metadata).")
+@click.option("--series", type=click.IntRange(min=0), default=None,
+              help="Image series of a TIFF INPUT (default: the first full-resolution one).")
+@click.option("--level", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Pyramid level of INPUT (0 = full resolution).")
 @click.option("--mix-channels", default=None,
               help="INPUT holds separate channels: predict from their mix (e.g. 0,1), "
                    "for evaluation against them.")
@@ -235,11 +299,13 @@ def train(config_path, preset_name, data_path, channel_files, axes, channels, cr
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
-            batch_size, precision, seed, overwrite):
+            batch_size, precision, seed, overwrite, series=None, level=0):
     """Split the superimposed image INPUT with the trained MODEL.
 
     With a .zarr output (and no --mix-channels) the image is read and predicted block by
-    block (2048-px blocks plus their context), so images larger than memory work.
+    block (2048-px blocks plus their context), so images larger than memory work. The output
+    is float32 in INPUT's intensity units, with the model's channel names and INPUT's pixel
+    size.
     """
     from musplit.data.io import open_image
     from musplit.predict import _file_kind, _sibling, refuse_existing
@@ -252,7 +318,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     refuse_existing([_sibling(out_path, t) for t in (("", "_std") if with_std else ("",))],
                     overwrite)
     splitter = Splitter.load(model)
-    src = open_image(input_path, axes=axes)
+    src = open_image(input_path, axes=axes, series=series, level=level)
     if not mix_channels and src.n_channels != 1:
         raise InputError(
             f"{input_path} has {src.n_channels} channels; musplit predicts from one "
@@ -276,7 +342,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
         image = src.read()[..., 0]
     pred = splitter.predict(image, padding=padding, grid=grid, samples=samples,
                             batch_size=batch_size, seed=seed, precision=precision,
-                            progress=True)
+                            progress=True, pixel_size=src.pixel_size)
     if not with_std:
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
@@ -320,24 +386,31 @@ def _check_in_memory_prediction(src, splitter, samples, input_path, *, n_read: i
 @click.option("--target-channels", default=None,
               help="Channels of --target that match the prediction's, e.g. 2,3.")
 @click.option("--axes", default=None, help="Axes of --target (default: metadata).")
+@click.option("--series", type=click.IntRange(min=0), default=None,
+              help="Image series of a TIFF --target (default: the first full-resolution one).")
+@click.option("--level", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Pyramid level of --target (0 = full resolution).")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Checkpoint: clip and normalise as in training (the paper's protocol).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
               help="Write the metrics as .json (and .csv next to it).")
-def evaluate(pred_path, target_path, target_channels, axes, model_path, out_path):
+def evaluate(pred_path, target_path, target_channels, axes, model_path, out_path, series=None,
+             level=0):
     """Range-invariant PSNR, PSNR, SSIM and RMSE per frame and channel, mean ± s.e.m."""
     from musplit.data.io import open_image
-    from musplit.evaluation import evaluate_arrays, write_metrics
+    from musplit.evaluation import check_pixel_sizes, evaluate_arrays, write_metrics
 
-    pred = open_image(pred_path).read()
-    tsrc = open_image(target_path, axes=axes)
+    psrc = open_image(pred_path)
+    pred = psrc.read()
+    tsrc = open_image(target_path, axes=axes, series=series, level=level)
+    check_pixel_sizes(psrc, tsrc)
     target = tsrc.read(channels=_int_list(target_channels, "--target-channels"))
     stats = None
     if model_path is not None:
         from musplit.splitter import Splitter
 
         stats = Splitter.load(model_path).stats
-    names = open_image(pred_path).channel_names
+    names = psrc.channel_names
     res = evaluate_arrays(target, pred, stats=stats, channel_names=names,
                           source=f"{pred_path} vs {target_path}")
     click.echo(res["table"])

@@ -49,8 +49,11 @@ class CrittersConfig(_Strict):
 class DataConfig(_Strict):
     """Where the training channels come from and how patches are made (spec 5)."""
 
-    path: str | None = Field(None, description="one multi-channel file (TIFF, Zarr, npy)")
-    channel_paths: list[str] | None = Field(None, description="one file per target channel")
+    path: str | list[str] | None = Field(
+        None, description="multi-channel data: a file (TIFF, Zarr, npy), a folder or glob of "
+        "such files, or a list of them (one or more frames each, the same channels)")
+    channel_paths: list[str] | None = Field(
+        None, description="one file per target channel (or one folder holding them)")
     axes: str | None = Field(None, description="axes of the file(s), e.g. SYXC; None = metadata")
     channels: list[int] | None = Field(None, description="channel indices in `path`")
     channel_names: list[str] | None = None
@@ -65,14 +68,19 @@ class DataConfig(_Strict):
     input_is_sum: bool = False
     alpha_range: tuple[float, float] | None = None
     augment: Literal["none", "d4"] = "none"
-    split: str = Field("default", description="'default', 'hagen' or a JSON file of indices")
+    split: str = Field("default", description="'default' (frames; a spatial split when there "
+                       "are too few frames), 'spatial', 'hagen' or a split.json file")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5,
+                                description="spatial split: share of the pixels for validation")
+    test_fraction: float = Field(0.1, ge=0.0, lt=0.5,
+                                 description="spatial split: share held out for testing (0: none)")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         sources = sum(x is not None for x in (self.path, self.channel_paths, self.synthetic))
         if sources > 1:
             raise ValueError("give only one of data.path, data.channel_paths, data.synthetic")
-        if self.channel_paths is not None and len(self.channel_paths) < 2:
+        if self.channel_paths is not None and not self.channel_paths:
             raise ValueError("data.channel_paths needs at least two files, one per channel")
         if self.channels is not None:
             if len(self.channels) < 2:
@@ -92,8 +100,8 @@ class DataConfig(_Strict):
     def n_channels(self) -> int | None:
         if self.channels is not None:
             return len(self.channels)
-        if self.channel_paths is not None:
-            return len(self.channel_paths)
+        if self.channel_paths is not None:  # one entry: a folder, counted when it is read
+            return len(self.channel_paths) if len(self.channel_paths) > 1 else None
         if self.synthetic is not None:
             return 2
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -14,7 +15,35 @@ from musplit.data.normalize import NormStats
 from musplit.errors import InputError
 from musplit.metrics import evaluate
 
+log = logging.getLogger(__name__)
+
 _LABELS = {"ri_psnr": "RI-PSNR (dB)", "psnr": "PSNR (dB)", "ssim": "SSIM", "rmse": "RMSE"}
+
+
+def check_pixel_sizes(prediction, target, rtol: float = 0.01) -> bool:
+    """Warn when a prediction and its ground truth record different pixel sizes.
+
+    Parameters
+    ----------
+    prediction, target : ImageSource
+        As opened by :func:`musplit.data.io.open_image` (``pixel_size`` in µm, or None).
+    rtol : float
+        Relative difference tolerated.
+
+    Returns
+    -------
+    bool
+        False when both record a pixel size and they differ (a wrong series or pyramid level
+        of the target, say); True otherwise.
+    """
+    a, b = getattr(prediction, "pixel_size", None), getattr(target, "pixel_size", None)
+    if a is None or b is None:
+        return True
+    if np.allclose(a, b, rtol=rtol, atol=0.0):
+        return True
+    log.warning("%s has pixel size %.6g x %.6g µm but %s has %.6g x %.6g µm (y x x): is this "
+                "the right series/level of the target?", prediction.name, *a, target.name, *b)
+    return False
 
 
 def evaluate_arrays(target, prediction, *, stats: NormStats | None = None,

@@ -108,6 +108,9 @@ class Prediction:
         ``paper_geometry``), ``samples``, ``seed``, ``sample_mode``, ``units``, ``std_ddof``,
         the normalisation statistics (``stats``), ``patch``, ``scales``, ``pad``,
         ``lc_alignment``, ``input_scale``, ``clip``, ``musplit_version``, timing.
+    pixel_size : (float, float) or None
+        ``(y, x)`` pixel size in micrometres, the input's (None when it records none): saved
+        in the OME-TIFF / OME-Zarr metadata and restored by :meth:`load`.
     """
 
     mean: np.ndarray
@@ -117,6 +120,7 @@ class Prediction:
     channel_names: list[str] = field(default_factory=list)
     axes: str = "SYXC"
     meta: dict = field(default_factory=dict)
+    pixel_size: tuple[float, float] | None = None
 
     def __repr__(self) -> str:
         parts = [f"mean={tuple(self.mean.shape)}"]
@@ -151,10 +155,10 @@ class Prediction:
 
         The mean goes to ``path``; the std (when there is one and ``std=True``) to a sibling
         ``<stem>_std<suffix>``, the aleatoric std (``aleatoric=True``) to
-        ``<stem>_aleatoric_std<suffix>``. Each file carries axes, channel names and
-        :attr:`meta` (OME ``Description`` JSON in a TIFF, ``attrs["musplit"]`` in a Zarr), so
-        :meth:`load` restores everything. Every output is checked before anything is written,
-        and each is written atomically.
+        ``<stem>_aleatoric_std<suffix>``. Each file carries axes, channel names, the pixel size
+        (:attr:`pixel_size`) and :attr:`meta` (OME ``Description`` JSON in a TIFF,
+        ``attrs["musplit"]`` in a Zarr), so :meth:`load` restores everything. Every output is
+        checked before anything is written, and each is written atomically.
 
         Parameters
         ----------
@@ -191,9 +195,11 @@ class Prediction:
                     "channel_names": names}
             if kind == "tiff":
                 write_tiff(targets[tag], arr, self.axes, names, overwrite,
-                           metadata={"Description": json.dumps(meta)}, protect=protect)
+                           metadata={"Description": json.dumps(meta)}, protect=protect,
+                           pixel_size=self.pixel_size)
             else:
-                write_zarr(targets[tag], arr, self.axes, names, overwrite, protect=protect)
+                write_zarr(targets[tag], arr, self.axes, names, overwrite, protect=protect,
+                           pixel_size=self.pixel_size)
                 _set_zarr_meta(targets[tag], meta)
         return targets[""]
 
@@ -223,7 +229,8 @@ class Prediction:
             extra[tag] = open_image(p).read() if p.exists() else None
         meta.pop("quantity", None)
         meta.pop("channel_names", None)
-        return cls(mean, extra["_std"], extra["_aleatoric_std"], None, list(names), "SYXC", meta)
+        return cls(mean, extra["_std"], extra["_aleatoric_std"], None, list(names), "SYXC", meta,
+                   src.pixel_size)
 
 
 def _file_kind(path) -> str:
@@ -1016,6 +1023,7 @@ def predict_image(
     input_scale: float = 1.0,
     amp: str | None = None,
     channels_last: bool = True,
+    pixel_size: tuple[float, float] | None = None,
 ) -> Prediction:
     """Split a superimposed image into its channels by tiled prediction (spec 8).
 
@@ -1082,12 +1090,16 @@ def predict_image(
     channels_last : bool
         Run the network in channels-last memory layout (faster; results equal up to float
         rounding). The model is converted for the call and converted back afterwards.
+    pixel_size : (float, float), optional
+        ``(y, x)`` pixel size of the input in micrometres, kept in
+        :attr:`Prediction.pixel_size` (and so in the saved files).
 
     Returns
     -------
     Prediction
-        ``mean``, ``std`` (None for one sample), ``aleatoric_std``: ``(N, H, W, C)`` float32;
-        a 2-D input gives ``N = 1``.
+        ``mean``, ``std`` (None for one sample), ``aleatoric_std``: ``(N, H, W, C)`` float32
+        (for integer input too: float32 in the input's intensity units); a 2-D input gives
+        ``N = 1``.
 
     Raises
     ------
@@ -1101,6 +1113,7 @@ def predict_image(
     """
     _check_common(config, stats, samples, batch_size, seed, keep_samples, input_scale,
                   sample_batch)
+    pixel_size = _pixel_size(pixel_size)
     aleatoric = aleatoric and getattr(model, "predicts_variance", True) is not False
     tiling = make_tiling(config, padding, grid, blend=blend, blend_width=blend_width,
                          paper_geometry=paper_geometry)
@@ -1163,7 +1176,14 @@ def predict_image(
         s = out["samples"].reshape(n, h, w, keep_samples, c)
         samp = np.moveaxis(s, 3, 0)
     return Prediction(out["mean"], out.get("std"), out.get("aleatoric_std"), samp, names,
-                      "SYXC", meta)
+                      "SYXC", meta, pixel_size)
+
+
+def _pixel_size(pixel_size) -> tuple[float, float] | None:
+    """A validated ``(y, x)`` pixel size in micrometres, or None."""
+    from musplit.data.io import _check_pixel_size
+
+    return _check_pixel_size(pixel_size)
 
 
 def _block_halo(tiling: Tiling, scales: int) -> int:
@@ -1206,6 +1226,7 @@ def predict_to_zarr(
     block: int = 2048,
     overwrite: bool = False,
     protect: Iterable[str | os.PathLike] = (),
+    pixel_size: tuple[float, float] | None = None,
 ) -> Path:
     """Predict an image larger than memory, block by block, into OME-Zarr (ecosystem PRED-2).
 
@@ -1238,6 +1259,10 @@ def predict_to_zarr(
         ``P * 2**(S-2)`` (~700 px at ``P = 64, S = 5``).
     overwrite, protect
         As for :meth:`Prediction.save`; the source itself is always protected.
+    pixel_size : (float, float), optional
+        ``(y, x)`` pixel size in micrometres written into the stores' OME-Zarr scale; default:
+        the source's (:attr:`ImageSource.pixel_size`, when it is a file or a source that
+        records one).
 
     Returns
     -------
@@ -1260,7 +1285,10 @@ def predict_to_zarr(
     src = source if isinstance(source, ImageSource) else None
     if src is None and isinstance(source, (str, os.PathLike)):
         src = open_image(source, axes)
+    pixel_size = _pixel_size(pixel_size)
     if src is not None:
+        if pixel_size is None:
+            pixel_size = src.pixel_size
         if channel is None and src.n_channels != 1:
             raise InputError(f"{src.name} has {src.n_channels} channels; pass channel= to "
                              "choose the superimposed one")
@@ -1310,7 +1338,7 @@ def predict_to_zarr(
         for k, p in paths.items():
             writers[k] = ZarrWriter.create(p, (n, h, w, c), "SYXC", names,
                                            chunks=(1, chunk, chunk, 1), overwrite=overwrite,
-                                           protect=protect)
+                                           protect=protect, pixel_size=pixel_size)
         widths = {"mean": c}
         if samples > 1:
             widths["std"] = c

@@ -77,14 +77,16 @@ class Splitter:
     def predict(self, image, padding: str | None = None, grid: int | None = None,
                  samples: int | None = None, batch_size: int | None = None, *, seed: int = 0,
                  precision: str | None = None, normalized: bool = False,
-                 progress: bool = False):
+                 progress: bool = False, pixel_size: tuple[float, float] | None = None):
         """Split ``image`` into its channels by tiled prediction (spec 8).
 
         Parameters
         ----------
-        image : ndarray, shape (H, W) or (N, H, W)
+        image : ndarray, shape (H, W) or (N, H, W), or ImageSource
             The superimposed input in intensity units, on the scale of the channel average the
-            model was trained on (spec 1.1).
+            model was trained on (spec 1.1); integer pixels give float32 output in the same
+            units. An :class:`~musplit.data.io.ImageSource` (:func:`musplit.data.io.open_image`)
+            must have one channel; it is read whole.
         padding : {"inner", "outer", "none"}, optional
             Tiling scheme; default from the config ("inner").
         grid : int, optional
@@ -97,22 +99,34 @@ class Splitter:
             Network arithmetic; default from the config ("fp32", parity). bf16 is about 1.6x
             faster for models of the paper's width on CPUs with AVX512-BF16 or AMX and on
             recent GPUs (BENCHMARKS.md gives the accuracy it costs).
+        pixel_size : (float, float), optional
+            ``(y, x)`` in micrometres, kept in the prediction and its saved files; default: the
+            ImageSource's, when ``image`` is one.
 
         Returns
         -------
         musplit.predict.Prediction
             ``.mean`` (N, H, W, C) and ``.std`` (or None) in input intensity units.
         """
+        from musplit.data.io import ImageSource
+        from musplit.errors import InputError
         from musplit.predict import predict_image
 
         pc = self.config.predict
         self._need_stats()
+        if isinstance(image, ImageSource):
+            if image.n_channels != 1:
+                raise InputError(f"{image.name} has {image.n_channels} channels; musplit "
+                                 "predicts from one superimposed channel (read it first)")
+            if pixel_size is None:
+                pixel_size = image.pixel_size
+            image = image.read()[..., 0]
         return predict_image(
             self.model, self.config, self.stats, image,
             padding=padding or pc.padding, grid=grid if grid is not None else pc.grid,
             samples=samples or pc.samples, batch_size=batch_size or pc.batch_size, seed=seed,
             channel_names=self._names(), normalized=normalized, progress=progress,
-            amp=precision or pc.precision,
+            amp=precision or pc.precision, pixel_size=pixel_size,
         )
 
     def predict_to_zarr(self, source, out_path: str | os.PathLike, *,
@@ -121,14 +135,15 @@ class Splitter:
                         seed: int = 0, precision: str | None = None, std: bool = True,
                         axes: str | None = None, channel: int | str | None = None,
                         block: int = 2048, overwrite: bool = False, progress: bool = False,
-                        protect=()) -> Path:
+                        protect=(), pixel_size: tuple[float, float] | None = None) -> Path:
         """Split an image larger than memory, block by block, into OME-Zarr.
 
         ``source`` is a file (TIFF, Zarr, ... read lazily) or an array; memory is bounded by
         ``block``, not by the image (:func:`musplit.predict.predict_to_zarr`). The other
         arguments are as for :meth:`predict`; ``std`` writes ``<stem>_std.zarr`` when
         ``samples > 1``; ``protect`` lists files that must never be written to (a file
-        ``source`` always is).
+        ``source`` always is); ``pixel_size`` (``(y, x)`` µm) goes into the stores' OME-Zarr
+        scale, by default the source's.
 
         Returns
         -------
@@ -145,7 +160,7 @@ class Splitter:
             samples=samples or pc.samples, batch_size=batch_size or pc.batch_size, seed=seed,
             channel_names=self._names(), progress=progress, std=std,
             amp=precision or pc.precision, axes=axes, channel=channel, block=block,
-            overwrite=overwrite, protect=protect,
+            overwrite=overwrite, protect=protect, pixel_size=pixel_size,
         )
 
     def _need_stats(self) -> None:

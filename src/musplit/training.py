@@ -65,6 +65,7 @@ class SplitModule(L.LightningModule):
         self._val: dict[str, torch.Tensor] | None = None
         self._consecutive_bad = 0
         self.max_consecutive_nonfinite = 25
+        self.skipped_validations = 0
 
     def forward(self, x):
         return self.model(x)
@@ -142,9 +143,26 @@ class SplitModule(L.LightningModule):
         v = self._val
         mse = v["mse_sum"] / v["count"].clamp(min=1)
         psnr = 20 * torch.log10((v["max"] - v["min"]).double() / mse.sqrt())
-        self.log("val_psnr", psnr.mean().float(), prog_bar=True)
+        # A channel whose PSNR cannot be computed (a constant target in the validation region,
+        # no finite patch) is skipped and counted, never passed on as -inf/NaN.
+        ok = torch.isfinite(psnr) & (v["count"] > 0) & (v["max"] > v["min"])
+        skipped = int((~ok).sum())
+        if ok.any():
+            self.log("val_psnr", psnr[ok].mean().float(), prog_bar=True)
         for k in range(psnr.numel()):
-            self.log(f"val_psnr_ch{k}", psnr[k].float())
+            if ok[k]:
+                self.log(f"val_psnr_ch{k}", psnr[k].float())
+        self.log("val_skipped_channels", float(skipped))
+        if skipped and not self.trainer.sanity_checking:
+            self.skipped_validations += 1
+            if self.skipped_validations == 1:
+                bad = [k for k in range(psnr.numel()) if not ok[k]]
+                log.warning(
+                    "validation: the PSNR of channel%s %s cannot be computed (constant or empty "
+                    "target in the validation data) and is left out of val_psnr%s; counted as "
+                    "val_skipped_channels in logs/metrics.csv",
+                    "s" if len(bad) > 1 else "", ", ".join(str(b) for b in bad),
+                    "" if ok.any() else " (no channel left: this validation selects nothing)")
         if v["nll_n"] > 0:
             self.log("val_loss", (v["nll_sum"] / v["nll_n"]).float())
         self._val = None
@@ -231,6 +249,32 @@ class MusplitCheckpoints(Callback):
             self._save(trainer, module, BEST, None)
 
 
+class StopReport(Callback):
+    """Say in one line why a run ended before ``max_steps`` (early stopping, epoch limit)."""
+
+    def __init__(self, early: EarlyStopping, checkpoints: MusplitCheckpoints,
+                 max_steps: int | None, max_epochs: int | None):
+        self.early, self.checkpoints = early, checkpoints
+        self.max_steps, self.max_epochs = max_steps, max_epochs
+        self.message: str | None = None
+
+    def on_train_end(self, trainer, module):
+        step = int(trainer.global_step)
+        if not trainer.is_global_zero or self.max_steps is None or step >= self.max_steps:
+            return
+        best = self.checkpoints.best
+        best_txt = f"best val_psnr {best:.2f} dB" if math.isfinite(best) else "no finite val_psnr"
+        if self.early.stopped_epoch > 0 or self.early.wait_count >= self.early.patience:
+            why = (f"val_psnr did not improve for {self.early.patience} validations "
+                   f"({best_txt}); raise train.early_stopping_patience to train longer")
+        elif self.max_epochs is not None and trainer.current_epoch >= self.max_epochs:
+            why = f"the epoch limit was reached (max_epochs={self.max_epochs}, {best_txt})"
+        else:
+            why = f"the trainer stopped ({best_txt})"
+        self.message = f"training stopped early at step {step} of {self.max_steps}: {why}"
+        log.warning("%s", self.message)
+
+
 def _quiet_lightning() -> None:
     """Hide Lightning messages that are expected in musplit runs and would only confuse."""
     for pattern in (
@@ -240,6 +284,7 @@ def _quiet_lightning() -> None:
         r".*ReduceLROnPlateau conditioned on metric.*",  # before the first validation
         r".*isinstance\(treespec, LeafSpec\).*",
         r".*does not have many workers.*",
+        r".*Early stopping conditioned on metric.*",  # a validation with no computable channel
     ):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch",
@@ -257,13 +302,13 @@ def prepare_data(config: Config, run_dir: Path | None = None):
     from musplit.data.splits import save_split
 
     data = load_targets(config.data)
-    if not data.split.val:
-        raise ConfigError(f"{data.source}: too few frames for a validation split "
-                          f"({data.targets.shape[0]} frames)")
+    if not data.split.has_val:
+        raise ConfigError(f"{data.source}: the split holds out nothing for validation "
+                          f"({len(data.shapes)} frames); use data.split 'default' or 'spatial'")
     d = config.data
     stats = compute_stats(data.targets, data.split.train, quantile=d.clip_quantile,
                           alpha=d.alpha, channelwise_quantile=d.channelwise_quantile,
-                          input_is_sum=d.input_is_sum)
+                          input_is_sum=d.input_is_sum, exclude=data.split.held_out)
     if run_dir is not None:
         save_split(data.split, Path(run_dir) / "split.json")
     return data, stats
@@ -275,16 +320,21 @@ def make_datasets(config: Config, data, stats: NormStats):
 
     d = config.data
     common = dict(patch=d.patch, scales=d.scales, pad=d.pad, alignment=d.lc_alignment)
-    train_ds = TrainPatches(data.targets, stats, data.split.train, augment=d.augment,
-                            alpha_range=d.alpha_range, seed=config.train.seed, **common)
-    val_ds = GridPatches(data.targets, stats, data.split.val, **common)
+    split = data.split
+    train_ds = TrainPatches(data.targets, stats, split.train, augment=d.augment,
+                            alpha_range=d.alpha_range, seed=config.train.seed,
+                            exclude=split.held_out, **common)
+    if split.val_regions:
+        val_ds = GridPatches(data.targets, stats, split.val, regions=split.val_regions, **common)
+    else:
+        val_ds = GridPatches(data.targets, stats, split.val, **common)
     return train_ds, val_ds
 
 
 def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
           devices: int | str = "auto", strategy: str = "auto", accelerator: str = "auto",
           progress: bool = True, overwrite: bool = False,
-          callbacks: list[Callback] | None = None) -> Path:
+          callbacks: list[Callback] | None = None, echo=None) -> Path:
     """Train a model as ``config`` describes; return the path of the best checkpoint.
 
     Parameters
@@ -301,6 +351,8 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         Allow training into a folder that already holds checkpoints (without ``resume``).
     callbacks : list of lightning Callback, optional
         Extra callbacks.
+    echo : callable, optional
+        Called with lines the user should see (the data and the split used).
     """
     from musplit.data.dataset import make_loader
 
@@ -334,14 +386,21 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
 
         report = load_pretrained_encoder(module.model, tc.init_from)
         write_report(report, run_dir / "init_report.json")
-    extra = {"split": data.split.to_dict(), "channel_names": data.channel_names,
-             "data_source": data.source}
-    callbacks = [
-        MusplitCheckpoints(run_dir, extra),
-        EarlyStopping(monitor="val_psnr", mode="max", patience=tc.early_stopping_patience,
-                      min_delta=1e-6, check_on_train_epoch_end=False),
-        *(callbacks or []),
-    ]
+    description = data.split.describe(data.shapes)
+    log.info("%s: %s", data.source, description)
+    if echo is not None:
+        echo(f"data: {data.source}; {description}")
+    extra = {"split": data.split.to_dict(), "split_description": description,
+             "channel_names": data.channel_names, "data_source": data.source}
+    checkpoints = MusplitCheckpoints(run_dir, extra)
+    # check_finite=False: a non-finite metric never stops a run (skipped channels are left out
+    # of val_psnr; a validation with no computable channel logs none); strict=False: a
+    # validation without val_psnr is not an error.
+    early = EarlyStopping(monitor="val_psnr", mode="max", patience=tc.early_stopping_patience,
+                          min_delta=1e-6, check_on_train_epoch_end=False, check_finite=False,
+                          strict=False)
+    callbacks = [checkpoints, early, StopReport(early, checkpoints, tc.max_steps, tc.max_epochs),
+                 *(callbacks or [])]
     every = tc.val_every_steps
     steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
     # Validation every N steps (across epochs) when asked, otherwise once per epoch.

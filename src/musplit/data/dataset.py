@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "TrainPatches",
+    "frame_shapes",
     "GridPatches",
     "apply_d4",
     "collate_batch",
@@ -68,8 +69,66 @@ class _Mixed:
         return self._stats.mix(self._t[i], axis=0)
 
 
+def frame_shapes(targets) -> list[tuple[int, int]]:
+    """``(H, W)`` of every frame of ``targets``: an ``(N, H, W, T)`` array, or a list of
+    ``(H_i, W_i, T)`` frames of different sizes (one large frame, a few tiles, ...)."""
+    if isinstance(targets, (list, tuple)):
+        if not targets:
+            raise InputError("no frames given")
+        shapes = [tuple(getattr(f, "shape", ())) for f in targets]
+        if any(len(s) != 3 for s in shapes):
+            raise InputError(f"frames must have shape (H, W, T), got {shapes[0]}")
+        if len({s[2] for s in shapes}) != 1:
+            counts = sorted({s[2] for s in shapes})
+            raise InputError(f"frames have different channel counts: {counts}")
+        return [(int(s[0]), int(s[1])) for s in shapes]
+    shape = tuple(getattr(targets, "shape", ()))
+    if len(shape) != 4:
+        raise InputError(f"targets must have shape (N, H, W, T), got {shape}")
+    return [(int(shape[1]), int(shape[2]))] * int(shape[0])
+
+
+def _n_channels(targets) -> int:
+    if isinstance(targets, (list, tuple)):
+        return int(targets[0].shape[-1])
+    return int(targets.shape[-1])
+
+
+def _as_region(r) -> tuple[int, int, int, int, int]:
+    """``(frame, y0, y1, x0, x1)`` from a :class:`~musplit.data.splits.Region` or a tuple."""
+    if hasattr(r, "frame"):
+        return (int(r.frame), int(r.y[0]), int(r.y[1]), int(r.x[0]), int(r.x[1]))
+    f, y0, y1, x0, x1 = (int(v) for v in r)
+    return f, y0, y1, x0, x1
+
+
+class _Group:
+    """Frames of one size: their clipped targets ``(n, T, H, W)`` and context stacks."""
+
+    def __init__(self, clipped: np.ndarray, stats: NormStats, alpha_range, kw: dict):
+        self.height, self.width = int(clipped.shape[2]), int(clipped.shape[3])
+        self.n_channels = int(clipped.shape[1])
+        if alpha_range is None:
+            self.stacks = [ContextStack(_Mixed(clipped, stats), **kw)]
+            self.targets: np.ndarray | None = clipped
+        else:
+            # Per-patch alpha needs each channel's LC separately (the pyramid is linear, so the
+            # mix of the channel stacks is the stack of the mix). Their scale 0 are the targets.
+            self.stacks = [ContextStack(clipped[:, k], **kw) for k in range(self.n_channels)]
+            self.targets = None
+
+    @property
+    def nbytes(self) -> int:
+        t = 0 if self.targets is None else self.targets.nbytes
+        return t + sum(s.nbytes for s in self.stacks)
+
+
 class _PatchSource(Dataset):
-    """Shared machinery: clipped targets, LC stacks, and the batched (input, target) builder."""
+    """Shared machinery: clipped targets, LC stacks, and the batched (input, target) builder.
+
+    Frames may differ in size: they are grouped by size, one set of context stacks per group,
+    and a batch is gathered group by group.
+    """
 
     def __init__(
         self,
@@ -84,10 +143,8 @@ class _PatchSource(Dataset):
         alpha_range: tuple[float, float] | None,
         cache_frames: int | None,
     ):
-        shape = tuple(getattr(targets, "shape", ()))
-        if len(shape) != 4:
-            raise InputError(f"targets must have shape (N, H, W, T), got {shape}")
-        n_all, height, width, n_ch = (int(v) for v in shape)
+        shapes_all = frame_shapes(targets)
+        n_all, n_ch = len(shapes_all), _n_channels(targets)
         if n_ch != stats.n_channels:
             raise InputError(
                 f"targets have {n_ch} channels but the statistics describe {stats.n_channels}"
@@ -100,7 +157,8 @@ class _PatchSource(Dataset):
             raise InputError(f"frame {bad[0]} does not exist (the data has {n_all} frames)")
         if not isinstance(patch, (int, np.integer)) or patch < 2 or patch % 2:
             raise InputError(f"patch must be an even integer >= 2, got {patch!r}")
-        _check_size(height, width, patch)
+        for i in idx:
+            _check_size(*shapes_all[i], patch)
         if alpha_range is not None:
             lo, hi = (float(a) for a in alpha_range)
             if n_ch != 2:
@@ -114,41 +172,49 @@ class _PatchSource(Dataset):
         self.stats, self.patch, self.scales = stats, int(patch), int(scales)
         self.pad, self.alignment, self.alpha_range = pad, alignment, alpha_range
         self.frame_indices = idx
-        self.height, self.width, self.n_channels = height, width, n_ch
-
-        # Clipped targets, channel first (n, T, H, W): contiguous rows for the target gather.
-        clipped = np.empty((len(idx), n_ch, height, width), dtype=np.float32)
-        for j, i in enumerate(idx):
-            frame = np.asarray(targets[i], dtype=np.float32)
-            if not np.isfinite(frame).all():
-                raise InputError(f"target frame {i} contains NaN or Inf pixels")
-            clipped[j] = np.moveaxis(stats.clip(frame, axis=-1), -1, 0)
-
+        self.n_channels = n_ch
+        shapes = [shapes_all[i] for i in idx]
+        self._frame_h = np.array([s[0] for s in shapes], dtype=np.int64)
+        self._frame_w = np.array([s[1] for s in shapes], dtype=np.int64)
+        sizes = list(dict.fromkeys(shapes))  # distinct sizes, in order of first appearance
+        one = len(sizes) == 1
+        # One size: the familiar attributes; several: per frame, see frame_shape().
+        self.height, self.width = sizes[0] if one else (None, None)
+        self._group_of = np.array([sizes.index(s) for s in shapes], dtype=np.int64)
+        self._local_of = np.zeros(len(idx), dtype=np.int64)
         kw = dict(patch=self.patch, scales=self.scales, pad=pad, alignment=alignment,
                   cache_frames=cache_frames)
-        if alpha_range is None:
-            self._stacks = [ContextStack(_Mixed(clipped, stats), **kw)]
-            self._targets: np.ndarray | None = clipped
-        else:
-            # Per-patch alpha needs each channel's LC separately (the pyramid is linear, so the
-            # mix of the channel stacks is the stack of the mix). Their scale 0 are the targets.
-            self._stacks = [ContextStack(clipped[:, k], **kw) for k in range(n_ch)]
-            self._targets = None
+        self._groups: list[_Group] = []
+        for g, (h, w) in enumerate(sizes):
+            members = np.flatnonzero(self._group_of == g)
+            self._local_of[members] = np.arange(len(members))
+            # Clipped targets, channel first (n, T, H, W): contiguous rows for the gather.
+            clipped = np.empty((len(members), n_ch, h, w), dtype=np.float32)
+            for j, pos in enumerate(members):
+                i = idx[pos]
+                frame = np.asarray(targets[i], dtype=np.float32)
+                if not np.isfinite(frame).all():
+                    raise InputError(f"target frame {i} contains NaN or Inf pixels")
+                clipped[j] = np.moveaxis(stats.clip(frame, axis=-1), -1, 0)
+            self._groups.append(_Group(clipped, stats, alpha_range, kw))
         log.info(
-            "%s: %d frames of %dx%d, %d channels, P=%d S=%d pad=%s alignment=%s: %.2f GB",
-            type(self).__name__, len(idx), height, width, n_ch, self.patch, self.scales, pad,
-            alignment, self.nbytes / 1e9,
+            "%s: %d frames (%s), %d channels, P=%d S=%d pad=%s alignment=%s: %.2f GB",
+            type(self).__name__, len(idx), ", ".join(f"{h}x{w}" for h, w in sizes), n_ch,
+            self.patch, self.scales, pad, alignment, self.nbytes / 1e9,
         )
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the precomputed context stacks and the targets."""
-        t = 0 if self._targets is None else self._targets.nbytes
-        return t + sum(s.nbytes for s in self._stacks)
+        return sum(g.nbytes for g in self._groups)
 
     @property
     def n_frames(self) -> int:
         return len(self.frame_indices)
+
+    def frame_shape(self, position: int) -> tuple[int, int]:
+        """``(H, W)`` of the dataset's frame at ``position`` (0..n_frames-1)."""
+        return int(self._frame_h[position]), int(self._frame_w[position])
 
     def sample(
         self,
@@ -182,17 +248,29 @@ class _PatchSource(Dataset):
         frame = np.asarray(frame, dtype=np.int64).reshape(-1)
         corners = _as_corners(corners)
         t = None if transform is None else np.asarray(transform, dtype=np.int64).reshape(-1)
+        a = None if alpha is None else np.asarray(alpha, dtype=np.float32).reshape(-1)
+        if len(self._groups) == 1:
+            return self._sample_group(self._groups[0], frame, corners, t, a)
+        k, p = len(frame), self.patch
+        x = np.empty((k, self.scales, p, p), dtype=np.float32)
+        y = np.empty((k, self.n_channels, p, p), dtype=np.float32)
+        groups = self._group_of[frame]
+        for g in np.unique(groups):
+            m = groups == g
+            x[m], y[m] = self._sample_group(
+                self._groups[g], self._local_of[frame[m]], corners[m],
+                None if t is None else t[m], None if a is None else a[m])
+        return x, y
+
+    def _sample_group(self, group: _Group, frame, corners, t, alpha):
         st = self.stats
-        if self._targets is not None:
-            x = self._stacks[0].crops(frame, corners, transform=t)
-            y = self._target_crops(frame, corners, t)
+        if group.targets is not None:
+            x = group.stacks[0].crops(frame, corners, transform=t)
+            y = self._target_crops(group, frame, corners, t)
         else:
-            chans = [s.crops(frame, corners, transform=t) for s in self._stacks]
+            chans = [s.crops(frame, corners, transform=t) for s in group.stacks]
             y = np.stack([c[:, 0] for c in chans], axis=1)
-            if alpha is None:
-                a = np.full(len(frame), st.alpha[0], dtype=np.float32)
-            else:
-                a = np.asarray(alpha, dtype=np.float32).reshape(-1)
+            a = np.full(len(frame), st.alpha[0], dtype=np.float32) if alpha is None else alpha
             a = a[:, None, None, None]
             x = chans[0] * a
             x += chans[1] * (np.float32(1) - a)
@@ -203,24 +281,24 @@ class _PatchSource(Dataset):
         y /= np.asarray(st.target_std, dtype=np.float32)[None, :, None, None]
         return x, y
 
-    def _target_crops(self, frame, corners, t) -> np.ndarray:
+    def _target_crops(self, group: _Group, frame, corners, t) -> np.ndarray:
         """Primary-patch crops of the clipped targets (inside the frame), shape (K, T, P, P)."""
-        p = self.patch
+        p, height, width = self.patch, group.height, group.width
         if corners.size and (
             corners.min() < 0
-            or corners[:, 0].max() > self.height - p
-            or corners[:, 1].max() > self.width - p
+            or corners[:, 0].max() > height - p
+            or corners[:, 1].max() > width - p
         ):
             raise InputError("target crops must lie inside the frame")
         j = np.arange(p, dtype=np.int64)
-        rows = ((corners[:, 0, None] + j) * self.width)[:, None]  # (K, 1, P)
+        rows = ((corners[:, 0, None] + j) * width)[:, None]  # (K, 1, P)
         cols = (corners[:, 1, None] + j)[:, None]
         if t is not None:
             rows, cols = _d4_terms(rows, cols, t)
-        hw = self.height * self.width
+        hw = height * width
         chan = np.arange(self.n_channels, dtype=np.int64)[None, :, None, None] * hw
         base = (frame * (self.n_channels * hw))[:, None, None, None] + chan
-        return np.take(self._targets, base + rows[..., :, None] + cols[..., None, :])
+        return np.take(group.targets, base + rows[..., :, None] + cols[..., None, :])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([index])
@@ -234,9 +312,14 @@ class TrainPatches(_PatchSource):
     ``j mod n`` at an independent uniformly random corner ``h0 in [0, H-P]``,
     ``w0 in [0, W-P]`` (the last offset included, unlike the reference).
 
+    With frames of different sizes, or regions excluded, frame ``f`` contributes
+    ``floor(H_f/P) * floor(W_f/P)`` samples (scaled by the fraction of its corners left), and
+    corners are uniform over the allowed ones: a patch never overlaps an excluded region (its
+    lateral context may reach into one, as at prediction time).
+
     Parameters
     ----------
-    targets : array-like, shape (N, H, W, T)
+    targets : array-like, shape (N, H, W, T), or list of (H_i, W_i, T) arrays
         Target channels (clipped or not: ``stats.clip`` is applied, which is idempotent). Read
         frame by frame, so memory maps and lazy arrays work.
     stats : NormStats
@@ -261,6 +344,8 @@ class TrainPatches(_PatchSource):
         generator); see :meth:`set_epoch` and :func:`make_loader`.
     cache_frames : int, optional
         Passed to :class:`ContextStack` (lazy, bounded precomputation).
+    exclude : sequence of Region or (frame, y0, y1, x0, x1), optional
+        Held-out rectangles (frame numbers as in ``targets``) that no patch may overlap.
     """
 
     def __init__(
@@ -277,6 +362,7 @@ class TrainPatches(_PatchSource):
         alpha_range: tuple[float, float] | None = None,
         seed: int = 0,
         cache_frames: int | None = None,
+        exclude: Sequence | None = None,
     ):
         if augment not in (None, "none", "d4"):
             raise InputError(f"augment must be None or 'd4', got {augment!r}")
@@ -290,9 +376,63 @@ class TrainPatches(_PatchSource):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple | None = None
+        self._setup_corners([_as_region(r) for r in (exclude or ())])
+
+    def _setup_corners(self, exclude: list[tuple[int, int, int, int, int]]) -> None:
+        """Allowed corners per frame, and which frame each sample index reads."""
+        p = self.patch
+        pos_of = {f: k for k, f in enumerate(self.frame_indices)}
+        self._allowed: dict[int, np.ndarray] = {}
+        blocked: dict[int, np.ndarray] = {}
+        for f, y0, y1, x0, x1 in exclude:
+            if f not in pos_of:
+                continue  # a region of a frame that does not train: nothing to avoid
+            k = pos_of[f]
+            h, w = self.frame_shape(k)
+            m = blocked.setdefault(k, np.ones((h - p + 1, w - p + 1), dtype=bool))
+            # A corner (r, c) overlaps [y0, y1) x [x0, x1) iff y0 - P < r < y1, x0 - P < c < x1.
+            m[max(0, y0 - p + 1): max(0, y1), max(0, x0 - p + 1): max(0, x1)] = False
+        for k, m in blocked.items():
+            flat = np.flatnonzero(m)
+            if not flat.size:
+                f = self.frame_indices[k]
+                raise InputError(
+                    f"frame {f} has no room for a {p}x{p} training patch outside its held-out "
+                    "regions"
+                )
+            self._allowed[k] = flat.astype(np.int32 if m.size < 2**31 else np.int64)
+        self._simple = self.height is not None and not self._allowed
+        if self._simple:
+            self._sample_frame = None
+            return
+        counts = []
+        for k in range(self.n_frames):
+            h, w = self.frame_shape(k)
+            cells = (h // p) * (w // p)
+            if k in self._allowed:
+                cells = max(1, round(cells * self._allowed[k].size / ((h - p + 1) * (w - p + 1))))
+            counts.append(cells)
+        self._sample_frame = np.repeat(np.arange(self.n_frames), counts)
+        self._n_choice = np.array(
+            [self._allowed[k].size if k in self._allowed
+             else (self._frame_h[k] - p + 1) * (self._frame_w[k] - p + 1)
+             for k in range(self.n_frames)], dtype=np.int64)
 
     def __len__(self) -> int:
-        return self.n_frames * (self.height // self.patch) * (self.width // self.patch)
+        if self._simple:
+            return self.n_frames * (self.height // self.patch) * (self.width // self.patch)
+        return len(self._sample_frame)
+
+    def allowed_corners(self, position: int) -> np.ndarray:
+        """Boolean ``(H-P+1, W-P+1)`` map of the corners a patch of frame ``position`` may take."""
+        h, w = self.frame_shape(position)
+        p = self.patch
+        m = np.zeros((h - p + 1) * (w - p + 1), dtype=bool)
+        if position in self._allowed:
+            m[self._allowed[position]] = True
+        else:
+            m[:] = True
+        return m.reshape(h - p + 1, w - p + 1)
 
     def set_epoch(self, epoch: int) -> None:
         """Restart the patch stream for ``epoch`` (optional: without it streams just continue)."""
@@ -327,16 +467,26 @@ class TrainPatches(_PatchSource):
             raise IndexError(f"sample index out of range [0, {len(self)})")
         rng = self._generator()
         k, p = len(idx), self.patch
-        corners = np.stack(
-            [rng.integers(0, self.height - p + 1, k), rng.integers(0, self.width - p + 1, k)],
-            axis=1,
-        )
+        if self._simple:
+            frame = idx % self.n_frames
+            corners = np.stack(
+                [rng.integers(0, self.height - p + 1, k), rng.integers(0, self.width - p + 1, k)],
+                axis=1,
+            )
+        else:
+            frame = self._sample_frame[idx]
+            flat = rng.integers(0, self._n_choice[frame]) if k else np.zeros(0, np.int64)
+            for pos in np.unique(frame):
+                if int(pos) in self._allowed:
+                    m = frame == pos
+                    flat[m] = self._allowed[int(pos)][flat[m]]
+            r, c = np.divmod(flat, self._frame_w[frame] - p + 1)
+            corners = np.stack([r, c], axis=1).astype(np.int64)
         transform = rng.integers(0, 8, k) if self.augment == "d4" else None
         alpha = None
         if self.alpha_range is not None:
             alpha = rng.uniform(self.alpha_range[0], self.alpha_range[1], k).astype(np.float32)
-        return {"frame": idx % self.n_frames, "corners": corners, "transform": transform,
-                "alpha": alpha}
+        return {"frame": frame, "corners": corners, "transform": transform, "alpha": alpha}
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch at once: ``(B, S, P, P)`` inputs and ``(B, T, P, P)`` targets."""
@@ -351,10 +501,17 @@ class GridPatches(_PatchSource):
     index ``j`` is frame ``j mod n`` and row-major cell ``floor(j / n)``. LC crops are centred
     on the cells.
 
+    With ``regions`` (a spatial split), each region is tiled the same way, anchored at its
+    top-left corner, and the lateral context comes from the whole frame around it, as at
+    prediction time.
+
     Parameters
     ----------
     targets, stats, indices, patch, scales, pad, alignment, cache_frames
-        As for :class:`TrainPatches` (e.g. ``indices=split.val``).
+        As for :class:`TrainPatches` (e.g. ``indices=split.val``). With ``regions``,
+        ``indices`` lists whole frames to add to the regions (none when None).
+    regions : sequence of Region or (frame, y0, y1, x0, x1), optional
+        Rectangles of frames to tile (e.g. ``split.val_regions``).
     """
 
     def __init__(
@@ -368,14 +525,48 @@ class GridPatches(_PatchSource):
         pad: str = "reflect",
         alignment: str = "exact",
         cache_frames: int | None = None,
+        regions: Sequence | None = None,
     ):
+        rects = [_as_region(r) for r in (regions or ())]
+        whole = [] if (regions and indices is None) else indices
+        frames = None
+        if rects:
+            frames = sorted(set(whole or []) | {r[0] for r in rects})
+        elif whole is not None:
+            frames = list(whole)
         super().__init__(
-            targets, stats, indices, patch=patch, scales=scales, pad=pad, alignment=alignment,
+            targets, stats, frames, patch=patch, scales=scales, pad=pad, alignment=alignment,
             alpha_range=None, cache_frames=cache_frames,
         )
-        self.grid_shape = (self.height // self.patch, self.width // self.patch)
+        p = self.patch
+        if self.height is not None and not rects:
+            self.grid_shape = (self.height // p, self.width // p)
+            self._cells = None
+            return
+        self.grid_shape = None
+        pos_of = {f: k for k, f in enumerate(self.frame_indices)}
+        boxes = [(pos_of[f], 0, self._frame_h[pos_of[f]], 0, self._frame_w[pos_of[f]])
+                 for f in (whole or [])]
+        for f, y0, y1, x0, x1 in rects:
+            h, w = self.frame_shape(pos_of[f])
+            if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+                raise InputError(f"region rows {y0}-{y1}, columns {x0}-{x1} lies outside frame "
+                                 f"{f} ({h}x{w})")
+            if y1 - y0 < p or x1 - x0 < p:
+                raise InputError(f"region rows {y0}-{y1}, columns {x0}-{x1} of frame {f} is "
+                                 f"smaller than the patch size {p}")
+            boxes.append((pos_of[f], y0, y1, x0, x1))
+        frame, corners = [], []
+        for k, y0, y1, x0, x1 in boxes:
+            r, c = np.meshgrid(np.arange(y0, y1 - p + 1, p), np.arange(x0, x1 - p + 1, p),
+                               indexing="ij")
+            frame.append(np.full(r.size, k, dtype=np.int64))
+            corners.append(np.stack([r.ravel(), c.ravel()], axis=1).astype(np.int64))
+        self._cells = (np.concatenate(frame), np.concatenate(corners))
 
     def __len__(self) -> int:
+        if self._cells is not None:
+            return len(self._cells[0])
         return self.n_frames * self.grid_shape[0] * self.grid_shape[1]
 
     def locate(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -383,6 +574,8 @@ class GridPatches(_PatchSource):
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"sample index out of range [0, {len(self)})")
+        if self._cells is not None:
+            return self._cells[0][idx], self._cells[1][idx]
         cell = idx // self.n_frames
         r, c = np.divmod(cell, self.grid_shape[1])
         return idx % self.n_frames, np.stack([r, c], axis=1) * self.patch

@@ -10,10 +10,22 @@ channels asked for are read (spec/usplit.md 5.1 and 7; spec/ecosystem.md DATA-1,
 - a Zarr array is sliced, so only the chunks holding the requested frames are read;
 - ``.npy`` files are memory-mapped; a ``.npz`` member is read once, on first use.
 
-Canonicalisation: S and T are both sample axes (several become one, the first one major); a
-missing S or C becomes a length-1 axis; a Z axis of length 1 is dropped and a longer one refused
-(musplit splits 2-D images). What is read is float32 and finite; integer pixels are converted,
-booleans and complex numbers are refused.
+TIFF files: every compression tifffile decodes with ``imagecodecs`` is read (LZW, Deflate, Zstd,
+PackBits, LZMA, JPEG, JPEG 2000, JPEG XL, PNG, LERC, ... with or without a predictor); a file whose
+codec is missing or unknown is refused when opened, with the compression named and the fix
+(``pip install imagecodecs``), and a file whose pixel data do not decode is reported as damaged.
+Any byte order and any integer or float pixel type is read. A file with several image series
+(OME-TIFF with several images, a thumbnail next to the image) shows one series: ``series=`` picks
+it; by default the first full-resolution one (series marked as reduced-resolution, named like a
+thumbnail, or a single plane 8x smaller in Y and X than another series are skipped). ``level=``
+picks a pyramid level (SubIFDs) of that series. :attr:`ImageSource.series_index` and
+:attr:`ImageSource.level` record what was read.
+
+Canonicalisation: S, T and Z are sample axes (several become one, the first one major, so the
+frames of an ImageJ ``TZCYX`` hyperstack run ``t0z0, t0z1, ..., t1z0, ...``): musplit splits 2-D
+images, so the Z planes of a stack are read as separate 2-D frames (logged at INFO); a Z axis of
+length 1 is dropped. A missing S or C becomes a length-1 axis. What is read is float32 and finite;
+integer pixels are converted, booleans and complex numbers are refused.
 
 Axes come, in this order, from the caller, from file metadata (ImageJ, OME-XML, OME-Zarr
 ``multiscales``, Zarr v3 ``dimension_names``), or from an unambiguous guess:
@@ -68,6 +80,7 @@ __all__ = [
     "PAVIA_ATN_CHANNELS",
     "ImageSource",
     "ZarrWriter",
+    "channel_statistics",
     "check_image_size",
     "load_channel_files",
     "load_image",
@@ -236,22 +249,24 @@ def _axes_from_tifffile(series_axes: str) -> str | None:
 class _Memmap:
     """A read-only memory map of a ``.npy`` file or of a contiguous TIFF series."""
 
-    def __init__(self, path: Path, kind: str, level: int = 0):
-        self.path, self.kind, self.level = path, kind, level
+    series = 0
+
+    def __init__(self, path: Path, kind: str, level: int = 0, series: int = 0):
+        self.path, self.kind, self.level, self.series = path, kind, level, series
         self._open()
 
     def _open(self) -> None:
         if self.kind == "npy":
             self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         else:
-            self._array = tifffile.memmap(self.path, series=0, level=self.level, mode="r")
+            self._array = tifffile.memmap(self.path, series=self.series, level=self.level, mode="r")
         self.shape, self.dtype = tuple(self._array.shape), self._array.dtype
 
     def __getitem__(self, index: tuple) -> np.ndarray:
         return np.asarray(self._array[index])
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "kind": self.kind, "level": self.level}
+        return {"path": self.path, "kind": self.kind, "level": self.level, "series": self.series}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -266,8 +281,16 @@ class _TiffPages:
     would share its file position).
     """
 
-    def __init__(self, path: Path, level: int, shape: tuple, dtype: np.dtype, page_shape: tuple):
-        self.path, self.level = path, level
+    def __init__(
+        self,
+        path: Path,
+        level: int,
+        shape: tuple,
+        dtype: np.dtype,
+        page_shape: tuple,
+        series: int = 0,
+    ):
+        self.path, self.level, self.series = path, level, series
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self.page_shape = tuple(page_shape)
         self.lead = self.shape[: len(self.shape) - len(self.page_shape)]
@@ -293,7 +316,7 @@ class _TiffPages:
         grid = np.meshgrid(*lists, indexing="ij") if lists else []
         pages = np.ravel_multi_index(grid, self.lead).ravel() if lists else np.array([0])
         with _tifffile_errors() as errors:
-            data = self._file().asarray(key=pages.tolist(), series=0, level=self.level)
+            data = self._file().asarray(key=pages.tolist(), series=self.series, level=self.level)
         if errors:
             raise InputError(f"{self.path} looks truncated or corrupt: {errors[0]}")
         data = data.reshape(tuple(len(x) for x in lists) + self.page_shape)
@@ -313,8 +336,8 @@ class _TiffPages:
 class _WholeTiff:
     """Fallback for TIFF layouts that cannot be read page by page: read once, on first use."""
 
-    def __init__(self, path: Path, level: int, shape: tuple, dtype: np.dtype):
-        self.path, self.level = path, level
+    def __init__(self, path: Path, level: int, shape: tuple, dtype: np.dtype, series: int = 0):
+        self.path, self.level, self.series = path, level, series
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self._data: np.ndarray | None = None
 
@@ -324,7 +347,7 @@ class _WholeTiff:
                 "%s: this TIFF layout cannot be read lazily; reading it whole", self.path
             )
             with _tifffile_errors() as errors:
-                self._data = tifffile.imread(self.path, series=0, level=self.level)
+                self._data = tifffile.imread(self.path, series=self.series, level=self.level)
             if errors:
                 raise InputError(f"{self.path} looks truncated or corrupt: {errors[0]}")
             self._data = self._data.reshape(self.shape)
@@ -381,6 +404,68 @@ def _tifffile_errors() -> Iterator[list[str]]:
         yield handler.messages
     finally:
         log.removeHandler(handler)
+
+
+# tifffile's words for a codec it cannot use: "<COMPRESSION.LZW: 5> requires the 'imagecodecs'
+# package", "<COMPRESSION.X: n> not supported", "65535 is not a known COMPRESSION", and the same
+# for predictors.
+_CODEC_WORDS = re.compile(
+    r"imagecodecs|(COMPRESSION|PREDICTOR)\b.*\b(not supported|not implemented)"
+    r"|is not a known (COMPRESSION|PREDICTOR)"
+)
+_CODEC_NAME = re.compile(
+    r"<(COMPRESSION|PREDICTOR)\.(\w+): (\d+)>|(\d+) is not a known (COMPRESSION|PREDICTOR)"
+)
+
+
+def _codec_error(name: str, detail: str) -> InputError | None:
+    """The one-line error for a TIFF codec that tifffile cannot use here, or None when
+    ``detail`` (an exception's text) is about something else (damaged data, ...)."""
+    if not _CODEC_WORDS.search(detail):
+        return None
+    found = _CODEC_NAME.search(detail)
+    if found and found.group(1):
+        what = f"{found.group(1).lower()} {found.group(2)} (TIFF code {found.group(3)})"
+    elif found:
+        what = f"an unknown {found.group(5).lower()} (TIFF code {found.group(4)})"
+    else:
+        what = "a compression"
+    if "imagecodecs" in detail:
+        return InputError(
+            f"{name} uses {what}, which needs the imagecodecs package to decode: "
+            "pip install imagecodecs"
+        )
+    return InputError(
+        f"{name} uses {what}, which the installed tifffile {tifffile.__version__} and "
+        "imagecodecs cannot decode: pip install imagecodecs (or a newer one: pip install -U "
+        "imagecodecs), or save the image uncompressed or LZW-compressed"
+    )
+
+
+def _check_codecs(page: Any, name: str) -> None:
+    """Refuse, before any pixel is read, a page whose pixel type, compression or predictor this
+    installation cannot decode (tifffile resolves the codec; nothing is decoded)."""
+    if page.dtype is None:
+        raise InputError(
+            f"{name} has a pixel type tifffile cannot read ({page.bitspersample}-bit, "
+            f"SampleFormat {int(page.sampleformat)})"
+        )
+    comp = int(page.compression)
+    if comp != 1:
+        try:
+            tifffile.TIFF.DECOMPRESSORS[comp]
+        except KeyError as exc:
+            raise _codec_error(name, str(exc)) or InputError(
+                f"{name} uses compression {comp}, which tifffile cannot decode"
+            ) from None
+    pred = int(getattr(page, "predictor", 1) or 1)
+    if pred != 1 and comp not in tifffile.TIFF.IMAGE_COMPRESSIONS:
+        try:
+            tifffile.TIFF.UNPREDICTORS[pred]
+        except KeyError as exc:
+            raise _codec_error(name, str(exc)) or InputError(
+                f"{name} uses predictor {pred}, which tifffile cannot decode"
+            ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,11 +561,13 @@ class ImageSource:
     name : str
         How the source is named in messages.
     axes : str
-        Axes of the data as stored, one letter per dimension of ``shape``.
+        Axes of the data as stored, one letter per dimension of ``shape``. S, T and Z are
+        sample axes: their elements are the canonical frames, the first one major.
     shape : tuple of int
         Shape of the data as stored.
     dtype : numpy.dtype
-        Pixel type as stored (:meth:`read` returns float32).
+        Pixel type as stored, in native byte order (a big-endian file says ``uint16``, not
+        ``>u2``); :meth:`read` returns float32.
     axes_origin : str
         Where ``axes`` came from: ``"given"``, ``"metadata"`` or ``"guessed"``.
     channel_names : list of str or None
@@ -489,6 +576,12 @@ class ImageSource:
         ``(y, x)`` pixel size in micrometres when the file records it.
     lazy : bool
         True when pixels are read from disk on demand (memory map, pages or chunks).
+    series_index : int or None
+        The TIFF image series read (see :func:`open_image`); None for other sources.
+    level : int
+        The pyramid level read (0 = full resolution).
+    n_series, n_levels : int
+        How many series the file holds and how many levels the series read has.
     """
 
     def __init__(
@@ -502,32 +595,37 @@ class ImageSource:
         channel_names: Sequence[str] | None = None,
         pixel_size: tuple[float, float] | None = None,
         lazy: bool = False,
+        series_index: int | None = None,
+        level: int = 0,
+        n_series: int = 1,
+        n_levels: int = 1,
     ):
         self.path = Path(path) if path is not None else None
         self.name = name if name is not None else _name(path)
         self.shape = tuple(int(s) for s in data.shape)
         self.dtype = np.dtype(data.dtype)
         _check_dtype(self.dtype, self.name)
+        self.dtype = self.dtype.newbyteorder("=")
         self.axes = parse_axes(axes, len(self.shape), self.name, shape=self.shape)
         if 0 in self.shape:
             raise InputError(f"{self.name} is empty: shape {self.shape} (axes {self.axes})")
         self.axes_origin = axes_origin
         self.lazy = lazy
+        self.series_index = series_index
+        self.level = int(level)
+        self.n_series, self.n_levels = int(n_series), int(n_levels)
         self._data = data
         ax = self.axes
-        if "Z" in ax and self.shape[ax.index("Z")] > 1:
-            swap = "T" if "S" in ax else "S"
-            suggestion = ax.replace("Z", swap) if swap not in ax else None
-            hint = (
-                f"; if the planes are 2-D frames, pass axes {suggestion!r} (--axes {suggestion})"
-                if suggestion
-                else ""
+        # Z of length 1 is dropped (index 0); a longer one is a sample axis like S and T.
+        self._z_frames = "Z" in ax and self.shape[ax.index("Z")] > 1
+        if self._z_frames:
+            logger.info(
+                "%s: Z planes are read as separate 2-D frames (%d planes, axes %s)",
+                self.name,
+                self.shape[ax.index("Z")],
+                ax,
             )
-            raise InputError(
-                f"{self.name} has a Z axis of length {self.shape[ax.index('Z')]} (axes {ax}): "
-                f"3-D stacks are not supported{hint}"
-            )
-        self._samples = [i for i, a in enumerate(ax) if a in "ST"]
+        self._samples = [i for i, a in enumerate(ax) if a in "ST" or (a == "Z" and self._z_frames)]
         self._sample_shape = tuple(self.shape[i] for i in self._samples)
         n_ch = self.shape[ax.index("C")] if "C" in ax else 1
         self._canonical = (
@@ -576,7 +674,14 @@ class ImageSource:
         )
 
     # ---- reading ----------------------------------------------------------------------------
-    def read(self, frames: Any = None, channels: Any = None, region: Any = None) -> np.ndarray:
+    def read(
+        self,
+        frames: Any = None,
+        channels: Any = None,
+        region: Any = None,
+        *,
+        check_finite: bool = True,
+    ) -> np.ndarray:
         """Read frames and channels as float32.
 
         Parameters
@@ -587,6 +692,8 @@ class ImageSource:
             Channel indices, or names when :attr:`channel_names` is known (all when None).
         region : (slice, slice), optional
             A ``(rows, columns)`` window of every frame (the whole frame when None).
+        check_finite : bool
+            Refuse non-finite pixels (default); False returns them as they are (NaN, Inf).
 
         Returns
         -------
@@ -617,7 +724,8 @@ class ImageSource:
             block = self._read_block(start, stop, ys, xs, c0, c1)
             part = out[pos : pos + stop - start]
             part[...] = block[..., pick]
-            bad += part.size - int(np.count_nonzero(np.isfinite(part)))
+            if check_finite:
+                bad += part.size - int(np.count_nonzero(np.isfinite(part)))
             pos += stop - start
         if bad:
             raise InputError(
@@ -640,8 +748,8 @@ class ImageSource:
         multi = None
         if len(self._samples) > 1:  # one frame at a time: indices into each sample axis
             multi = iter(np.unravel_index(start, self._sample_shape))
-        for a in self.axes:
-            if a in "ST":
+        for i, a in enumerate(self.axes):
+            if i in self._samples:
                 index.append(int(next(multi)) if multi is not None else slice(start, stop))
             elif a == "Z":
                 index.append(0)
@@ -656,17 +764,33 @@ class ImageSource:
                 block = np.asarray(self._data[tuple(index)])
         except InputError:
             raise
-        except (TypeError, AttributeError, NameError, IndexError, AssertionError):
-            raise  # our own bugs keep their traceback
-        except Exception as exc:  # noqa: BLE001 - any reader failure on a damaged file
+        except (TypeError, AttributeError, NameError, IndexError, AssertionError, MemoryError):
+            raise  # our own bugs keep their traceback; memory is not the file's fault
+        except (ValueError, KeyError, NotImplementedError) as exc:
+            # A codec that is missing here is not damage (tifffile raises ValueError for it).
+            raise _codec_error(self.name, _one_line(exc)) or InputError(
+                f"{self.name} could not be read (damaged file?): {_one_line(exc)}"
+            ) from None
+        except ImportError as exc:  # a codec's module, looked up only when decoding
+            comp = getattr(self._data, "compression", None)
+            what = f"compression {comp}" if comp else "a compression"
+            raise InputError(
+                f"{self.name} uses {what}, whose codec is not installed ({_one_line(exc)}): "
+                "pip install imagecodecs"
+            ) from None
+        except OSError as exc:
+            raise InputError(
+                f"{self.name} could not be read (I/O error: {_one_line(exc)})"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - a decoder failing on damaged pixel data
             raise InputError(
                 f"{self.name} could not be read (damaged file?): {_one_line(exc)}"
             ) from None
         if errors:
             raise InputError(f"{self.name} looks truncated or corrupt: {errors[0]}")
         kept = [
-            ("S" if a == "T" else a)
-            for a, ix in zip(self.axes, index, strict=True)
+            ("S" if i in self._samples else a)
+            for i, (a, ix) in enumerate(zip(self.axes, index, strict=True))
             if isinstance(ix, slice)
         ]
         block = block.transpose([kept.index(a) for a in CANONICAL_AXES if a in kept])
@@ -743,8 +867,17 @@ class _ChannelStack(ImageSource):
         self.lazy = all(p.lazy for p in parts)
         self.channel_names = channel_names
         self.pixel_size = first.pixel_size
+        self.series_index, self.level = first.series_index, first.level
+        self.n_series, self.n_levels = first.n_series, first.n_levels
 
-    def read(self, frames: Any = None, channels: Any = None, region: Any = None) -> np.ndarray:
+    def read(
+        self,
+        frames: Any = None,
+        channels: Any = None,
+        region: Any = None,
+        *,
+        check_finite: bool = True,
+    ) -> np.ndarray:
         n, height, width, n_ch = self._canonical
         idx = _frame_list(frames, n, self.name)
         chans = _channel_list(channels, n_ch, self.channel_names, self.name)
@@ -752,7 +885,10 @@ class _ChannelStack(ImageSource):
         if not chans:
             return np.empty((len(idx), ys.stop - ys.start, xs.stop - xs.start, 0), np.float32)
         # Each part checks its own pixels, so a NaN message names the file that holds it.
-        return np.concatenate([self.parts[c].read(idx, None, region) for c in chans], axis=-1)
+        return np.concatenate(
+            [self.parts[c].read(idx, None, region, check_finite=check_finite) for c in chans],
+            axis=-1,
+        )
 
     def close(self) -> None:
         for p in self.parts:
@@ -770,6 +906,7 @@ def open_image(
     *,
     level: int = 0,
     key: str | Sequence[str] | None = None,
+    series: int | None = None,
 ) -> ImageSource:
     """Open an image lazily; no pixels are read.
 
@@ -788,6 +925,10 @@ def open_image(
         Member of a ``.npz`` file; array or group path inside a Zarr group; for a group with one
         array per channel, the arrays to stack, in order (all arrays, natural name order, when
         None).
+    series : int, optional
+        Image series of a TIFF file (TIFF only). Default: the first full-resolution series
+        (reduced-resolution images and thumbnails are skipped, module doc); which one was read,
+        out of how many, is logged at INFO and kept in :attr:`ImageSource.series_index`.
 
     Returns
     -------
@@ -803,8 +944,18 @@ def open_image(
         return path_or_array
     if not isinstance(level, (int, np.integer)) or isinstance(level, bool) or level < 0:
         raise InputError(f"level must be a non-negative integer, got {level!r}")
+    if series is not None and (
+        not isinstance(series, (int, np.integer)) or isinstance(series, bool) or series < 0
+    ):
+        raise InputError(f"series must be a non-negative integer, got {series!r}")
     if isinstance(path_or_array, (str, os.PathLike)):
-        return _open_path(Path(path_or_array).expanduser(), axes, int(level), key)
+        path = Path(path_or_array).expanduser()
+        return _open_path(path, axes, int(level), key, None if series is None else int(series))
+    if series is not None and isinstance(path_or_array, (zarr.Array, np.ndarray)):
+        raise InputError(
+            f"series={series} was given but the input is an array in memory (series is for "
+            "TIFF files)"
+        )
     if isinstance(path_or_array, zarr.Array):
         return _zarr_node_source(path_or_array, None, "the input Zarr array", axes, level, key)
     if isinstance(path_or_array, np.ndarray):
@@ -836,10 +987,19 @@ def _resolve_axes(
     return guess, "guessed"
 
 
-def _open_path(path: Path, axes: str | None, level: int, key: Any) -> ImageSource:
+def _open_path(
+    path: Path, axes: str | None, level: int, key: Any, series: int | None = None
+) -> ImageSource:
     name = str(path)
     if not path.exists():
         raise InputError(f"{name} does not exist")
+    is_tiff = path.is_file() and path.suffix.lower() in TIFF_SUFFIXES
+    if series is not None and not is_tiff:
+        kind = "a Zarr store or directory" if path.is_dir() else "not a TIFF file"
+        raise InputError(
+            f"series={series} was given but {name} is {kind} (series is for TIFF files; "
+            "use level= or key= for Zarr)"
+        )
     if path.is_dir():
         if any((path / m).exists() for m in _ZARR_MARKERS):
             return _open_zarr(path, axes, level, key)
@@ -854,7 +1014,7 @@ def _open_path(path: Path, axes: str | None, level: int, key: Any) -> ImageSourc
             raise InputError(
                 f"key={key!r} was given but {name} is a TIFF file (key is for Zarr/npz)"
             )
-        return _open_tiff(path, axes, level)
+        return _open_tiff(path, axes, level, series)
     if level:
         raise InputError(f"level {level} does not exist in {name} (it has 1 level)")
     if suffix == ".npy":
@@ -905,7 +1065,60 @@ def _open_npz(path: Path, axes: str | None, key: Any) -> ImageSource:
 # ---- TIFF -----------------------------------------------------------------------------------
 
 
-def _open_tiff(path: Path, axes: str | None, level: int) -> ImageSource:
+_THUMBNAIL_NAMES = {"thumbnail", "macro", "label", "overview", "preview"}
+
+
+def _is_thumbnail(series: Any, all_series: Sequence[Any]) -> bool:
+    """A series that is not a full-resolution image: tifffile marks it reduced-resolution
+    (NewSubfileType bit 0), it is named like a slide scanner's extra image, or it is a single
+    plane at least 8x smaller in Y and in X than another series."""
+    page = series.keyframe
+    if page is None:
+        return False
+    if getattr(page, "is_reduced", False):
+        return True
+    if str(getattr(series, "name", "") or "").strip().lower() in _THUMBNAIL_NAMES:
+        return True
+    if len(series.pages) == 1:
+        h, w = int(page.imagelength), int(page.imagewidth)
+        for other in all_series:
+            key = other.keyframe
+            if other is series or key is None:
+                continue
+            if int(key.imagelength) >= 8 * h and int(key.imagewidth) >= 8 * w:
+                return True
+    return False
+
+
+def _pick_series(all_series: Sequence[Any], series: int | None, name: str) -> int:
+    """The series index to read: the one asked for, else the first full-resolution one."""
+    n = len(all_series)
+    if series is not None:
+        if series >= n:
+            raise InputError(
+                f"series {series} does not exist in {name} (it has {n} series: "
+                f"{'0' if n == 1 else f'0..{n - 1}'})"
+            )
+        if n > 1:
+            logger.info("%s holds %d image series; reading series %d", name, n, series)
+        return series
+    full = [i for i, s in enumerate(all_series) if not _is_thumbnail(s, all_series)]
+    pick = full[0] if full else 0
+    if n > 1:
+        skipped = [i for i in range(n) if i not in full]
+        logger.info(
+            "%s holds %d image series; reading series %d (shape %s)%s; series= (--series) "
+            "picks another",
+            name,
+            n,
+            pick,
+            tuple(all_series[pick].shape),
+            f", skipping reduced-resolution/thumbnail series {skipped}" if skipped else "",
+        )
+    return pick
+
+
+def _open_tiff(path: Path, axes: str | None, level: int, series: int | None = None) -> ImageSource:
     name = str(path)
     size = path.stat().st_size
     with _tifffile_errors() as errors:
@@ -917,14 +1130,21 @@ def _open_tiff(path: Path, axes: str | None, level: int) -> ImageSource:
             all_series = tif.series
             if not all_series:
                 raise InputError(f"{name} contains no images")
-            series = all_series[0]
-            if level >= len(series.levels):
-                n = len(series.levels)
+            index = _pick_series(all_series, series, name)
+            full = all_series[index]
+            n_levels = len(full.levels)
+            if level >= n_levels:
+                where = f"series {index} of {name}" if len(all_series) > 1 else name
                 raise InputError(
-                    f"level {level} does not exist in {name} (it has {n} level"
-                    f"{'s' if n != 1 else ''}: 0..{n - 1})"
+                    f"level {level} does not exist in {where} (it has {n_levels} level"
+                    f"{'s' if n_levels != 1 else ''}: 0..{n_levels - 1})"
                 )
-            s = series.levels[level]
+            s = full.levels[level]
+            _check_codecs(s.keyframe, name)
+            try:
+                compression = tifffile.COMPRESSION(int(s.keyframe.compression)).name
+            except ValueError:
+                compression = str(int(s.keyframe.compression))
             shape, dtype, offset = tuple(s.shape), np.dtype(s.dtype), s.dataoffset
             page_shape = tuple(s.keyframe.shape)
             n_pages = len(s)
@@ -942,9 +1162,7 @@ def _open_tiff(path: Path, axes: str | None, level: int) -> ImageSource:
                     )
                 ]
             meta_axes = _axes_from_tifffile(s.axes)
-            channel_names, pixel_size = _tiff_metadata(tif, s, name)
-            if len(all_series) > 1:
-                logger.info("%s holds %d image series; reading the first", name, len(all_series))
+            channel_names, pixel_size = _tiff_metadata(tif, full, s, index, name)
         except InputError:
             tif.close()
             raise
@@ -963,7 +1181,7 @@ def _open_tiff(path: Path, axes: str | None, level: int) -> ImageSource:
     if offset is not None:
         # Contiguous pixels: a memory map reads only the pages that are touched.
         try:
-            mm = _Memmap(path, "tiff", level)
+            mm = _Memmap(path, "tiff", level, index)
             if mm.shape == shape:
                 data = mm
         except (ValueError, OSError):
@@ -971,27 +1189,59 @@ def _open_tiff(path: Path, axes: str | None, level: int) -> ImageSource:
     if data is None:
         lead = shape[: len(shape) - len(page_shape)]
         if shape[len(lead) :] == page_shape and math.prod(lead) == n_pages:
-            data = _TiffPages(path, level, shape, dtype, page_shape)
+            data = _TiffPages(path, level, shape, dtype, page_shape, index)
         else:
-            data = _WholeTiff(path, level, shape, dtype)
+            data = _WholeTiff(path, level, shape, dtype, index)
+        data.compression = compression  # named if a codec turns out to be missing
     found, origin = _resolve_axes(axes, meta_axes, shape, path)
     if origin != "metadata":
         channel_names = None  # names were recorded for the metadata's axes, not these
+    parts = []
+    if len(all_series) > 1:
+        parts.append(f"series {index}")
+    if level:
+        parts.append(f"level {level}")
     return ImageSource(
         data,
         found,
         path=path,
+        name=f"{name} ({', '.join(parts)})" if parts else name,
         axes_origin=origin,
         channel_names=channel_names,
         pixel_size=pixel_size,
         lazy=not isinstance(data, _WholeTiff),
+        series_index=index,
+        level=level,
+        n_series=len(all_series),
+        n_levels=n_levels,
     )
 
 
+def _ome_image(root: ET.Element, tif: tifffile.TiffFile, series: Any, index: int) -> Any:
+    """The OME ``Image`` element that describes tifffile's series ``index``, or None.
+
+    tifffile makes one series per ``Image`` that has pixel data, in document order; when some
+    images were skipped, the image whose first ``TiffData`` IFD is the series' first page is it.
+    """
+    images = [im for im in root.findall("{*}Image") if im.find("{*}Pixels") is not None]
+    if len(images) == len(tif.series):
+        return images[index]
+    try:
+        first = int(series.pages[0].index)
+    except (AttributeError, IndexError, TypeError):
+        return None
+    for im in images:
+        data = im.find("{*}Pixels/{*}TiffData")
+        if data is not None and int(data.get("IFD", "0")) == first:
+            return im
+    return None
+
+
 def _tiff_metadata(
-    tif: tifffile.TiffFile, series: Any, name: str
+    tif: tifffile.TiffFile, full: Any, series: Any, index: int, name: str
 ) -> tuple[list[str] | None, tuple[float, float] | None]:
-    """Channel names and (y, x) pixel size in micrometres from OME-XML or ImageJ metadata."""
+    """Channel names and (y, x) pixel size in micrometres from OME-XML, ImageJ or plain TIFF
+    resolution tags, for series ``index`` (``full``) at the pyramid level ``series``."""
     names: list[str] | None = None
     pixel: tuple[float, float] | None = None
     axes = _axes_from_tifffile(series.axes) or ""
@@ -999,7 +1249,8 @@ def _tiff_metadata(
     if tif.is_ome and tif.ome_metadata:
         try:
             root = ET.fromstring(tif.ome_metadata)
-            pixels = root.find("{*}Image/{*}Pixels")
+            image = _ome_image(root, tif, full, index)
+            pixels = image.find("{*}Pixels") if image is not None else None
             if pixels is not None:
                 found = [ch.get("Name") for ch in pixels.findall("{*}Channel")]
                 if found and all(found):
@@ -1011,6 +1262,13 @@ def _tiff_metadata(
                     pixel = (float(py) * _TO_MICROMETRE[uy], float(px) * _TO_MICROMETRE[ux])
         except (ET.ParseError, ValueError) as exc:
             logger.warning("%s: unreadable OME-XML metadata (%s); ignoring it", name, exc)
+        if pixel is not None and series is not full:
+            # OME-XML gives the full-resolution size; a pyramid level is coarser.
+            ky, kx = full.keyframe, series.keyframe
+            pixel = (
+                pixel[0] * int(ky.imagelength) / int(kx.imagelength),
+                pixel[1] * int(ky.imagewidth) / int(kx.imagewidth),
+            )
     elif tif.is_imagej and tif.imagej_metadata:
         meta = tif.imagej_metadata
         labels = meta.get("Labels")
@@ -1018,16 +1276,32 @@ def _tiff_metadata(
             names = [str(x) for x in labels[:n_c]]
         unit = str(meta.get("unit", "")).replace("\\u00B5", "µ")
         if unit in _TO_MICROMETRE:
-            try:
-                tags = series.keyframe.tags
-                xr, yr = tags["XResolution"].value, tags["YResolution"].value
-                px, py = xr[1] / xr[0], yr[1] / yr[0]
-                pixel = (py * _TO_MICROMETRE[unit], px * _TO_MICROMETRE[unit])
-            except (KeyError, ZeroDivisionError, TypeError, IndexError):
-                pixel = None
+            pixel = _resolution(series.keyframe, _TO_MICROMETRE[unit])
+    else:
+        # A plain TIFF: resolution tags count only with a metric unit (inches are
+        # almost always a writer's 72 dpi default, not a microscope's pixel size).
+        try:
+            unit = int(series.keyframe.tags["ResolutionUnit"].value)
+        except (KeyError, TypeError, ValueError):
+            unit = 0
+        if unit == 3:  # centimetre
+            pixel = _resolution(series.keyframe, 1e4)
     if names is not None and len(names) != n_c:
         names = None
     return names, pixel
+
+
+def _resolution(page: Any, to_micrometre: float) -> tuple[float, float] | None:
+    """(y, x) pixel size from a page's X/YResolution (pixels per unit) in micrometres."""
+    try:
+        tags = page.tags
+        xr, yr = tags["XResolution"].value, tags["YResolution"].value
+        px, py = xr[1] / xr[0], yr[1] / yr[0]
+    except (KeyError, ZeroDivisionError, TypeError, IndexError):
+        return None
+    if not (px > 0 and py > 0 and math.isfinite(px) and math.isfinite(py)):
+        return None
+    return (py * to_micrometre, px * to_micrometre)
 
 
 # ---- Zarr -----------------------------------------------------------------------------------
@@ -1154,6 +1428,8 @@ def _ome_zarr_source(
         channel_names=names,
         pixel_size=pixel,
         lazy=True,
+        level=level,
+        n_levels=len(datasets),
     )
 
 
@@ -1169,7 +1445,8 @@ def load_image(
 ) -> np.ndarray:
     """Read an image (or some of its frames and channels) as float32 ``(N, H, W, C)``.
 
-    ``kw`` goes to :func:`open_image` (``level``, ``key``). See :meth:`ImageSource.read`.
+    ``kw`` goes to :func:`open_image` (``level``, ``key``, ``series``). See
+    :meth:`ImageSource.read`.
     """
     source = open_image(path_or_array, axes, **kw)
     try:
@@ -1191,6 +1468,8 @@ def open_channel_files(
         N, H and W (e.g. Hagen et al.'s actin and mitochondria stacks, spec/usplit.md 7.2).
     axes : str, optional
         Axes of every file (when they lack metadata).
+    **kw
+        Passed to :func:`open_image` for every file (``level``, ``series``, ``key``).
 
     Returns
     -------
@@ -1259,6 +1538,119 @@ def load_pavia_atn(
         return source.read(channels=chans)
     finally:
         source.close()
+
+
+def _sample_plan(
+    n: int, h: int, w: int, max_pixels: int, max_bands: int = 16
+) -> tuple[list[int], list[slice]]:
+    """Frames and row bands to read so that at most about ``max_pixels`` pixels per channel
+    are read: all of it when it fits, else evenly spaced frames, else up to ``max_bands``
+    evenly spaced bands of rows of evenly spaced frames."""
+    if n * h * w <= max_pixels:
+        return list(range(n)), [slice(0, h)]
+    if h * w <= max_pixels:
+        k = max(1, max_pixels // (h * w))
+        return sorted({int(round(v)) for v in np.linspace(0, n - 1, k)}), [slice(0, h)]
+    frames = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, 8))})
+    rows = max(1, max_pixels // (len(frames) * w))  # rows per frame
+    bands = max(1, min(max_bands, rows))
+    band = max(1, rows // bands)
+    if bands == 1:
+        return frames, [slice((h - band) // 2, (h - band) // 2 + band)]  # the central rows
+    starts = sorted({int(round(v)) for v in np.linspace(0, h - band, bands)})
+    return frames, [slice(y, y + band) for y in starts]
+
+
+def channel_statistics(source: Any, max_pixels: int = 16 * 2**20) -> list[dict]:
+    """Per-channel intensity statistics of an image, from a bounded sample.
+
+    Parameters
+    ----------
+    source : ImageSource, path-like or array
+        The image (anything :func:`open_image` takes).
+    max_pixels : int
+        At most about this many pixels per channel are read (whole frames evenly spaced over
+        the image; for frames larger than this, evenly spaced bands of rows, or one central
+        band of a compressed TIFF, whose pages are decoded whole). Everything is read when the
+        image is no larger.
+
+    Returns
+    -------
+    list of dict
+        One per channel: ``channel`` (index), ``name`` (channel name, else the index as text),
+        ``min``, ``median``, ``p99_9`` (99.9th percentile), ``max`` (of the finite values),
+        ``saturation`` (the value counted as saturated, or None), ``saturated`` (fraction of
+        the pixels read equal to it), ``zeros`` (fraction equal to 0), ``non_finite`` (fraction
+        NaN or Inf), ``pixels`` (pixels read per channel), ``frames`` (frames read),
+        ``sampled`` (True when not every pixel was read).
+
+    Notes
+    -----
+    Saturation: for integer pixel types the type's maximum (255, 65535, ...). A float image has
+    no such value, so its channel maximum counts as saturated only when more than 0.1 % of the
+    pixels read equal it (a clipped plateau); otherwise ``saturation`` is None and
+    ``saturated`` 0. Pixels are read lazily through :meth:`ImageSource.read`, a frame at a time.
+    """
+    src = open_image(source)
+    n, h, w, c = src.canonical_shape
+    max_pixels = max(1, int(max_pixels))
+    # A page read page by page (compressed TIFF) is decoded whole for any band of its rows:
+    # then one central band per frame, not many.
+    parts = getattr(src, "parts", [src])
+    paged = any(isinstance(getattr(p, "_data", None), (_TiffPages, _WholeTiff)) for p in parts)
+    frames, bands = _sample_plan(n, h, w, max_pixels, 1 if paged else 16)
+    per_frame = sum(b.stop - b.start for b in bands) * w
+    values = np.empty((c, len(frames) * per_frame), dtype=np.float32)
+    pos = 0
+    for f in frames:
+        for band in bands:
+            block = src.read([f], None, (band, slice(0, w)), check_finite=False)[0]
+            k = block.shape[0] * block.shape[1]
+            values[:, pos : pos + k] = block.reshape(k, c).T
+            pos += k
+    sampled = len(frames) < n or per_frame < h * w
+    top = float(np.iinfo(src.dtype).max) if src.dtype.kind in "iu" else None
+    out = []
+    for ch in range(c):
+        v = values[ch, :pos]
+        finite = np.isfinite(v)
+        n_bad = v.size - int(np.count_nonzero(finite))
+        if n_bad:
+            v = v[finite]
+        entry: dict[str, Any] = {
+            "channel": ch,
+            "name": src.channel_names[ch] if src.channel_names else str(ch),
+            "pixels": int(pos),
+            "frames": len(frames),
+            "sampled": bool(sampled),
+            "non_finite": n_bad / pos if pos else 0.0,
+        }
+        if v.size == 0:
+            nan = float("nan")
+            entry.update(min=nan, median=nan, p99_9=nan, max=nan, saturation=None,
+                         saturated=0.0, zeros=0.0)  # fmt: skip
+            out.append(entry)
+            continue
+        lo, hi = float(v.min()), float(v.max())
+        median, p999 = (float(x) for x in np.percentile(v, [50.0, 99.9]))
+        if top is not None:
+            sat_value: float | None = top
+            sat = int(np.count_nonzero(v == np.float32(top))) / pos
+        else:
+            sat = int(np.count_nonzero(v == np.float32(hi))) / pos
+            sat_value = hi if sat > 0.001 else None
+            sat = sat if sat > 0.001 else 0.0
+        entry.update(
+            min=lo,
+            median=median,
+            p99_9=p999,
+            max=hi,
+            saturation=sat_value,
+            saturated=sat,
+            zeros=int(np.count_nonzero(v == 0)) / pos,
+        )
+        out.append(entry)
+    return out
 
 
 def check_image_size(

@@ -106,13 +106,24 @@ class NormStats:
         return (std * s).astype(np.float32, copy=False)
 
 
-def _training_frames(targets, train_indices: Sequence[int] | None):
-    n = targets.shape[0]
+def _training_frames(targets, train_indices: Sequence[int] | None, exclude=()):
+    """Training pixels frame by frame: ``(H, W, T)`` frames, or ``(n, T)`` pixel lists of the
+    frames that have held-out regions (``exclude``: ``Region``-like, with frame, y, x)."""
+    n = len(targets) if isinstance(targets, (list, tuple)) else targets.shape[0]
     idx = range(n) if train_indices is None else list(train_indices)
     if len(idx) == 0:
         raise InputError("the training split is empty: no frames to compute statistics from")
+    held: dict[int, list] = {}
+    for r in exclude or ():
+        held.setdefault(int(r.frame), []).append(r)
     for i in idx:
-        yield np.asarray(targets[i], dtype=np.float32)
+        frame = np.asarray(targets[i], dtype=np.float32)
+        if i in held:
+            keep = np.ones(frame.shape[:2], dtype=bool)
+            for r in held[i]:
+                keep[r.y[0]:r.y[1], r.x[0]:r.x[1]] = False
+            frame = frame[keep]
+        yield frame
 
 
 def compute_stats(
@@ -123,14 +134,15 @@ def compute_stats(
     alpha: Sequence[float] | None = None,
     channelwise_quantile: bool = False,
     input_is_sum: bool = False,
+    exclude=(),
 ) -> NormStats:
     """Compute :class:`NormStats` from the training frames (spec 5.3).
 
     Parameters
     ----------
-    targets : array-like, shape (N, H, W, T)
+    targets : array-like, shape (N, H, W, T), or list of (H_i, W_i, T) arrays
         Target channels; anything indexable by frame (a memory map or lazy source) works, and
-        only the training frames are read, one at a time.
+        only the training frames are read, one at a time. Frames may differ in size.
     train_indices : sequence of int, optional
         Training frames (default: all).
     quantile : float
@@ -143,6 +155,8 @@ def compute_stats(
     input_is_sum : bool
         Input is the sum of the channels, normalised with mean ``sum m_k`` and std
         ``sqrt(sum s_k^2)`` (spec 1.1).
+    exclude : sequence of Region, optional
+        Held-out regions of training frames (a spatial split): their pixels are left out.
 
     Returns
     -------
@@ -150,9 +164,15 @@ def compute_stats(
     """
     if not 0.0 < quantile <= 1.0:
         raise InputError(f"clip quantile must be in (0, 1], got {quantile}")
-    if len(targets.shape) != 4:
-        raise InputError(f"targets must have shape (N, H, W, T), got {tuple(targets.shape)}")
-    t = targets.shape[-1]
+    if isinstance(targets, (list, tuple)):
+        if not targets or any(len(f.shape) != 3 for f in targets):
+            raise InputError("targets must be a list of (H, W, T) frames")
+        t = targets[0].shape[-1]
+    else:
+        if len(targets.shape) != 4:
+            raise InputError(
+                f"targets must have shape (N, H, W, T), got {tuple(targets.shape)}")
+        t = targets.shape[-1]
     if alpha is None:
         alpha = [1.0 / t] * t
     alpha = [float(a) for a in alpha]
@@ -161,8 +181,12 @@ def compute_stats(
     if abs(sum(alpha) - 1.0) > 1e-6:
         raise InputError(f"alpha weights must sum to 1, got {alpha}")
 
-    frames = list(_training_frames(targets, train_indices))
-    stack = np.stack(frames)  # (n, H, W, T) float32, training frames only
+    frames = list(_training_frames(targets, train_indices, exclude))
+    if all(f.shape == frames[0].shape for f in frames):
+        stack = np.stack(frames)  # (n, H, W, T) float32, training frames only
+    else:  # frames of different sizes, or with held-out pixels: one (pixels, T) list
+        stack = np.concatenate([f.reshape(-1, t) for f in frames])
+    del frames
     if not np.isfinite(stack).all():
         raise InputError("training targets contain NaN or Inf pixels")
     if channelwise_quantile:

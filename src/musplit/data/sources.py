@@ -6,15 +6,17 @@ multi-channel file, one file per channel) and which split rule each uses.
 
 from __future__ import annotations
 
+import glob as globmod
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from musplit.data.splits import Split, default_split, hagen_split, load_split
+from musplit.data.splits import Split, default_split, hagen_split, load_split, spatial_split
 from musplit.errors import InputError
 
 CRITTERS_FILE = "critters.tif"
@@ -26,18 +28,30 @@ class TargetData:
 
     Attributes
     ----------
-    targets : array-like, shape (N, H, W, T)
-        float32 target channels (possibly a lazy or memory-mapped array).
+    targets : array-like, shape (N, H, W, T), or list of (H_i, W_i, T) arrays
+        float32 target channels (possibly a lazy or memory-mapped array); a list when the
+        frames differ in size.
     channel_names : list of str
     split : Split
     source : str
         Where the data came from, for messages and provenance.
+    notes : list of str
+        What the user should know about the split (e.g. a channel without signal in the
+        validation region).
     """
 
-    targets: np.ndarray
+    targets: np.ndarray | list
     channel_names: list[str]
     split: Split
     source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """``(H, W)`` of every frame."""
+        from musplit.data.dataset import frame_shapes
+
+        return frame_shapes(self.targets)
 
 
 def write_critters(out_dir: str | os.PathLike, data: np.ndarray, *, fmt: str = "tiff",
@@ -84,14 +98,116 @@ def write_critters(out_dir: str | os.PathLike, data: np.ndarray, *, fmt: str = "
     return [Path(img), split, man]
 
 
+_IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2", ".npy", ".npz", ".zarr")
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in _IMAGE_SUFFIXES and not p.name.startswith(".")
+
+
+def resolve_paths(spec: str | Sequence[str], what: str = "--data") -> list[Path]:
+    """The image files a data path names: a file, a folder (its image files, natural order),
+    a glob pattern, or a list of any of these."""
+    from musplit.data.io import _natural_key
+
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        p = Path(text).expanduser()
+        if any(ch in text for ch in "*?[") and not p.exists():
+            found = sorted((Path(g) for g in globmod.glob(str(p))),
+                           key=lambda q: _natural_key(q.name))
+            found = [q for q in found if _is_image(q)]
+            if not found:
+                raise InputError(f"{what} {text}: no image files match this pattern")
+            out += found
+        elif p.is_dir() and p.suffix.lower() != ".zarr" and not any(
+                (p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray")):
+            found = sorted((q for q in p.iterdir() if _is_image(q)),
+                           key=lambda q: _natural_key(q.name))
+            if not found:
+                raise InputError(f"{what} {p} is a folder without image files "
+                                 f"({', '.join(_IMAGE_SUFFIXES)})")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def _frames_of(arrays: list[np.ndarray]):
+    """One (N, H, W, T) array when every frame has the same size, else a list of frames."""
+    if len({a.shape[1:3] for a in arrays}) == 1:
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return [f for a in arrays for f in a]
+
+
+def _check_frames(parts: list[tuple[str, np.ndarray]], patch: int) -> None:
+    """A frame smaller than the patch is refused, naming its file."""
+    for name, arr in parts:
+        h, w = arr.shape[1:3]
+        if h < patch or w < patch:
+            raise InputError(f"{name}: its frames are {h}x{w}, smaller than the training patch "
+                             f"{patch}x{patch}; use a smaller --patch or larger images")
+
+
+def _read_multichannel(data_cfg) -> tuple:
+    """Frames of one or more multi-channel files (one or more frames each)."""
+    from musplit.data.io import open_image
+
+    paths = resolve_paths(data_cfg.path)
+    channels = data_cfg.channels if data_cfg.channels is not None else [0, 1]
+    parts, counts, known = [], [], None
+    for p in paths:
+        src = open_image(p, axes=data_cfg.axes)
+        try:
+            counts.append((p, src.n_channels))
+            if len({c for _, c in counts}) > 1:
+                listing = ", ".join(f"{q.name} has {c}" for q, c in counts)
+                raise InputError(f"the files of {data_cfg.path} have different channel counts "
+                                 f"({listing}); give files with the same channels")
+            parts.append((str(p), src.read(channels=channels)))
+            if known is None:
+                known = getattr(src, "channel_names", None)
+        finally:
+            src.close()
+    names = data_cfg.channel_names or (
+        [known[c] for c in channels] if known else [f"ch{c}" for c in channels]
+    )
+    source = str(paths[0]) if len(paths) == 1 else (
+        f"{len(paths)} files ({paths[0].name} ... {paths[-1].name})")
+    return parts, names, source
+
+
+def _read_channel_files(data_cfg) -> tuple:
+    """One file (or folder entry) per channel; each may hold several frames."""
+    from musplit.data.io import load_channel_files
+
+    paths = resolve_paths(data_cfg.channel_paths, "--channel-files")
+    if len(paths) < 2:
+        raise InputError(f"one file per channel needs at least two files, got {len(paths)} "
+                         f"({', '.join(str(p) for p in paths)})")
+    arr = load_channel_files(paths, axes=data_cfg.axes)
+    names = data_cfg.channel_names or [p.name.split(".")[0] for p in paths]
+    return [(" + ".join(str(p) for p in paths), arr)], names, ", ".join(str(p) for p in paths)
+
+
 def load_targets(data_cfg) -> TargetData:
     """Load the target channels a :class:`~musplit.config.DataConfig` describes.
 
-    Synthetic data is generated in memory; files are opened lazily where the format allows
-    (the frames are read when statistics and context stacks are built).
-    """
-    from musplit.data.io import load_channel_files, open_image
+    Synthetic data is generated in memory; files are read as float32 frames. Files whose
+    frames differ in size give a list of frames (see :func:`musplit.data.dataset.frame_shapes`).
 
+    The split: ``data.split = "default"`` is the reference's frame rule, or a spatial split
+    (:func:`~musplit.data.splits.spatial_split`) when there are too few frames for a
+    validation frame; ``"spatial"`` always holds out regions; ``"hagen"`` or a ``split.json``
+    file as given.
+    """
+    import logging
+
+    from musplit.data.dataset import frame_shapes
+
+    log = logging.getLogger(__name__)
     if data_cfg.synthetic is not None:
         from musplit.data.synthetic import generate_critters
 
@@ -102,33 +218,38 @@ def load_targets(data_cfg) -> TargetData:
         source = f"critters(frames={s.frames}, size={s.size}, connector={s.connector}" + (
             f", pairing={s.pairing})" if s.pairing != "paper" else ")")
         rule = "default"
-    elif data_cfg.channel_paths is not None:
-        targets = load_channel_files(data_cfg.channel_paths, axes=data_cfg.axes)
-        names = data_cfg.channel_names or [Path(p).stem for p in data_cfg.channel_paths]
-        source = ", ".join(data_cfg.channel_paths)
-        rule = "hagen"
-    elif data_cfg.path is not None:
-        src = open_image(data_cfg.path, axes=data_cfg.axes)
-        channels = data_cfg.channels if data_cfg.channels is not None else [0, 1]
-        targets = src.read(channels=channels)
-        known = getattr(src, "channel_names", None)
-        names = data_cfg.channel_names or (
-            [known[c] for c in channels] if known else [f"ch{c}" for c in channels]
-        )
-        source = str(data_cfg.path)
-        rule = "default"
+    elif data_cfg.channel_paths is not None or data_cfg.path is not None:
+        if data_cfg.channel_paths is not None:
+            parts, names, source = _read_channel_files(data_cfg)
+            rule = "hagen"
+        else:
+            parts, names, source = _read_multichannel(data_cfg)
+            rule = "default"
+        _check_frames(parts, data_cfg.patch)
+        targets = _frames_of([a for _, a in parts])
     else:
         raise InputError("no training data: give a file (--data) or use synthetic data")
 
-    n = targets.shape[0]
+    shapes = frame_shapes(targets)
+    n = len(shapes)
+    n_ch = targets[0].shape[-1] if isinstance(targets, list) else targets.shape[-1]
+    if len(names) != n_ch:
+        raise InputError(f"{len(names)} channel names for {n_ch} channels")
     choice = data_cfg.split
-    if choice == "default":
+    notes: list[str] = []
+    if choice in ("default", "spatial"):
         split = default_split(n) if rule == "default" else hagen_split(n)
+        if choice == "spatial" or not split.val:
+            split, notes = spatial_split(
+                shapes, data_cfg.patch, frames=lambda i: targets[i],
+                val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
+                channel_names=names)
     elif choice == "hagen":
         split = hagen_split(n)
     else:
         split = load_split(choice)
-    split.validate(n, source=f"split for {source}")
-    if len(names) != targets.shape[-1]:
-        raise InputError(f"{len(names)} channel names for {targets.shape[-1]} channels")
-    return TargetData(targets=targets, channel_names=list(names), split=split, source=source)
+    split.validate(n, source=f"split for {source}", shapes=shapes)
+    for note in notes:
+        log.warning("%s: %s", source, note)
+    return TargetData(targets=targets, channel_names=list(names), split=split, source=source,
+                      notes=notes)
