@@ -545,6 +545,8 @@ class GridPatches(_PatchSource):
             return
         self.grid_shape = None
         pos_of = {f: k for k, f in enumerate(self.frame_indices)}
+        if not rects:
+            whole = self.frame_indices
         boxes = [(pos_of[f], 0, self._frame_h[pos_of[f]], 0, self._frame_w[pos_of[f]])
                  for f in (whole or [])]
         for f, y0, y1, x0, x1 in rects:

@@ -360,8 +360,8 @@ def spatial_split(
         if not starts:
             return None, None
         sc = scores(i, blen, starts)
-        least = sc.min(axis=1)
-        best = max(range(len(starts)), key=lambda k: (least[k], starts[k]))
+        least, total = sc.min(axis=1), sc.sum(axis=1)
+        best = max(range(len(starts)), key=lambda k: (least[k], total[k], starts[k]))
         return starts[best], sc[best]
 
     start_v, sig_v = place(host, lv, [])
