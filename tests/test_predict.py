@@ -525,3 +525,45 @@ def test_splitter_takes_the_pixel_size_of_an_image_source(tmp_path):
     assert open_image(z2).pixel_size == pytest.approx((0.5, 0.5))
     with pytest.raises(InputError, match="pixel_size"):
         s.predict(img, pixel_size=(0, 1))
+
+
+@pytest.mark.parametrize("input_is_sum", [False, True])
+def test_consistent_prediction_adds_up_to_the_input(input_is_sum):
+    # A random-weight HVAE is far from consistent; conditioned on the mix its channels add up
+    # to the (clipped) input exactly, and the surer channel keeps its prediction.
+    torch.manual_seed(0)
+    cfg = config()
+    st = NormStats(clip_max=[8.0, 9.0], input_mean=5.0, input_std=3.0, target_mean=[2.0, 4.0],
+                   target_std=[1.5, 2.5], alpha=[0.5, 0.5], input_is_sum=input_is_sum)
+    model = build(cfg.model).eval()
+    img = image(2, 40, 36, seed=3)
+    free = predict_image(model, cfg, st, img, samples=3, seed=1)
+    w = np.ones(2) if input_is_sum else np.array([0.5, 0.5])
+    clip = 17.0 if input_is_sum else 9.0
+    gap = np.abs((free.mean * w).sum(-1) - np.minimum(img, clip))
+    assert gap.mean() > 0.1
+    cfg_c = cfg.updated({"predict": {"consistent": True}})
+    cons = predict_image(model, cfg_c, st, img, samples=3, seed=1)
+    np.testing.assert_allclose((cons.mean * w).sum(-1), np.minimum(img, clip), atol=1e-3)
+    assert cons.meta["consistent"] is True and free.meta["consistent"] is False
+    # the correction is the Gaussian conditional: each channel moves by b_c v_c / sum b^2 v
+    assert np.all(cons.aleatoric_std <= free.aleatoric_std + 1e-5)
+
+
+class _SureOfChannel0(nn.Module):
+    """Channel 0 predicted at 0 with tiny variance, channel 1 at 0 with a large one."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        mu = torch.zeros(b, 2, h, w)
+        ell = torch.stack([torch.full((b, h, w), -8.0), torch.full((b, h, w), 2.0)], 1)
+        return (torch.cat([mu, ell], 1), None)
+
+
+def test_consistent_prediction_gives_the_residual_to_the_unsure_channel():
+    cfg = config().updated({"predict": {"consistent": True}})
+    st = stats()
+    img = image(1, 32, 32)
+    pred = predict_image(_SureOfChannel0(), cfg, st, img)
+    np.testing.assert_allclose(pred.mean[..., 0], 0.0, atol=1e-3)
+    np.testing.assert_allclose(pred.mean[..., 1], 2 * img, rtol=1e-4, atol=1e-3)

@@ -142,6 +142,10 @@ class PredictConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="network arithmetic: fp32 (parity) or bf16/fp16 autocast, faster "
         "where the hardware has it (CUDA; CPUs with AVX512-BF16 or AMX)")
+    consistent: bool = Field(
+        False, description="make each predicted sample add up to the input: the residual "
+        "(input - mix of the predicted channels) is shared out in proportion to each channel's "
+        "predicted variance (the Gaussian likelihood conditioned on the observed mix)")
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict:

@@ -611,8 +611,9 @@ class _Engine:
     def __init__(self, model: nn.Module, stats: NormStats, tiling: Tiling, *, samples: int,
                  seed: int, sample_mode: str | None, sample_batch: int | None,
                  batch_size: int, keep_samples: int, aleatoric: bool, normalized: bool,
-                 amp: str | None, channels_last: bool = False):
+                 amp: str | None, channels_last: bool = False, consistent: bool = False):
         self.model, self.stats, self.tiling = model, stats, tiling
+        self.consistent = bool(consistent)
         self.n_channels = stats.n_channels
         self.samples, self.keep_samples = samples, keep_samples
         self.batch_size, self.sample_batch = batch_size, sample_batch
@@ -693,6 +694,30 @@ class _Engine:
                     p = _first(self.model(x))
                 yield p.float()[None]
 
+    def _consistent(self, mu: torch.Tensor, ell: torch.Tensor, x0: torch.Tensor):
+        """Condition each sample's Gaussian on the observed mix (``predict.consistent``).
+
+        In intensity units the input is ``sum_c w_c t_c`` (``w`` = alpha, or 1 for a summed
+        input), so in normalised units ``sum_c b_c y_c = r0`` with ``b_c = w_c s_c`` and
+        ``r0 = s_in x + m_in - sum_c w_c m_c``. For independent Gaussians ``y_c ~ N(mu_c, v_c)``
+        the conditional mean is ``mu_c + b_c v_c (r0 - sum_k b_k mu_k) / sum_k b_k^2 v_k`` and
+        the conditional variance ``v_c - (b_c v_c)^2 / sum_k b_k^2 v_k``: the residual goes to
+        the channels the model is least sure of, and the channels add up to the input.
+        """
+        st = self.stats
+        w = np.ones(self.n_channels) if st.input_is_sum else np.asarray(st.alpha, dtype=float)
+        b = torch.tensor(w * np.asarray(st.target_std), dtype=mu.dtype, device=mu.device)
+        m = float(np.dot(w, st.target_mean))
+        b = b.view(1, 1, -1, 1, 1)
+        v = torch.exp(ell)
+        r0 = x0.to(mu.dtype) * float(self._in_std) + (float(self._in_mean) - m)  # (B, g, g)
+        resid = r0[None] - (b * mu).sum(2)  # (k, B, g, g)
+        denom = (b * b * v).sum(2).clamp_min(1e-12)
+        gain = b * v / denom[:, :, None]
+        mu = mu + gain * resid[:, :, None]
+        v = (v - gain * b * v).clamp_min(1e-12 * v)
+        return mu, torch.log(v)
+
     def tiles(self, x_np: np.ndarray) -> _TileBatch:
         """MMSE tiles of one batch of normalised LC stacks ``(B, S, P, P)``."""
         c, t = self.n_channels, self.tiling
@@ -714,6 +739,8 @@ class _Engine:
                     )
                 p = p[..., lo:hi, lo:hi]  # only the kept region enters the statistics
                 mu, ell = p[:, :, :c], p[:, :, c:]
+                if self.consistent:
+                    mu, ell = self._consistent(mu, ell, x[:, 0, lo:hi, lo:hi])
                 k = mu.shape[0]
                 # Chan's parallel update of (count, mean, M2): exact Welford when k == 1.
                 bm = mu.mean(0) if k > 1 else mu[0]
@@ -992,6 +1019,7 @@ def _settings(config, stats, tiling, *, samples, seed, sample_mode, normalized, 
         "pad": config.data.pad,
         "lc_alignment": config.data.lc_alignment,
         "input_scale": float(input_scale),
+        "consistent": bool(config.predict.consistent),
         "clip": input_clip(stats),
         "stats": stats.to_dict(),
         "model": {"kind": config.model.kind, "lc": config.model.lc},
@@ -1148,7 +1176,7 @@ def predict_image(
     engine = _Engine(model, stats, tiling, samples=samples, seed=seed, sample_mode=sample_mode,
                      sample_batch=sample_batch, batch_size=batch_size,
                      keep_samples=keep_samples, aleatoric=aleatoric, normalized=normalized,
-                     amp=amp, channels_last=channels_last)
+                     amp=amp, channels_last=channels_last, consistent=config.predict.consistent)
     n_batches = -(-total // batch_size)
     log.info("predicting %d frame(s) of %dx%d: %d tiles of %d px (patch %d, %s padding), "
              "%d sample(s), %d batch(es) on %s", n, h, w, total, tiling.grid, tiling.patch,
@@ -1320,7 +1348,7 @@ def predict_to_zarr(
     engine = _Engine(model, stats, tiling, samples=samples, seed=seed, sample_mode=sample_mode,
                      sample_batch=sample_batch, batch_size=batch_size, keep_samples=0,
                      aleatoric=aleatoric, normalized=normalized, amp=amp,
-                     channels_last=channels_last)
+                     channels_last=channels_last, consistent=config.predict.consistent)
     tags = {"mean": ""}
     if std and samples > 1:
         tags["std"] = "_std"
