@@ -567,3 +567,70 @@ def test_consistent_prediction_gives_the_residual_to_the_unsure_channel():
     pred = predict_image(_SureOfChannel0(), cfg, st, img)
     np.testing.assert_allclose(pred.mean[..., 0], 0.0, atol=1e-3)
     np.testing.assert_allclose(pred.mean[..., 1], 2 * img, rtol=1e-4, atol=1e-3)
+
+
+# -- brightness: an image at another global scale than the training mixes -----------------------
+def _bright_stats(q999=10.0, input_is_sum=False):
+    st = stats(m_in=5.0, s_in=3.0, m_t=(2.0, 4.0), s_t=(1.5, 2.5))
+    st.input_is_sum = input_is_sum
+    st.extra = {"input_q999": q999}
+    return st
+
+
+def test_compute_stats_records_the_training_brightness():
+    from musplit.data.normalize import compute_stats
+
+    t = np.random.default_rng(0).uniform(0, 10, (3, 32, 32, 2)).astype(np.float32)
+    mean_mix = compute_stats(t, quantile=1.0)
+    sum_mix = compute_stats(t, quantile=1.0, input_is_sum=True)
+    assert mean_mix.extra["input_q999"] == pytest.approx(np.quantile(t.mean(-1), 0.999), rel=1e-3)
+    assert sum_mix.extra["input_q999"] == pytest.approx(np.quantile(t.sum(-1), 0.999), rel=1e-3)
+    assert NormStats.from_dict(sum_mix.to_dict()).extra == sum_mix.extra
+
+
+def test_an_image_at_another_brightness_is_refused_with_the_reason():
+    cfg = config()
+    img = image(1, 32, 32)  # 99.9th percentile ~10, as the training mixes
+    predict_image(Identity(), cfg, _bright_stats(), img)  # within 2x: predicted as it is
+    with pytest.raises(InputError, match=r"2\.99x brighter than the mixes.*--brightness match"):
+        predict_image(Identity(), cfg, _bright_stats(), img * 3)
+    with pytest.raises(InputError, match=r"[34]\.\d\dx dimmer"):
+        predict_image(Identity(), cfg, _bright_stats(), img / 4)
+    # the classic mistake: trained on the mean of 2 channels, given their sum
+    with pytest.raises(InputError, match="trained on the mean of its 2 channels.*sum"):
+        predict_image(Identity(), cfg, _bright_stats(), img * 2.05)
+    # a model trained on sums gets no such hint
+    with pytest.raises(InputError) as e:
+        predict_image(Identity(), cfg, _bright_stats(input_is_sum=True), img * 2.05)
+    assert "mean of its" not in str(e.value)
+    # an empty image, "off", and an old checkpoint without the record go on
+    predict_image(Identity(), cfg, _bright_stats(), np.zeros((1, 32, 32), np.float32))
+    predict_image(Identity(), cfg, _bright_stats(), img * 3, brightness="off")
+    predict_image(Identity(), cfg, stats(), img * 3)
+
+
+def test_brightness_match_rescales_and_returns_the_image_units():
+    # A linear model (the identity): matching divides the input by 3 and multiplies the
+    # channels back, so the output equals the unmatched prediction of the bright image.
+    cfg = config()
+    img = image(1, 32, 32) * 3
+    st = stats()
+    st.extra = {"input_q999": 10.0}
+    off = predict_image(Identity(), cfg, st, img, brightness="off")
+    cfg_m = cfg.updated({"predict": {"brightness": "match"}})
+    matched = predict_image(Identity(), cfg_m, st, img)
+    f = matched.meta["brightness_factor"]
+    assert f == pytest.approx(1 / 3, rel=0.05)
+    np.testing.assert_allclose(matched.mean, off.mean, rtol=1e-4, atol=1e-4)
+    assert off.meta["brightness_factor"] == 1.0
+
+
+def test_brightness_check_in_the_streaming_path(tmp_path):
+    cfg = config()
+    with pytest.raises(InputError, match="brighter"):
+        predict_to_zarr(Identity(), cfg, _bright_stats(), image(1, 32, 32) * 3,
+                        tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+    out = predict_to_zarr(Identity(), cfg, _bright_stats(), image(1, 32, 32) * 3,
+                          tmp_path / "o.zarr", brightness="match")
+    assert out.exists()

@@ -177,7 +177,9 @@ def _switch_kind(over: dict, base_kind: str) -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="YAML config; flags below override it.")
 @click.option("--preset", "preset_name", default=None,
-              help="Start from a preset: cpu-small, paper-pavia, paper-hagen, "
+              help="Start from a preset: cpu-small, cpu-real (cpu-small for real "
+                   "acquisitions: input = sum of the channels, no clip, flips and rotations, "
+                   "predictions that add up to the input), paper-pavia, paper-hagen, "
                    "paper-critters-n0, paper-critters-n25.")
 @click.option("--data", "data_path", default=None,
               help="Multi-channel training data: a file, a folder or glob of files, or "
@@ -245,8 +247,9 @@ def train(config_path, preset_name, data_path, channel_files, split, axes, chann
     for key, val in (("kind", kind), ("lc", lc), ("filters", filters), ("depth", depth)):
         if val is not None:
             over["model"][key] = val
-    if lc == "deep" and preset_name == "cpu-small":
-        over["model"]["z_dims"] = [32] * 8
+    if lc == "deep" and preset_name in ("cpu-small", "cpu-real"):
+        width = PRESETS[preset_name]["model"]["z_dims"][0]
+        over["model"]["z_dims"] = [width] * 8
     for key, val in (("max_steps", max_steps), ("max_epochs", max_epochs),
                      ("batch_size", batch_size), ("val_every_steps", val_every),
                      ("precision", precision), ("seed", seed), ("init_from", init_from)):
@@ -296,10 +299,18 @@ def train(config_path, preset_name, data_path, channel_files, split, axes, chann
               help="Network arithmetic (default: the model's config, fp32). bf16 is about "
                    "1.6x faster for models of the paper's width on CPUs with AVX512-BF16 "
                    "or AMX and on recent GPUs.")
+@click.option("--input-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True,
+              help="Multiply INPUT by this first (another gain or exposure than training).")
+@click.option("--brightness", type=click.Choice(["check", "match", "off"]), default=None,
+              help="An INPUT more than 2x brighter or dimmer than the training mixes: refuse "
+                   "it with the reason (check, the default), rescale it to the training "
+                   "brightness and return the channels in INPUT's units (match), or go on (off).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
-            batch_size, precision, seed, overwrite, series=None, level=0):
+            batch_size, precision, seed, overwrite, series=None, level=0, input_scale=1.0,
+            brightness=None):
     """Split the superimposed image INPUT with the trained MODEL.
 
     With a .zarr output (and no --mix-channels) the image is read and predicted block by
@@ -329,7 +340,8 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
         written = splitter.predict_to_zarr(
             src, out_path, padding=padding, grid=grid, samples=samples,
             batch_size=batch_size, seed=seed, precision=precision, std=with_std,
-            overwrite=overwrite, progress=True, protect=[input_path])
+            overwrite=overwrite, progress=True, protect=[input_path], input_scale=input_scale,
+            brightness=brightness)
         click.echo(f"wrote {written}")
         return
     chans = _int_list(mix_channels, "--mix-channels") if mix_channels else None
@@ -342,7 +354,8 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
         image = src.read()[..., 0]
     pred = splitter.predict(image, padding=padding, grid=grid, samples=samples,
                             batch_size=batch_size, seed=seed, precision=precision,
-                            progress=True, pixel_size=src.pixel_size)
+                            progress=True, pixel_size=src.pixel_size, input_scale=input_scale,
+                            brightness=brightness)
     if not with_std:
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])

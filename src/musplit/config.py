@@ -146,6 +146,11 @@ class PredictConfig(_Strict):
         False, description="make each predicted sample add up to the input: the residual "
         "(input - mix of the predicted channels) is shared out in proportion to each channel's "
         "predicted variance (the Gaussian likelihood conditioned on the observed mix)")
+    brightness: Literal["check", "match", "off"] = Field(
+        "check", description="compare the image's brightness (99.9th percentile) with the "
+        "training mixes': 'check' refuses an image more than 2x brighter or dimmer (another "
+        "gain, exposure, or a mean-vs-sum mix) with the reason; 'match' rescales it to the "
+        "training brightness and returns the channels in the image's units; 'off' skips it")
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict:
@@ -287,6 +292,20 @@ PRESETS: dict[str, dict] = {
         "train": {"batch_size": 16, "max_steps": 2000, "lr_patience": 5,
                   "early_stopping_patience": 20, "precision": "32", "nll_beta": 1.0},
         "predict": {"grid": 32, "batch_size": 64},
+    },
+    # cpu-small for real acquisitions (measured in BENCHMARKS.md, "Real data"): the input is
+    # the sum of the channels (a superimposed acquisition adds photons), nothing is clipped
+    # (a pooled quantile clip falls inside the brighter channel's structures), patches are
+    # flipped and rotated (a few frames hold few objects), and predicted samples add up to the
+    # input. Narrower (16 filters) so that 1000 steps take about 5 minutes on two CPU cores.
+    "cpu-real": {
+        "name": "cpu-real",
+        "data": {"input_is_sum": True, "clip_quantile": 1.0, "augment": "d4", "pad": "reflect"},
+        "model": {"kind": "hvae", "lc": "lean", "filters": 16, "z_dims": [16, 16, 16, 16]},
+        "train": {"batch_size": 16, "max_steps": 1000, "val_every_steps": 125,
+                  "lr_patience": 3, "early_stopping_patience": 1000, "precision": "32",
+                  "nll_beta": 1.0},
+        "predict": {"grid": 32, "batch_size": 128, "samples": 3, "consistent": True},
     },
 }
 

@@ -611,8 +611,10 @@ class _Engine:
     def __init__(self, model: nn.Module, stats: NormStats, tiling: Tiling, *, samples: int,
                  seed: int, sample_mode: str | None, sample_batch: int | None,
                  batch_size: int, keep_samples: int, aleatoric: bool, normalized: bool,
-                 amp: str | None, channels_last: bool = False, consistent: bool = False):
+                 amp: str | None, channels_last: bool = False, consistent: bool = False,
+                 out_scale: float = 1.0):
         self.model, self.stats, self.tiling = model, stats, tiling
+        self.out_scale = float(out_scale)  # intensity outputs times this (brightness="match")
         self.consistent = bool(consistent)
         self.n_channels = stats.n_channels
         self.samples, self.keep_samples = samples, keep_samples
@@ -796,6 +798,12 @@ class _Engine:
             if out.samples is not None:
                 s = out.samples.reshape(*out.samples.shape[:3], -1, c)
                 out.samples = st.denormalize_target(s, axis=-1).reshape(out.samples.shape)
+            if self.out_scale != 1:
+                f = np.float32(self.out_scale)
+                for name in ("mean", "std", "aleatoric", "samples"):
+                    v = getattr(out, name)
+                    if v is not None:
+                        v *= f
         return out
 
     def run(self, stack: ContextStack, frame_idx: np.ndarray, corners: np.ndarray,
@@ -880,6 +888,68 @@ class _Canvas:
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------------------------
+#: An image whose brightness (99.9th percentile) differs from the training mixes' by more than
+#: this factor is refused (``predict.brightness = "check"``) or rescaled (``"match"``).
+BRIGHTNESS_TOLERANCE = 2.0
+BRIGHTNESS_MODES = ("check", "match", "off")
+
+
+def _sample_pixels(read, n: int, h: int, w: int, budget: int = 4_000_000) -> np.ndarray:
+    """About ``budget`` pixels of the image: up to 8 frames evenly spaced, each read whole
+    (or its central 2048² for a larger frame) and subsampled on a regular grid."""
+    picks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
+    ys = slice(max(0, (h - 2048) // 2), max(0, (h - 2048) // 2) + min(h, 2048))
+    xs = slice(max(0, (w - 2048) // 2), max(0, (w - 2048) // 2) + min(w, 2048))
+    per = budget // len(picks)
+    out = []
+    for i in picks:
+        f = np.asarray(read(int(i), ys, xs), dtype=np.float32)
+        step = max(1, int(np.sqrt(f.size / max(per, 1))))
+        out.append(f[::step, ::step].ravel())
+    return np.concatenate(out)
+
+
+def brightness_factor(pixels: np.ndarray, stats: NormStats, mode: str = "check") -> float:
+    """The factor that brings an image to the brightness of the training mixes.
+
+    The brightness is the 99.9th percentile (after ``input_scale``), compared with the one
+    recorded in ``stats.extra["input_q999"]`` at training time. Within a factor
+    :data:`BRIGHTNESS_TOLERANCE` either way the image is used as it is (1.0 is returned).
+    Beyond it, ``mode="check"`` raises :class:`InputError` with the reason and the fixes,
+    ``mode="match"`` returns the factor (and logs it), ``mode="off"`` returns 1.0. Checkpoints
+    written before musplit recorded the training brightness are not checked.
+    """
+    if mode not in BRIGHTNESS_MODES:
+        raise InputError(f"brightness must be one of {BRIGHTNESS_MODES}, got {mode!r}")
+    ref = (stats.extra or {}).get("input_q999")
+    if mode == "off" or not ref or ref <= 0 or pixels.size == 0:
+        return 1.0
+    q = float(np.quantile(pixels, 0.999))
+    if q <= 0:
+        return 1.0  # an empty (all-zero) image: nothing to compare
+    r = q / float(ref)
+    if 1 / BRIGHTNESS_TOLERANCE <= r <= BRIGHTNESS_TOLERANCE:
+        return 1.0
+    how = f"{r:.2f}x brighter" if r > 1 else f"{1 / r:.2f}x dimmer"
+    if mode == "match":
+        log.warning("the image is %s than the mixes the model was trained on (99.9th "
+                    "percentile %.4g vs %.4g): rescaled by %.4g to the training brightness; the "
+                    "channels are returned in the image's units", how, q, ref, 1 / r)
+        return 1.0 / r
+    hint = ""
+    c = stats.n_channels
+    if not stats.input_is_sum and abs(r - c) / c < 0.25:
+        hint = (f"; the model was trained on the mean of its {c} channels, and a superimposed "
+                f"acquisition records their sum (train with data.input_is_sum, or pass "
+                f"--input-scale {1 / c:g})")
+    raise InputError(
+        f"the image is {how} than the mixes the model was trained on (99.9th percentile "
+        f"{q:.4g} vs {ref:.4g}){hint}; a split at another brightness is not reliable. Pass "
+        "--brightness match (brightness='match') to rescale it to the training brightness, "
+        "--input-scale to give the factor yourself, or --brightness off if the difference is "
+        "real content")
+
+
 def _check_common(config, stats, samples, batch_size, seed, keep_samples, input_scale,
                   sample_batch):
     if not isinstance(config, Config):
@@ -1052,6 +1122,7 @@ def predict_image(
     amp: str | None = None,
     channels_last: bool = True,
     pixel_size: tuple[float, float] | None = None,
+    brightness: str | None = None,
 ) -> Prediction:
     """Split a superimposed image into its channels by tiled prediction (spec 8).
 
@@ -1110,6 +1181,11 @@ def predict_image(
         ``predicts_variance = False``, such as the MSE baselines: it would be a constant).
     input_scale : float
         Multiplies the image before clipping (spec 1.1).
+    brightness : {"check", "match", "off"}, optional
+        Compare the image's brightness with the training mixes' (:func:`brightness_factor`);
+        default ``config.predict.brightness``. With ``"match"`` the image is rescaled to the
+        training brightness and the channels are scaled back, so they stay in the image's
+        units; the factor is recorded in ``meta["brightness_factor"]``.
     amp : {"bf16", "fp16", "fp32"}, optional
         Autocast the network to bf16 or fp16 (not parity; statistics stay float32). bf16 is
         1.5-1.7x faster for models of the paper's width on a CPU with AVX512-BF16 (no faster
@@ -1148,6 +1224,10 @@ def predict_image(
     names = _channel_names(config, stats, channel_names)
     frames = _as_frames(image)
     n, h, w = (int(v) for v in frames.shape)
+    factor = brightness_factor(
+        _sample_pixels(lambda i, ys, xs: np.asarray(frames[i])[ys, xs], n, h, w) * input_scale,
+        stats, brightness or config.predict.brightness)
+    input_scale = input_scale * factor
     c = stats.n_channels
     rows, cols = tiling.shape(h, w)
     per_frame = rows * cols
@@ -1176,7 +1256,8 @@ def predict_image(
     engine = _Engine(model, stats, tiling, samples=samples, seed=seed, sample_mode=sample_mode,
                      sample_batch=sample_batch, batch_size=batch_size,
                      keep_samples=keep_samples, aleatoric=aleatoric, normalized=normalized,
-                     amp=amp, channels_last=channels_last, consistent=config.predict.consistent)
+                     amp=amp, channels_last=channels_last, consistent=config.predict.consistent,
+                     out_scale=1.0 / factor)
     n_batches = -(-total // batch_size)
     log.info("predicting %d frame(s) of %dx%d: %d tiles of %d px (patch %d, %s padding), "
              "%d sample(s), %d batch(es) on %s", n, h, w, total, tiling.grid, tiling.patch,
@@ -1198,7 +1279,8 @@ def predict_image(
     meta = _settings(config, stats, tiling, samples=samples, seed=seed, sample_mode=sample_mode,
                      normalized=normalized, input_scale=input_scale, model=model,
                      amp=amp)
-    meta.update(tiles=int(total), batch_size=int(batch_size), seconds=round(seconds, 3))
+    meta.update(tiles=int(total), batch_size=int(batch_size), seconds=round(seconds, 3),
+                brightness_factor=float(factor))
     samp = None
     if keep_samples:
         s = out["samples"].reshape(n, h, w, keep_samples, c)
@@ -1255,6 +1337,7 @@ def predict_to_zarr(
     overwrite: bool = False,
     protect: Iterable[str | os.PathLike] = (),
     pixel_size: tuple[float, float] | None = None,
+    brightness: str | None = None,
 ) -> Path:
     """Predict an image larger than memory, block by block, into OME-Zarr (ecosystem PRED-2).
 
@@ -1267,8 +1350,10 @@ def predict_to_zarr(
     Parameters
     ----------
     model, config, stats, padding, grid, samples, batch_size, seed, channel_names, normalized,
-    progress, paper_geometry, sample_mode, sample_batch, input_scale, amp, channels_last
-        As for :func:`predict_image`.
+    progress, paper_geometry, sample_mode, sample_batch, input_scale, amp, channels_last,
+    brightness
+        As for :func:`predict_image` (the brightness is measured on up to 8 frames, the
+        central 2048² of each).
     source : path-like, ImageSource or array-like
         The superimposed input: a file (TIFF, Zarr, ...) opened lazily with
         :func:`musplit.data.io.open_image`, or an array ``(H, W)``/``(N, H, W)``.
@@ -1333,6 +1418,9 @@ def predict_to_zarr(
         def read(i, ys, xs):
             return np.asarray(frames[i, ys, xs])
 
+    factor = brightness_factor(_sample_pixels(read, n, h, w) * input_scale, stats,
+                               brightness or config.predict.brightness)
+    input_scale = input_scale * factor
     c = stats.n_channels
     g = tiling.grid
     # Chunks of about 512 px (what viewers read well), aligned with the tile grid; blocks are
@@ -1348,7 +1436,8 @@ def predict_to_zarr(
     engine = _Engine(model, stats, tiling, samples=samples, seed=seed, sample_mode=sample_mode,
                      sample_batch=sample_batch, batch_size=batch_size, keep_samples=0,
                      aleatoric=aleatoric, normalized=normalized, amp=amp,
-                     channels_last=channels_last, consistent=config.predict.consistent)
+                     channels_last=channels_last, consistent=config.predict.consistent,
+                     out_scale=1.0 / factor)
     tags = {"mean": ""}
     if std and samples > 1:
         tags["std"] = "_std"
@@ -1415,7 +1504,7 @@ def predict_to_zarr(
                      normalized=normalized, input_scale=input_scale, model=model,
                      amp=amp)
     meta.update(batch_size=int(batch_size), block=int(bpx), seconds=round(seconds, 3),
-                channel_names=names)
+                channel_names=names, brightness_factor=float(factor))
     for k, p in paths.items():
         _set_zarr_meta(p, _jsonable({**meta, "quantity": k}))
     log.info("predicted %.2f Mpx into %s in %.1f s", n * h * w / 1e6, paths["mean"], seconds)

@@ -121,7 +121,10 @@ def plot_prediction(
     c = mean.shape[-1]
     names = list(channel_names) if channel_names else [f"ch{k}" for k in range(c)]
     rows = 1 + (target is not None) + (std is not None)
-    fig, axes = plt.subplots(rows, c + 1, figsize=(2.8 * (c + 1), 2.8 * rows), squeeze=False)
+    shown = inp[crop]
+    aspect = shown.shape[0] / max(shown.shape[1], 1)  # panels as tall as the crop is
+    fig, axes = plt.subplots(rows, c + 1, figsize=(2.8 * (c + 1), 2.8 * rows * max(aspect, 0.3)
+                                                   + 0.4), squeeze=False)
     axes[0, 0].imshow(inp[crop], cmap="magma")
     axes[0, 0].set_title("input (superimposed)", fontsize=9)
     for r in range(1, rows):

@@ -77,7 +77,8 @@ class Splitter:
     def predict(self, image, padding: str | None = None, grid: int | None = None,
                  samples: int | None = None, batch_size: int | None = None, *, seed: int = 0,
                  precision: str | None = None, normalized: bool = False,
-                 progress: bool = False, pixel_size: tuple[float, float] | None = None):
+                 progress: bool = False, pixel_size: tuple[float, float] | None = None,
+                 input_scale: float = 1.0, brightness: str | None = None):
         """Split ``image`` into its channels by tiled prediction (spec 8).
 
         Parameters
@@ -102,6 +103,12 @@ class Splitter:
         pixel_size : (float, float), optional
             ``(y, x)`` in micrometres, kept in the prediction and its saved files; default: the
             ImageSource's, when ``image`` is one.
+        input_scale : float
+            Multiplies the image first (another gain or exposure than the training mixes).
+        brightness : {"check", "match", "off"}, optional
+            What to do with an image more than 2x brighter or dimmer than the training mixes:
+            refuse it with the reason, rescale it (channels returned in the image's units) or
+            nothing; default ``config.predict.brightness`` ("check").
 
         Returns
         -------
@@ -126,7 +133,8 @@ class Splitter:
             padding=padding or pc.padding, grid=grid if grid is not None else pc.grid,
             samples=samples or pc.samples, batch_size=batch_size or pc.batch_size, seed=seed,
             channel_names=self._names(), normalized=normalized, progress=progress,
-            amp=precision or pc.precision, pixel_size=pixel_size,
+            amp=precision or pc.precision, pixel_size=pixel_size, input_scale=input_scale,
+            brightness=brightness,
         )
 
     def predict_to_zarr(self, source, out_path: str | os.PathLike, *,
@@ -135,7 +143,8 @@ class Splitter:
                         seed: int = 0, precision: str | None = None, std: bool = True,
                         axes: str | None = None, channel: int | str | None = None,
                         block: int = 2048, overwrite: bool = False, progress: bool = False,
-                        protect=(), pixel_size: tuple[float, float] | None = None) -> Path:
+                        protect=(), pixel_size: tuple[float, float] | None = None,
+                        input_scale: float = 1.0, brightness: str | None = None) -> Path:
         """Split an image larger than memory, block by block, into OME-Zarr.
 
         ``source`` is a file (TIFF, Zarr, ... read lazily) or an array; memory is bounded by
@@ -161,6 +170,7 @@ class Splitter:
             channel_names=self._names(), progress=progress, std=std,
             amp=precision or pc.precision, axes=axes, channel=channel, block=block,
             overwrite=overwrite, protect=protect, pixel_size=pixel_size,
+            input_scale=input_scale, brightness=brightness,
         )
 
     def _need_stats(self) -> None:

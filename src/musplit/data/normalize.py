@@ -215,6 +215,13 @@ def compute_stats(
         in_std = float(np.sqrt(pooled_var))
     if in_std <= 0 or any(s <= 0 for s in stds):
         raise InputError("training targets are constant: their standard deviation is 0")
+    # The brightness of the training mixes (99.9th percentile, a few million pixels suffice):
+    # prediction compares a user's image with it (predict.brightness).
+    flat = clipped.reshape(-1, t)
+    w = np.ones(t) if input_is_sum else np.asarray(alpha)
+    mix = flat[:: max(1, len(flat) // 4_000_000)] @ w.astype(np.float32)
+    del clipped, flat
+    q999 = float(np.quantile(mix, 0.999))
     return NormStats(
         clip_max=clip,
         input_mean=in_mean,
@@ -224,4 +231,5 @@ def compute_stats(
         alpha=alpha,
         input_is_sum=input_is_sum,
         quantile=quantile,
+        extra={"input_q999": q999},
     )
