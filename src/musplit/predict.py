@@ -894,18 +894,16 @@ BRIGHTNESS_TOLERANCE = 2.0
 BRIGHTNESS_MODES = ("check", "match", "off")
 
 
-def _sample_pixels(read, n: int, h: int, w: int, budget: int = 4_000_000) -> np.ndarray:
-    """About ``budget`` pixels of the image: up to 8 frames evenly spaced, each read whole
-    (or its central 2048² for a larger frame) and subsampled on a regular grid."""
+def _sample_pixels(read, n: int, h: int, w: int, window: int = 128, grid: int = 4) -> np.ndarray:
+    """Pixels for the brightness check: up to 8 frames evenly spaced, a ``grid x grid`` of
+    ``window``-px windows spread over each. Reading them needs memory set by the window, not
+    by the frame (the streaming path stays bounded)."""
     picks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
-    ys = slice(max(0, (h - 2048) // 2), max(0, (h - 2048) // 2) + min(h, 2048))
-    xs = slice(max(0, (w - 2048) // 2), max(0, (w - 2048) // 2) + min(w, 2048))
-    per = budget // len(picks)
-    out = []
-    for i in picks:
-        f = np.asarray(read(int(i), ys, xs), dtype=np.float32)
-        step = max(1, int(np.sqrt(f.size / max(per, 1))))
-        out.append(f[::step, ::step].ravel())
+    wy, wx = min(h, window), min(w, window)
+    ys = np.unique(np.linspace(0, h - wy, grid).round().astype(int))
+    xs = np.unique(np.linspace(0, w - wx, grid).round().astype(int))
+    out = [np.asarray(read(int(i), slice(y, y + wy), slice(x, x + wx)), dtype=np.float32).ravel()
+           for i in picks for y in ys for x in xs]
     return np.concatenate(out)
 
 
@@ -1225,7 +1223,7 @@ def predict_image(
     frames = _as_frames(image)
     n, h, w = (int(v) for v in frames.shape)
     factor = brightness_factor(
-        _sample_pixels(lambda i, ys, xs: np.asarray(frames[i])[ys, xs], n, h, w) * input_scale,
+        _sample_pixels(lambda i, ys, xs: frames[i, ys, xs], n, h, w) * input_scale,
         stats, brightness or config.predict.brightness)
     input_scale = input_scale * factor
     c = stats.n_channels
