@@ -175,6 +175,8 @@ def figure(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from musplit.report import save_figure
+
     rows = result["rows"]
     labels, lean, van = [], [], []
     for r in rows:
@@ -192,11 +194,7 @@ def figure(result: dict, path: Path) -> None:
     ax.set_title("Real data (PartSegData stack): gain per channel of each pair", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def main() -> None:

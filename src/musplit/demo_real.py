@@ -176,7 +176,7 @@ def run_pair(path, channels, out_dir: Path, *, steps: int, samples: int = 3, see
 
 def _split_figure(mix: np.ndarray, split, path: Path) -> Path:
     """The superimposed frame with the validation and test regions outlined."""
-    from musplit.report import _pyplot
+    from musplit.report import _pyplot, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
@@ -190,11 +190,7 @@ def _split_figure(mix: np.ndarray, split, path: Path) -> Path:
     ax.set_title("superimposed image; training uses everything outside the boxes", fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def _row(title: str, m: dict, names, params="", train_s=None) -> str:
