@@ -8,7 +8,7 @@ rescaled per channel by the metric). Writes ``bench/results/real_data.json``,
 ``bench/results/real_data.md`` (the BENCHMARKS.md section) and
 ``bench/figures/real_data.png``.
 
-    .venv/bin/python bench/real_data.py --steps 400       # about 35 min on 2 CPU cores
+    .venv/bin/python bench/real_data.py --steps 250       # about 25 min on 2 CPU cores
 
 It also measures what each real-data setting of the ``cpu-real`` preset is worth on pair 0+3
 (one reverted at a time).
@@ -199,7 +199,7 @@ def figure(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--steps", type=int, default=400, help="training steps per model")
+    ap.add_argument("--steps", type=int, default=250, help="training steps per model")
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--pairs", default=None, help="e.g. 0-3,1-2 (default: all 6)")
     ap.add_argument("--out", type=Path, default=None, help="run folders (default: a temp dir)")

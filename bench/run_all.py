@@ -506,7 +506,7 @@ def main() -> None:
     ap.add_argument("--compare-budget", type=float, default=120.0,
                     help="training seconds per method for --only compare (issue 5)")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--real-steps", type=int, default=400,
+    ap.add_argument("--real-steps", type=int, default=250,
                     help="training steps per model of bench/real_data.py (6 pairs x 2 models)")
     ap.add_argument("--predict-size", type=int, default=256,
                     help="frame side for the throughput runs (the issue's 2048 takes hours on "
