@@ -570,10 +570,10 @@ def test_consistent_prediction_gives_the_residual_to_the_unsure_channel():
 
 
 # -- brightness: an image at another global scale than the training mixes -----------------------
-def _bright_stats(q999=10.0, input_is_sum=False):
+def _bright_stats(q999=10.0, input_is_sum=False, q99=None):
     st = stats(m_in=5.0, s_in=3.0, m_t=(2.0, 4.0), s_t=(1.5, 2.5))
     st.input_is_sum = input_is_sum
-    st.extra = {"input_q999": q999}
+    st.extra = {"input_q999": q999} if q99 is None else {"input_q99": q99, "input_q999": q999}
     return st
 
 
@@ -585,6 +585,7 @@ def test_compute_stats_records_the_training_brightness():
     sum_mix = compute_stats(t, quantile=1.0, input_is_sum=True)
     assert mean_mix.extra["input_q999"] == pytest.approx(np.quantile(t.mean(-1), 0.999), rel=1e-3)
     assert sum_mix.extra["input_q999"] == pytest.approx(np.quantile(t.sum(-1), 0.999), rel=1e-3)
+    assert sum_mix.extra["input_q99"] == pytest.approx(np.quantile(t.sum(-1), 0.99), rel=1e-3)
     assert NormStats.from_dict(sum_mix.to_dict()).extra == sum_mix.extra
 
 
@@ -607,6 +608,32 @@ def test_an_image_at_another_brightness_is_refused_with_the_reason():
     predict_image(Identity(), cfg, _bright_stats(), np.zeros((1, 32, 32), np.float32))
     predict_image(Identity(), cfg, _bright_stats(), img * 3, brightness="off")
     predict_image(Identity(), cfg, stats(), img * 3)
+
+
+def test_sparse_foci_elsewhere_are_content_not_brightness():
+    # Training mixes with a few bright foci: their 99.9th percentile is set by the foci, the
+    # 99th by the cells. An image of the same sample with fewer foci has a much lower 99.9th
+    # percentile but the same 99th: it is predicted, not refused. Scaled 10x, both move beyond
+    # 2x (the 99.9th to 2.5x): refused. Scaled 6x, only the 99th does: predicted.
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 10, (1, 64, 64)).astype(np.float32)
+    st = _bright_stats(q999=40.0, q99=np.quantile(img, 0.99))
+    predict_image(Identity(), config(), st, img)
+    with pytest.raises(InputError, match=r"99th percentile .* 99\.9th percentile"):
+        predict_image(Identity(), config(), st, img * 10)
+    predict_image(Identity(), config(), st, img * 6)
+
+
+def test_the_brightness_sample_covers_the_frame():
+    from musplit.predict import _sample_pixels
+
+    frames = np.zeros((1, 600, 600), np.float32)
+    frames[0, 300:303, 450:453] = 1.0  # one small focus, away from any fixed window grid
+    whole = _sample_pixels(lambda i, ys, xs: frames[i, ys, xs], 1, 600, 600)
+    assert whole.size == 600 * 600 and whole.max() == 1.0
+    # a frame beyond the budget is sampled by evenly spread windows, within the budget
+    part = _sample_pixels(lambda i, ys, xs: frames[i, ys, xs], 1, 600, 600, budget=100_000)
+    assert 50_000 <= part.size <= 100_000
 
 
 def test_brightness_match_rescales_and_returns_the_image_units():

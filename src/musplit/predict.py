@@ -57,7 +57,7 @@ from torch import nn
 from musplit.config import Config
 from musplit.data.context import ContextStack
 from musplit.data.dataset import tile_corners
-from musplit.data.normalize import NormStats
+from musplit.data.normalize import BRIGHTNESS_QUANTILES, NormStats
 from musplit.errors import ConfigError, InputError, MusplitError
 
 log = logging.getLogger(__name__)
@@ -894,45 +894,73 @@ BRIGHTNESS_TOLERANCE = 2.0
 BRIGHTNESS_MODES = ("check", "match", "off")
 
 
-def _sample_pixels(read, n: int, h: int, w: int, window: int = 128, grid: int = 4) -> np.ndarray:
-    """Pixels for the brightness check: up to 8 frames evenly spaced, a ``grid x grid`` of
-    ``window``-px windows spread over each. Reading them needs memory set by the window, not
-    by the frame (the streaming path stays bounded)."""
+def _sample_pixels(read, n: int, h: int, w: int, budget: int = 4_000_000,
+                   window: int = 128) -> np.ndarray:
+    """Pixels for the brightness check: up to 8 frames evenly spaced, about ``budget`` pixels
+    in all. A frame within its share is read whole; a larger one as a grid of ``window``-px
+    windows spread evenly over it, so memory is set by the budget, not by the frame (the
+    streaming path stays bounded). Sparse content (a few bright foci) is where a small sample
+    misleads, so the sample is as large as the budget allows."""
     picks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
-    wy, wx = min(h, window), min(w, window)
-    ys = np.unique(np.linspace(0, h - wy, grid).round().astype(int))
-    xs = np.unique(np.linspace(0, w - wx, grid).round().astype(int))
-    out = [np.asarray(read(int(i), slice(y, y + wy), slice(x, x + wx)), dtype=np.float32).ravel()
-           for i in picks for y in ys for x in xs]
+    share = budget // len(picks)
+    if h * w <= share:
+        boxes = [(slice(0, h), slice(0, w))]
+    else:
+        wy, wx = min(h, window), min(w, window)
+        g = max(2, int(math.sqrt(share / (wy * wx))))
+        ys = np.unique(np.linspace(0, h - wy, g).round().astype(int))
+        xs = np.unique(np.linspace(0, w - wx, g).round().astype(int))
+        boxes = [(slice(y, y + wy), slice(x, x + wx)) for y in ys for x in xs]
+    out = [np.asarray(read(int(i), ys, xs), dtype=np.float32).ravel()
+           for i in picks for ys, xs in boxes]
     return np.concatenate(out)
 
 
-def brightness_factor(pixels: np.ndarray, stats: NormStats, mode: str = "check") -> float:
+def brightness_factor(pixels, stats: NormStats, mode: str = "check") -> float:
     """The factor that brings an image to the brightness of the training mixes.
 
-    The brightness is the 99.9th percentile (after ``input_scale``), compared with the one
-    recorded in ``stats.extra["input_q999"]`` at training time. Within a factor
-    :data:`BRIGHTNESS_TOLERANCE` either way the image is used as it is (1.0 is returned).
-    Beyond it, ``mode="check"`` raises :class:`InputError` with the reason and the fixes,
-    ``mode="match"`` returns the factor (and logs it), ``mode="off"`` returns 1.0. Checkpoints
-    written before musplit recorded the training brightness are not checked.
+    ``pixels`` is an array of the image's pixels, or a function that returns one (called only
+    when there is something to compare with, so ``"off"`` and old checkpoints read nothing).
+
+    The brightness is read at the 99th and 99.9th percentiles (after ``input_scale``) and
+    compared with those recorded in ``stats.extra`` at training time. A wrong global scale
+    (the sum given to a model trained on the mean, another detector gain, 8-bit against
+    16-bit) moves both by the same factor; different content (a region with more or fewer
+    sparse foci) moves mostly the top one. So the image counts as at another brightness only
+    when every recorded quantile is off by more than :data:`BRIGHTNESS_TOLERANCE` in the same
+    direction; the factor is their geometric mean. Then ``mode="check"`` raises
+    :class:`InputError` with the reason and the fixes, ``mode="match"`` returns the factor (and
+    logs it), ``mode="off"`` returns 1.0; otherwise 1.0 is returned. Quantiles at or below 0
+    (an empty background) are not compared; checkpoints written before musplit recorded the
+    training brightness are not checked.
     """
     if mode not in BRIGHTNESS_MODES:
         raise InputError(f"brightness must be one of {BRIGHTNESS_MODES}, got {mode!r}")
-    ref = (stats.extra or {}).get("input_q999")
-    if mode == "off" or not ref or ref <= 0 or pixels.size == 0:
+    extra = stats.extra or {}
+    refs = [(q, extra.get(key)) for q, key in zip(BRIGHTNESS_QUANTILES,
+                                                  ("input_q99", "input_q999"), strict=True)]
+    refs = [(q, float(r)) for q, r in refs if r is not None and r > 0]
+    if mode == "off" or not refs:
         return 1.0
-    q = float(np.quantile(pixels, 0.999))
-    if q <= 0:
+    pixels = np.asarray(pixels() if callable(pixels) else pixels)
+    if pixels.size == 0:
+        return 1.0
+    found = np.quantile(pixels, [q for q, _ in refs])
+    pairs = [(q, float(v), r) for (q, r), v in zip(refs, found, strict=True) if v > 0]
+    if not pairs:
         return 1.0  # an empty (all-zero) image: nothing to compare
-    r = q / float(ref)
-    if 1 / BRIGHTNESS_TOLERANCE <= r <= BRIGHTNESS_TOLERANCE:
+    ratios = [v / r for _, v, r in pairs]
+    brighter = all(x > BRIGHTNESS_TOLERANCE for x in ratios)
+    dimmer = all(x < 1 / BRIGHTNESS_TOLERANCE for x in ratios)
+    if not (brighter or dimmer):
         return 1.0
+    r = float(np.exp(np.mean(np.log(ratios))))
     how = f"{r:.2f}x brighter" if r > 1 else f"{1 / r:.2f}x dimmer"
+    seen = ", ".join(f"{100 * q:g}th percentile {v:.4g} vs {ref:.4g}" for q, v, ref in pairs)
     if mode == "match":
-        log.warning("the image is %s than the mixes the model was trained on (99.9th "
-                    "percentile %.4g vs %.4g): rescaled by %.4g to the training brightness; the "
-                    "channels are returned in the image's units", how, q, ref, 1 / r)
+        log.warning("the image is %s than the mixes the model was trained on (%s): rescaled by "
+                    "%.4g to the training brightness; the channels are returned in the image's "
+                    "units", how, seen, 1 / r)
         return 1.0 / r
     hint = ""
     c = stats.n_channels
@@ -941,11 +969,10 @@ def brightness_factor(pixels: np.ndarray, stats: NormStats, mode: str = "check")
                 f"acquisition records their sum (train with data.input_is_sum, or pass "
                 f"--input-scale {1 / c:g})")
     raise InputError(
-        f"the image is {how} than the mixes the model was trained on (99.9th percentile "
-        f"{q:.4g} vs {ref:.4g}){hint}; a split at another brightness is not reliable. Pass "
-        "--brightness match (brightness='match') to rescale it to the training brightness, "
-        "--input-scale to give the factor yourself, or --brightness off if the difference is "
-        "real content")
+        f"the image is {how} than the mixes the model was trained on ({seen}){hint}; a split "
+        "at another brightness is not reliable. Pass --brightness match (brightness='match') "
+        "to rescale it to the training brightness, --input-scale to give the factor yourself, "
+        "or --brightness off if the difference is real content")
 
 
 def _check_common(config, stats, samples, batch_size, seed, keep_samples, input_scale,
@@ -1223,7 +1250,7 @@ def predict_image(
     frames = _as_frames(image)
     n, h, w = (int(v) for v in frames.shape)
     factor = brightness_factor(
-        _sample_pixels(lambda i, ys, xs: frames[i, ys, xs], n, h, w) * input_scale,
+        lambda: _sample_pixels(lambda i, ys, xs: frames[i, ys, xs], n, h, w) * input_scale,
         stats, brightness or config.predict.brightness)
     input_scale = input_scale * factor
     c = stats.n_channels
@@ -1416,7 +1443,7 @@ def predict_to_zarr(
         def read(i, ys, xs):
             return np.asarray(frames[i, ys, xs])
 
-    factor = brightness_factor(_sample_pixels(read, n, h, w) * input_scale, stats,
+    factor = brightness_factor(lambda: _sample_pixels(read, n, h, w) * input_scale, stats,
                                brightness or config.predict.brightness)
     input_scale = input_scale * factor
     c = stats.n_channels

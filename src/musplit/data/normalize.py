@@ -14,6 +14,10 @@ import numpy as np
 
 from musplit.errors import InputError
 
+#: The quantiles of the training mixes recorded as their brightness (``NormStats.extra`` keys
+#: ``input_q99`` and ``input_q999``): prediction compares an image's with them.
+BRIGHTNESS_QUANTILES = (0.99, 0.999)
+
 
 @dataclass
 class NormStats:
@@ -215,13 +219,13 @@ def compute_stats(
         in_std = float(np.sqrt(pooled_var))
     if in_std <= 0 or any(s <= 0 for s in stds):
         raise InputError("training targets are constant: their standard deviation is 0")
-    # The brightness of the training mixes (99.9th percentile, a few million pixels suffice):
-    # prediction compares a user's image with it (predict.brightness).
+    # The brightness of the training mixes (99th and 99.9th percentiles, a few million pixels
+    # suffice): prediction compares a user's image with it (predict.brightness_factor).
     flat = clipped.reshape(-1, t)
     w = np.ones(t) if input_is_sum else np.asarray(alpha)
     mix = flat[:: max(1, len(flat) // 4_000_000)] @ w.astype(np.float32)
     del clipped, flat
-    q999 = float(np.quantile(mix, 0.999))
+    q99, q999 = (float(v) for v in np.quantile(mix, BRIGHTNESS_QUANTILES))
     return NormStats(
         clip_max=clip,
         input_mean=in_mean,
@@ -231,5 +235,5 @@ def compute_stats(
         alpha=alpha,
         input_is_sum=input_is_sum,
         quantile=quantile,
-        extra={"input_q999": q999},
+        extra={"input_q99": q99, "input_q999": q999},
     )
