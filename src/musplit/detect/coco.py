@@ -58,7 +58,8 @@ def f1_at_iou(preds: list[dict], gts: list[np.ndarray], iou: float = 0.5) -> dic
 
 def evaluate_boxes(preds: list[dict], gts: list[np.ndarray], max_dets: list[int] | None = None,
                    float_labels: bool = False) -> dict[str, float]:
-    """COCO box mAP over all images, accumulated into one evaluation (§9.6).
+    """COCO box mAP over all images, accumulated into one evaluation (docs/detection.md,
+    "Evaluation").
 
     The engine is pycocotools' ``COCOeval``, configured as torchmetrics
     ``MeanAveragePrecision(box_format="xywh", iou_type="bbox", backend="pycocotools")`` configures
@@ -125,7 +126,7 @@ def _summarize(ev, max_dets: list[int]) -> dict[str, float]:
     pycocotools' own ``summarize()`` hard-codes maxDets = 100 for its first number (AP@[.5:.95])
     whatever ``params.maxDets`` says, so a frame with 150 cells would be truncated even with
     maxDets [10, 100, 1000]; torchmetrics' pycocotools backend inherits this. Here ``map`` uses
-    the largest threshold like every other AP, as §9.6 intends.
+    the largest threshold like every other AP, as the clean evaluation intends.
     """
     p = ev.params
     prec = ev.eval["precision"]  # (T, R, K, A, M)

@@ -31,7 +31,7 @@ def read_ctc(folder: str | os.PathLike, source: str = "auto", size: int | None =
     ``folder`` is either a dataset root holding sequences (``01/t000.tif`` with masks in
     ``01_GT/SEG/man_seg000.tif`` or ``01_ST/SEG/man_seg000.tif``) or one sequence folder
     (``.../01``, masks in its sibling ``01_GT/SEG``). Images and masks are paired by their frame
-    number (never by sort order, defect 13); frames without a mask are skipped, as CTC gold
+    number (never by sort order); frames without a mask are skipped, as CTC gold
     truth is sparse; a mask without its image is an error.
 
     Parameters

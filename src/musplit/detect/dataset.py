@@ -62,7 +62,8 @@ def _file_record(root: Path, rel: str, arr: np.ndarray) -> dict:
 
 def write_dataset(out_dir: str | os.PathLike, config: SynthDatasetConfig,
                   overwrite: bool = False) -> Path:
-    """Generate ``config`` into ``out_dir`` and return the manifest path (§11.6 storage).
+    """Generate ``config`` into ``out_dir`` and return the manifest path (docs/detection.md,
+    "Determinism, splits and storage").
 
     Layout: ``images/000000.tif`` (uint16 or uint8), ``labels/000000.tif`` (uint16),
     ``meta/000000.json`` (per-cell metadata) and ``manifest.json`` (generator version, preset

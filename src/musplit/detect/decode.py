@@ -20,7 +20,7 @@ __all__ = ["decode"]
 def decode(heatmap: np.ndarray | torch.Tensor, sizes: np.ndarray | torch.Tensor,
            threshold: float = 0.75, nms_kernel: int = 3, size_scale: tuple[float, float] = (1, 1),
            clip: bool = True, constant_score: bool = False) -> dict[str, np.ndarray]:
-    """Decode one heatmap and size map into boxes (§9.5).
+    """Decode one heatmap and size map into boxes (docs/detection.md, "Decoding to boxes").
 
     Parameters
     ----------

@@ -61,7 +61,8 @@ def predict(model: nn.Module, images: np.ndarray, cfg: DetectionConfig | None = 
 def evaluate_detector(model: nn.Module, images: np.ndarray, labels: np.ndarray,
                       reference_mode: bool = False, cfg: DetectionConfig | None = None,
                       batch_size: int = 4) -> dict:
-    """Score a detector on frames with instance masks (§9.6); returns a flat metrics dict.
+    """Score a detector on frames with instance masks (docs/detection.md, "Evaluation"); returns a
+    flat metrics dict.
 
     Clean mode (default): ground truth = every instance's box from the masks, predictions
     decoded at ``candidate_threshold`` with heatmap-peak scores. Reference mode: ground truth

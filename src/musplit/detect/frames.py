@@ -15,7 +15,8 @@ __all__ = ["normalize_images"]
 
 
 def _resize_pair(img: np.ndarray, lab: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear image (no anti-aliasing) and nearest-neighbour labels to size × size (P-3)."""
+    """Bilinear image (no anti-aliasing) and nearest-neighbour labels to size × size
+    (docs/pretraining.md, "Pre-processing")."""
     t = torch.from_numpy(img.astype(np.float32))[None, None]
     im = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
     h, w = lab.shape
@@ -25,7 +26,8 @@ def _resize_pair(img: np.ndarray, lab: np.ndarray, size: int) -> tuple[np.ndarra
 
 
 def normalize_images(images: np.ndarray) -> np.ndarray:
-    """Per-image min-max to [0, 1] (P-4); constant images become zeros (defect 14)."""
+    """Per-image min-max to [0, 1]; constant images become zeros (docs/pretraining.md,
+    "Pre-processing")."""
     x = np.asarray(images)
     if x.ndim == 2:
         x = x[None]

@@ -36,14 +36,14 @@ def _with_overrides(config_cls, cfg, overrides: dict):
     return cfg
 
 
-# -- §9.1.1 MobileViT (vit-pytorch flavour) ------------------------------------------------
+# -- MobileViT (vit-pytorch flavour) -----------------------------------------------------
 def _conv_bn_silu(cin: int, cout: int, k: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
                          nn.BatchNorm2d(cout), nn.SiLU())
 
 
 class MobileViTBlock(nn.Module):
-    """MobileViT block, vit-pytorch style (§9.1.1).
+    """MobileViT block, vit-pytorch style (docs/detection.md, "Models", CCFViT).
 
     Conv3x3-BN-SiLU, Conv1x1-BN-SiLU to ``dim``, unfold into ``patch x patch`` patches as a
     batch of ``patch^2`` sequences (one per intra-patch position, one token per patch),
@@ -125,7 +125,7 @@ class _KerasTransformerBlock(nn.Module):
 
 
 class MobileViTKBlock(nn.Module):
-    """MobileViT block, Keras flavour of the TF CellCentroidFormer (§9.1.2).
+    """MobileViT block, Keras flavour of the TF CellCentroidFormer (docs/detection.md, "Models").
 
     Conv3x3(d)+swish, Conv1x1(d)+swish, ``depth`` transformer blocks with **global** attention
     over all H*W positions (2 heads, key dim d, dropout 0.1), Conv1x1(C_in)+swish, concatenate
@@ -154,9 +154,10 @@ class MobileViTKBlock(nn.Module):
         return self.conv4(torch.cat([z, y], dim=1))
 
 
-# -- §9.1.1 CCFViT -------------------------------------------------------------------------
+# -- CCFViT ------------------------------------------------------------------------------
 class _LayerNormCHW(nn.Module):
-    """LayerNorm over (C, H, W) with its shape derived from the config (defect 5)."""
+    """LayerNorm over (C, H, W) with its shape derived from the config (the reference hard-codes
+    384/48)."""
 
     def __init__(self, c: int, h: int, w: int) -> None:
         super().__init__()
@@ -194,7 +195,8 @@ class _ViTHead(nn.Module):
 
 
 class CCFViT(nn.Module):
-    """Hybrid detector: ContextBlock + ViT (all tokens) + MobileViT neck + two heads (§9.1.1).
+    """Hybrid detector: ContextBlock + ViT (all tokens) + MobileViT neck + two heads
+    (docs/detection.md, "Models").
 
     ``forward(x)`` returns a dict with ``heatmap`` (B, 1, H, W) and ``sizes`` (B, 2, H, W;
     channel 0 height, channel 1 width), and ``pcolor`` (B, 3, H, W) when ``aux_pcolor``.
@@ -279,10 +281,12 @@ class _CNNHead(nn.Module):
 
 
 class CellCentroidFormer(nn.Module):
-    """CNN detector: ContextBlock + EfficientNetV2-S trunk + MobileViT-K neck + two heads (§9.1.2).
+    """CNN detector: ContextBlock + EfficientNetV2-S trunk + MobileViT-K neck + two heads
+    (docs/detection.md, "Models").
 
     Detection mode: ``forward`` returns ``heatmap`` (B, 1, H, W) and ``sizes`` (B, 2, H, W;
-    relative h/H, w/W), both sigmoid. ``pretext=True`` (§6.1): both heads end in
+    relative h/H, w/W), both sigmoid. ``pretext=True`` (docs/pretraining.md, "Pretext models"):
+    both heads end in
     Conv3x3(32 -> ``pretext_channels``) (+ sigmoid unless ``pretext_activation=None``) and
     ``forward`` returns ``head_1`` and ``head_2``, each (B, pretext_channels, H, W).
     """

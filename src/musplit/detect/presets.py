@@ -13,7 +13,7 @@ __all__ = ["PRESETS", "preset_config"]
 
 
 def _presets() -> dict[str, SynthPresetConfig]:
-    """The six presets of §11.3 (all numbers are [ours] stand-ins for CTC datasets)."""
+    """The six presets (all numbers are our stand-ins for CTC datasets)."""
     p = {
         # Fluo-N2DH-SIM+: simulated HL60 nuclei, round, textured, bright/dark spots.
         "sim_nuclei": SynthPresetConfig(

@@ -66,7 +66,8 @@ def _make_cell(rng: np.random.Generator, cfg: SynthPresetConfig, tex: np.ndarray
         a, b = b, a
     if mitotic:
         a, b = 0.6 * a, 0.6 * b
-    # Clamp so that a fully visible cell's box is >= min_box on its short side (defect 12):
+    # Clamp so that a fully visible cell's box is >= min_box on its short side (cells under
+    # about 4 px never exceed the decoding threshold):
     # the harmonics can shrink the radius by at most sum_k eps/k.
     shrink = 1.0 - cfg.epsilon * sum(1.0 / k for k in range(2, 6))
     b_min = (cfg.min_box / 2.0 + 0.5) / max(shrink, 0.3)

@@ -93,7 +93,8 @@ class SynthFrame:
 
 def render_frame(cfg: SynthPresetConfig, rng: np.random.Generator,
                  dtype: str = "uint16") -> SynthFrame:
-    """Render one frame of preset ``cfg`` with generator ``rng`` (spec §11.2).
+    """Render one frame of preset ``cfg`` with generator ``rng`` (docs/detection.md, "Frame
+    renderer").
 
     Parameters
     ----------

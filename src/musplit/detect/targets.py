@@ -53,7 +53,7 @@ def _ellipse(h: int, w: int, cx: int, cy: int, ax: int, ay: int) -> np.ndarray:
     i.e. a diamond |x|/ax + |y|/ay <= 1 (a plus sign for (1, 1)); for larger axes a fine
     polygon whose filled pixels match ((x/(ax+0.5))^2 + (y/(ay+0.5))^2 <= 1), since boundary
     pixels are drawn. A zero axis degenerates to a line segment. Agrees with OpenCV within
-    +-1 px on the boundary (clean mode, §9.2).
+    +-1 px on the boundary (clean mode, docs/detection.md, "Targets from instance masks").
     """
     yy = (np.arange(h)[:, None] - cy).astype(np.float64)
     xx = (np.arange(w)[None, :] - cx).astype(np.float64)
@@ -75,7 +75,7 @@ def _box_filter(a: np.ndarray, kh: int, kw: int) -> np.ndarray:
 
 
 def centroid_heatmap(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Sum of per-cell blurred ellipses (§9.2): ``(H, W)`` float32; overlaps may exceed 1.
+    """Sum of per-cell blurred ellipses: ``(H, W)`` float32; overlaps may exceed 1.
 
     Per box: an ellipse of value 1 centred at (x + w//2, y + h//2) with semi-axes
     (w // 2.5, h // 2.5); if kw = w // 1.5 > 0 and kh = h // 1.5 > 0 a normalised kh x kw box
@@ -101,7 +101,7 @@ def centroid_heatmap(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def size_maps(boxes: np.ndarray, shape: tuple[int, int], scheme: str = "block3",
               relative: bool = False, image_size: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Size targets (§9.2): ``sizes`` (2, H, W) float32 (channel 0 height, 1 width), ``mask``.
+    """Size targets: ``sizes`` (2, H, W) float32 (channel 0 height, 1 width), ``mask``.
 
     scheme "block3" (ViT): a 3x3 block at (cx +- 1, cy +- 1); values in pixels, or divided by
     ``image_size`` (default max(H, W)) when ``relative``. scheme "central_half" (CNN): rows

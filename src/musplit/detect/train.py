@@ -171,7 +171,7 @@ def _init_scope(model: nn.Module, state: dict, scope: str) -> str:
     if scope != "auto":
         return scope
     if getattr(model, "variant", "") == "cnn" and any(k.startswith("neck.") for k in state):
-        return "all"  # a CNN pretext model: transfer all but the replaced final convs (§6.1)
+        return "all"  # a CNN pretext model: transfer all but the replaced final convs
     return "encoder"
 
 
@@ -181,7 +181,8 @@ def train_detector(images: np.ndarray, labels: np.ndarray, config: DetectionConf
                    steps: int | None = None, label_fraction: float = 1.0,
                    seed: int | None = None, batch: int | None = None,
                    accelerator: str = "auto") -> tuple[nn.Module, dict]:
-    """Fine-tune a detector on frames with instance masks (§9.4, §12.2).
+    """Fine-tune a detector on frames with instance masks (docs/detection.md, "Optimiser and
+    fine-tuning options"; docs/detection.md, "Experiment protocol").
 
     Parameters
     ----------

@@ -31,9 +31,9 @@ __all__ = [
 ]
 
 
-# -- §5 ContextBlock -----------------------------------------------------------------------
+# -- ContextBlock ----------------------------------------------------------------------------
 class ContextBlock(nn.Module):
-    """Intensity-gated local-contrast stem (§5): ``(r, g, b) -> (r', g, b')``, 222 parameters.
+    """Intensity-gated local-contrast stem: ``(r, g, b) -> (r', g, b')``, 222 parameters.
 
     ``r' = sigmoid(h_r(r) * g + g)`` with ``h_r = Conv1x1(10->1) o Conv3x3(1->10)`` (both with
     bias, no nonlinearity between them: faithful to both references), likewise for ``b``; the
@@ -81,7 +81,7 @@ def unpatchify(tokens: torch.Tensor, patch: int, height: int, width: int | None 
 
 
 def posemb_sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sin-cos embedding ``(h*w, dim)`` (§6.2, Beyer et al. 2022).
+    """Fixed 2-D sin-cos embedding ``(h*w, dim)`` (Beyer et al. 2022).
 
     ``omega_k = temperature^(-k / (dim/4 - 1))``; concatenates sin(x w), cos(x w), sin(y w),
     cos(y w), x first, for tokens in row-major (y, x) order.
@@ -154,7 +154,7 @@ class Transformer(nn.Module):
         return self.norm(x)
 
 
-# -- §6.2 ViT encoder and PcolorMAE --------------------------------------------------------
+# -- ViT encoder ---------------------------------------------------------------------------
 class ViTEncoder(nn.Module):
     """ContextBlock -> patchify -> LN/Linear/LN embedding + fixed sin-cos -> Transformer.
 
@@ -196,7 +196,7 @@ class ViTEncoder(nn.Module):
         return self.transformer(self.embed(x))
 
 
-# -- §9.1.2 EfficientNetV2-S trunk (written from the paper's table, random init) -------------
+# -- EfficientNetV2-S trunk (written from the paper's table, random init) -------------
 def _make_divisible(v: float, divisor: int = 8) -> int:
     new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
     if new_v < 0.9 * v:
@@ -290,7 +290,7 @@ EFFNETV2_S_STAGES = (
 
 
 class EfficientNetV2STrunk(nn.Module):
-    """EfficientNetV2-S truncated after ``block6a_expand_activation`` (§9.1.2).
+    """EfficientNetV2-S truncated after ``block6a_expand_activation`` (docs/detection.md, "Models").
 
     Stem Conv3x3/2 (24) + stages 1-5 (24, 48, 64, 128, 160 channels; stride 16 in all), then the
     1x1 expansion conv + BN + SiLU of the first block of the 256-channel stage (160 -> 960). At

@@ -90,12 +90,13 @@ class PcolorMAEOutput:
 
 
 class PcolorMAE(nn.Module):
-    """Masked autoencoder that regresses pseudo-colour patches of dropped tokens (§6.2, §4.2).
+    """Masked autoencoder that regresses pseudo-colour patches of dropped tokens
+    (docs/pretraining.md, "Pretext models").
 
     ``forward(img, target)`` drops ``floor(r N)`` tokens per sample (argsort of uniform noise, or
     the given ``masked_indices``), encodes the visible ones, decodes visible + mask tokens with a
     learned decoder position table and predicts the masked patch vectors. With r = 0 nothing is
-    dropped and every patch is predicted (§4.4; vit-pytorch forbids this).
+    dropped and every patch is predicted (vit-pytorch forbids this).
     """
 
     def __init__(self, cfg: PcolorMAEConfig | None = None, **overrides) -> None:
@@ -206,7 +207,8 @@ class PcolorMAE(nn.Module):
     def reassemble(self, out: PcolorMAEOutput, target: torch.Tensor) -> torch.Tensor:
         """Target image with the predicted patches pasted in at the masked positions.
 
-        This is the image the logged SSIM compares with ``target`` (§6.2; defect 4).
+        This is the image the logged SSIM compares with ``target`` (not the masked tokens as an
+        image).
         """
         p = self.cfg.vit.patch_size
         t = patchify(target, p).clone()

@@ -1,4 +1,5 @@
-"""The pre-training loop (spec/pcmc.md sections 7, 12.1 and 13).
+"""The pre-training loop (docs/pretraining.md, "Pre-training optimisation and joint augmentation";
+docs/pretraining.md, "PCMC for µSplit").
 
 :func:`pretrain` trains one pretext model on unlabelled frames for a fixed number of optimiser
 steps and returns a :class:`PretrainResult` whose ``encoder_state`` is ready for transfer:
@@ -11,11 +12,11 @@ model               pretext model                                transferred (ke
                                                                   ``models.load_encoder``)
 ``ccf_cnn``         CellCentroidFormer with 3-channel pretext     all but the heads' final convs
                     heads (pixel masks)                           (SimCLR: stem and backbone)
-``usplit_encoder``  µSplit encoder + pretext head (spec 13.3)     the µSplit network's encoder
+``usplit_encoder``  µSplit encoder + pretext head                 the µSplit network's encoder
                                                                   keys (``load_pretrained_encoder``)
 ==================  ===========================================  ================================
 
-Optimisation (spec 7): AdamW (default betas, weight decay 0.01), learning rate ``lr`` at batch
+Optimisation: AdamW (default betas, weight decay 0.01), learning rate ``lr`` at batch
 16 scaled linearly with the batch, cosine annealing to ``lr_min`` stepped per optimiser step
 (or per epoch in the reference-compatible schedule), optional linear warm-up. Seeds fix the
 initialisation, the batch draws, augmentations and masks.
@@ -80,7 +81,8 @@ __all__ = ["PretrainResult", "data_manifest_sha256", "load_pretrained", "lr_fact
 
 # -- schedule ------------------------------------------------------------------------------
 def lr_factor(step: int, total: int, config: PretrainConfig, steps_per_epoch: int = 1) -> float:
-    """Learning rate at ``step`` (0-based) as a fraction of the peak (spec 7).
+    """Learning rate at ``step`` (0-based) as a fraction of the peak (docs/pretraining.md,
+    "Pre-training optimisation and joint augmentation").
 
     Cosine from the peak to ``lr_min`` over ``total`` steps (``schedule="cosine"``), over
     whole epochs (``"cosine_epoch"``: the rate changes once per epoch), or constant; a linear
@@ -118,7 +120,7 @@ class _Task:
 
 
 class _ImageTask(_Task):
-    """ccf_vit and ccf_cnn: whole frames at ``image_size`` (spec 1, per-sample data flow)."""
+    """ccf_vit and ccf_cnn: whole frames at ``image_size`` (per-sample data flow)."""
 
     def __init__(self, config: PretrainConfig, images: np.ndarray, device: torch.device):
         self.config, self.device = config, device
@@ -273,7 +275,7 @@ class _ImageTask(_Task):
 
 
 class _UsplitTask(_Task):
-    """usplit_encoder (spec 13)."""
+    """usplit_encoder (docs/pretraining.md, "PCMC for µSplit")."""
 
     def __init__(self, config: PretrainConfig, images: np.ndarray, device: torch.device):
         self.config, self.device = config, device
@@ -310,7 +312,7 @@ def _check_images(images) -> np.ndarray:
         raise InputError(f"pre-training images must be real numbers, got dtype {arr.dtype}")
     if arr.shape[0] < 1 or min(arr.shape[1:]) < 1:
         raise InputError(f"pre-training images are empty: shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)  # P-2: float32 before any arithmetic
+    arr = np.ascontiguousarray(arr, dtype=np.float32)  # float32 before any arithmetic
     if not np.isfinite(arr).all():
         raise InputError("pre-training images contain NaN or Inf pixels")
     return arr

@@ -45,8 +45,8 @@ def encoder_state_dict(model: nn.Module, scope: str = "encoder") -> dict[str, to
     """The transferable weights of ``model`` (tensors detached, on CPU).
 
     scope "encoder": ``model.encoder`` (ContextBlock + patch embedding + ViT, or ContextBlock +
-    EfficientNetV2-S trunk), keys relative to the encoder. scope "all" (CNN pretext → detector,
-    §6.1): every weight except the two heads' final convolutions, keys relative to the model.
+    EfficientNetV2-S trunk), keys relative to the encoder. scope "all" (CNN pretext → detector):
+    every weight except the two heads' final convolutions, keys relative to the model.
     """
     if scope == "encoder":
         sd = model.encoder.state_dict()
@@ -66,7 +66,7 @@ def load_encoder(model: nn.Module, state: dict[str, torch.Tensor], strict: bool 
     scope "all", to the model); keys prefixed ``encoder.`` are accepted for scope "encoder" and
     other prefixed keys are then reported as skipped. Strict (default): every target key must be
     present with the same shape and no key may be left over, else :class:`CheckpointError`.
-    With scope "all" the heads' final convolutions are never loaded (they are replaced, §6.1).
+    With scope "all" the heads' final convolutions are never loaded (they are replaced).
     """
     if scope == "encoder":
         target = model.encoder
