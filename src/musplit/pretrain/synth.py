@@ -8,7 +8,8 @@ Re-exports every name that used to live here: the simulator (:mod:`musplit.detec
 
 from __future__ import annotations
 
-# Every import below is a re-export for the old import path (hence noqa: F401).
+# The imports below (but _simulator) are re-exports for the old import path (hence noqa: F401).
+from musplit.detect import simulator as _simulator
 from musplit.detect.ctc import _frame_key, read_ctc  # noqa: F401
 from musplit.detect.dataset import (  # noqa: F401
     _atomic_write,
@@ -40,17 +41,5 @@ from musplit.detect.simulator import (  # noqa: F401
     render_frame,
 )
 
-__all__ = [
-    "GENERATOR_VERSION",
-    "NAMESPACES",
-    "PRESETS",
-    "SynthFrame",
-    "frame_rng",
-    "generate",
-    "generate_frames",
-    "preset_config",
-    "read_ctc",
-    "render_frame",
-    "verify_dataset",
-    "write_dataset",
-]
+# The old module's public names: the simulator's plus storage and the CTC reader.
+__all__ = sorted([*_simulator.__all__, "read_ctc", "verify_dataset", "write_dataset"])
