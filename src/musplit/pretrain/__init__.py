@@ -1,6 +1,9 @@
-"""Self-supervised pre-training by pseudo-colorizing masked cells (PCMC, spec/pcmc.md).
+"""Self-supervised pre-training by pseudo-colorizing masked cells (PCMC; docs/pretraining.md).
 
-Submodules: ``models`` (ContextBlock, ViT/PcolorMAE, MobileViT, CCFViT, CellCentroidFormer),
-``synth`` (synthetic fluorescence cells with exact instance masks), ``detection`` (centroid-heatmap
-targets, loss, decoding, COCO evaluation). Nothing heavy is imported here.
+Submodules: ``colormap`` (the pseudo-spectral target), ``masks``, ``objectives``, ``augment``,
+``backbones`` (ContextBlock, ViT, EfficientNetV2-S trunk), ``models`` (PcolorMAE), ``transfer``
+(encoder weights between models), ``train`` (the pre-training loop), ``result`` (its result and
+checkpoint) and ``usplit`` (pre-training a µSplit encoder). The cell simulator and the detectors
+are in :mod:`musplit.detect`; ``synth`` and ``detection`` here are their old import paths.
+Nothing heavy is imported here.
 """

@@ -1,10 +1,11 @@
-"""Joint geometric augmentation (spec/pcmc.md section 7) and SimCLR views (section 8.2).
+"""Joint geometric augmentation and SimCLR views (docs/pretraining.md, "Pre-training optimisation
+and joint augmentation"; docs/pretraining.md, "Baselines").
 
 One parameter draw (:func:`draw_params`) is applied identically to everything that belongs to
 a sample -- the image, its label image, its target -- so they stay aligned (the reference's
-batch-concatenation trick drew separate parameters for inputs and targets, defect 7).
+batch-concatenation trick drew separate parameters for inputs and targets).
 
-The §7 steps per sample, in order: horizontal flip (p 0.5), vertical flip (p 0.5), a random
+The steps per sample, in order: horizontal flip (p 0.5), vertical flip (p 0.5), a random
 crop of 90 % of the side placed uniformly, rotation by an angle uniform in ±72° (bilinear,
 reflect padding at the crop's border), bilinear resize back to the input size. The rotation and
 the resize are done as one resampling (one interpolation instead of two). Label images use
@@ -62,7 +63,7 @@ class AugmentParams:
 def draw_params(batch: int, size: tuple[int, int], rng: np.random.Generator, *,
                 crop_frac: float = 0.9, max_angle: float = 72.0, p_flip: float = 0.5
                 ) -> AugmentParams:
-    """Draw the §7 parameters for ``batch`` samples of ``size = (H, W)``.
+    """Draw the joint-augmentation parameters for ``batch`` samples of ``size = (H, W)``.
 
     The crop side is ``floor(crop_frac * side)`` (345 of 384); flips have probability
     ``p_flip`` each; the angle is uniform in ``[-max_angle, max_angle]`` degrees.
@@ -82,7 +83,7 @@ def draw_params(batch: int, size: tuple[int, int], rng: np.random.Generator, *,
 
 
 def simclr_params(batch: int, size: tuple[int, int], rng: np.random.Generator) -> AugmentParams:
-    """SimCLR view geometry (spec 8.2): crop 202/384 of the side, rotation ±36°, no flips."""
+    """SimCLR view geometry: crop 202/384 of the side, rotation ±36°, no flips."""
     return draw_params(batch, size, rng, crop_frac=202 / 384, max_angle=36.0, p_flip=0.0)
 
 
@@ -145,7 +146,8 @@ def augment_pair(image: Tensor, labels: Tensor, params: AugmentParams) -> tuple[
 def augment_with_target(u: Tensor, params: AugmentParams, *, colormap: str = "nipy_spectral",
                         quantize: bool = True, mode: str = "clean",
                         target_fn=None) -> tuple[Tensor, Tensor]:
-    """Augment normalised images ``u (B, H, W)`` and build their target (spec 7).
+    """Augment normalised images ``u (B, H, W)`` and build their target (docs/pretraining.md,
+    "Pre-training optimisation and joint augmentation").
 
     Parameters
     ----------
@@ -175,7 +177,7 @@ def augment_with_target(u: Tensor, params: AugmentParams, *, colormap: str = "ni
 
 
 def photometric(u: Tensor, rng: np.random.Generator) -> Tensor:
-    """SimCLR colour jitter (spec 8.2): contrast ``(u - mean) f + mean`` with ``f`` in
+    """SimCLR colour jitter: contrast ``(u - mean) f + mean`` with ``f`` in
     [0.7, 1.3], then brightness ``+ delta`` with ``delta`` in [-0.3, 0.3], clipped to [0, 1];
     one draw per sample of ``u (B, H, W)``."""
     b = u.shape[0]

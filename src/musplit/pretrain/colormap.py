@@ -1,4 +1,4 @@
-"""The pseudo-spectral target of PCMC (spec/pcmc.md section 3).
+"""The pseudo-spectral target of PCMC (docs/pretraining.md, "The pseudo-spectral target").
 
 ``pcolor(u)`` maps a min-max normalised grayscale image ``u`` in [0, 1] to the RGB part of
 matplotlib's ``nipy_spectral`` colormap, bit-compatible with matplotlib's 256-entry lookup table
@@ -9,7 +9,7 @@ vendored here, so matplotlib is not needed at run time, except for ``viridis`` (
 listed map that is loaded from matplotlib rather than copied by hand).
 
 Two pitfalls are refused rather than reproduced: integer input (matplotlib reads integers as
-direct LUT indices, so an un-normalised uint16 image becomes grey, reference defect 3) and NaN
+direct LUT indices, so an un-normalised uint16 image becomes grey) and NaN
 (matplotlib's transparent "bad" colour).
 
 Channels come first: ``(..., H, W)`` in, ``(..., 3, H, W)`` out, for numpy arrays and torch
@@ -27,7 +27,7 @@ from musplit.errors import InputError
 
 __all__ = ["COLORMAPS", "N_LUT", "control_points", "lut", "minmax_normalize", "pcolor"]
 
-#: Colormaps the pretext target can use (spec 3.5); ``gray`` is the masked-gray control.
+#: Colormaps the pretext target can use; ``gray`` is the masked-gray control.
 COLORMAPS = ("nipy_spectral", "rainbow", "seismic", "viridis", "gray")
 #: Entries of every lookup table (matplotlib's default ``N``).
 N_LUT = 256
@@ -87,7 +87,7 @@ def control_points(name: str) -> tuple[np.ndarray, np.ndarray]:
     """The control points of a colormap: ``x (K,)`` in [0, 1] and ``rgb (K, 3)``.
 
     ``rainbow`` is defined by functions; its "control points" are a dense sampling (4097
-    points), close enough to the functions for the continuous variant (spec 3.3, ablation A6).
+    points), close enough to the functions for the continuous variant (ablation A6).
     """
     _check_name(name)
     if name == "nipy_spectral":
@@ -124,7 +124,7 @@ def _lut64(name: str) -> np.ndarray:
 def lut(name: str = "nipy_spectral") -> np.ndarray:
     """The 256-entry lookup table of a colormap, float32 ``(256, 3)`` (a copy).
 
-    Entry ``i`` is the colormap at ``i/255`` (spec 3.3). ``gray`` has one too (``(i/255,) * 3``)
+    Entry ``i`` is the colormap at ``i/255``. ``gray`` has one too (``(i/255,) * 3``)
     although its target is not quantised.
     """
     _check_name(name)
@@ -148,7 +148,8 @@ def _check_input(u) -> None:
 
 
 def pcolor(u, name: str = "nipy_spectral", *, quantize: bool = True):
-    """Pseudo-colour a normalised grayscale image (spec 3.1-3.5).
+    """Pseudo-colour a normalised grayscale image (docs/pretraining.md, "The pseudo-spectral
+    target").
 
     Parameters
     ----------
@@ -216,19 +217,20 @@ def _pcolor_torch(u: torch.Tensor, name: str, quantize: bool) -> torch.Tensor:
 
 
 def minmax_normalize(x, percentiles: tuple[float, float] | None = None):
-    """Per-image min-max normalisation over the last two axes (spec 2, P-4).
+    """Per-image min-max normalisation over the last two axes (docs/pretraining.md,
+    "Pre-processing").
 
     Parameters
     ----------
     x : numpy.ndarray or torch.Tensor, shape (..., H, W)
-        Any real dtype; cast to float32 first (P-2).
+        Any real dtype; cast to float32 first.
     percentiles : (float, float), optional
         Clip to these percentiles (0-100) of each image before scaling (hot-pixel guard).
 
     Returns
     -------
     same type as ``x``, float32, values in [0, 1]
-        A constant image gives zeros (not its raw values, reference defect 14).
+        A constant image gives zeros (not its raw values, as the TF reference does).
     """
     is_torch = isinstance(x, torch.Tensor)
     t = x.float() if is_torch else torch.from_numpy(np.asarray(x, dtype=np.float32))

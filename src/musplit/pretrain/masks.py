@@ -1,4 +1,4 @@
-"""Masking schemes of PCMC and its baselines (spec/pcmc.md section 4).
+"""Masking schemes of PCMC and its baselines (docs/pretraining.md, "Masking schemes").
 
 * :func:`padded_mask` -- the paper's padded masks (4.1): a grid of ``P x P`` candidate patches
   with a gap of ``P // 2`` between and around them, each zeroed with probability ``p``.
@@ -10,7 +10,7 @@
 Pixel masks are boolean arrays, ``True`` where the pixel is masked, drawn from a
 ``numpy.random.Generator`` (the data pipeline runs in numpy). Grids are anchored at pixel
 ``(0, 0)`` of the array they are drawn for, so a mask drawn for a whole frame is anchored in frame
-coordinates (spec 13.4).
+coordinates (docs/pretraining.md, "PCMC for µSplit").
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def padded_mask(
     per_sample: bool = True,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Padded masks (spec 4.1).
+    """Padded masks (the paper's proposal).
 
     Patch ``(i, j)`` covers rows ``[g + i s, g + i s + P)`` and the same columns, with gap
     ``g = P // 2`` and stride ``s = P + g``; each of the ``n_r x n_c`` candidates is masked
@@ -130,7 +130,7 @@ def block_mask(
     ratio: float = 0.75,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """MAE-style block masks in pixel space (spec 4.3, CNN baseline).
+    """MAE-style block masks in pixel space (CNN baseline).
 
     The image is tiled by ``block x block`` cells from ``(0, 0)`` (``floor(H/b) x floor(W/b)``
     cells; a remainder strip is never masked) and exactly ``round(ratio n)`` of the ``n`` cells
@@ -161,7 +161,7 @@ def block_mask(
 
 
 def no_mask(height: int, width: int, *, batch: int = 1) -> np.ndarray:
-    """Nothing masked (spec 4.4): all False, shape (batch, H, W)."""
+    """Nothing masked: all False, shape (batch, H, W)."""
     _check_hw(height, width)
     return np.zeros((batch, height, width), dtype=bool)
 
@@ -174,14 +174,14 @@ def token_mask(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MAE token masking (spec 4.2): per sample, ``argsort`` of uniform noise.
+    """MAE token masking: per sample, ``argsort`` of uniform noise.
 
     Parameters
     ----------
     batch, n_tokens : int
     ratio : float
         In [0, 1); ``floor(ratio * n_tokens)`` tokens are masked (760 of 2304 at 0.33). 0 masks
-        nothing (spec 4.4).
+        nothing.
     generator : torch.Generator, optional
     device : optional
 

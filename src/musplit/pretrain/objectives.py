@@ -1,5 +1,6 @@
 """The pretext objectives, one registry for detection and decomposition pre-training
-(spec/pcmc.md sections 6.3, 8 and 13.5).
+(docs/pretraining.md, "Pretext models"; docs/pretraining.md, "Baselines"; docs/pretraining.md,
+"PCMC for µSplit").
 
 =============  =========================  ==================================  ================
 objective      target                     loss                                default region
@@ -93,7 +94,8 @@ def get_objective(name: str) -> Objective:
 
 
 def default_mask(objective: str, model: str) -> dict:
-    """The default :class:`MaskConfig` data of an objective on a model (spec 4, 8.3, 13.4-13.5).
+    """The default :class:`MaskConfig` data of an objective on a model (docs/pretraining.md,
+    "Masking schemes").
 
     ``model`` is ``ccf_vit`` (token masks), ``ccf_cnn`` (pixel masks at 384 px) or
     ``usplit_encoder`` (pixel masks on 64-px patches).
@@ -133,7 +135,7 @@ def make_target(objective: str, u: Tensor, colormap: str = "nipy_spectral",
 
 
 def edge_target(u, *, low: float = 30.0, high: float = 100.0):
-    """Binary edge maps of normalised images (spec 8.4), with scikit-image.
+    """Binary edge maps of normalised images, with scikit-image.
 
     Per image: ``u8 = round(255 u)``, bilateral filter (7 x 7 window, sigma_colour 50 and
     sigma_space 50 in 8-bit units), Canny with hysteresis thresholds ``low``/``high`` on the
@@ -183,7 +185,7 @@ def edge_pos_weight(target: Tensor) -> Tensor:
 
 
 def edge_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """BCE with logits, each sample weighted by its own pos_weight (spec 8.4); mean over
+    """BCE with logits, each sample weighted by its own pos_weight; mean over
     pixels and samples."""
     w = edge_pos_weight(target).view(-1, *([1] * (target.ndim - 1)))
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=w)
@@ -208,7 +210,7 @@ def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1, *,
             intra_view_negatives: bool = False) -> Tensor:
-    """NT-Xent of two batches of L2-normalised embeddings ``(B, D)`` (spec 8.2).
+    """NT-Xent of two batches of L2-normalised embeddings ``(B, D)``.
 
     Default (the reference): logits ``z1 z2^T / tau`` (B x B, cross-view only, ``B - 1``
     negatives per anchor), cross-entropy with diagonal targets in both directions, averaged.
@@ -231,7 +233,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1, *,
 
 
 class ProjectionHead(nn.Module):
-    """SimCLR projection (spec 8.2): Dense 256 -> 128 -> 64, ReLU after every layer including
+    """SimCLR projection: Dense 256 -> 128 -> 64, ReLU after every layer including
     the last (as the reference), then L2 normalisation.
 
     Parameters

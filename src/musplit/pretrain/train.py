@@ -1,4 +1,5 @@
-"""The pre-training loop (spec/pcmc.md sections 7, 12.1 and 13).
+"""The pre-training loop (docs/pretraining.md, "Pre-training optimisation and joint augmentation";
+docs/pretraining.md, "PCMC for µSplit").
 
 :func:`pretrain` trains one pretext model on unlabelled frames for a fixed number of optimiser
 steps and returns a :class:`PretrainResult` whose ``encoder_state`` is ready for transfer:
@@ -11,11 +12,11 @@ model               pretext model                                transferred (ke
                                                                   ``models.load_encoder``)
 ``ccf_cnn``         CellCentroidFormer with 3-channel pretext     all but the heads' final convs
                     heads (pixel masks)                           (SimCLR: stem and backbone)
-``usplit_encoder``  µSplit encoder + pretext head (spec 13.3)     the µSplit network's encoder
+``usplit_encoder``  µSplit encoder + pretext head                 the µSplit network's encoder
                                                                   keys (``load_pretrained_encoder``)
 ==================  ===========================================  ================================
 
-Optimisation (spec 7): AdamW (default betas, weight decay 0.01), learning rate ``lr`` at batch
+Optimisation: AdamW (default betas, weight decay 0.01), learning rate ``lr`` at batch
 16 scaled linearly with the batch, cosine annealing to ``lr_min`` stepped per optimiser step
 (or per epoch in the reference-compatible schedule), optional linear warm-up. Seeds fix the
 initialisation, the batch draws, augmentations and masks.
@@ -26,22 +27,20 @@ pre-training config, the data-manifest hash, the loss log and the key map used f
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from musplit.checkpoint import load_checkpoint, save_checkpoint
-from musplit.errors import CheckpointError, InputError, MusplitError
+from musplit.data.context import apply_d4
+from musplit.detect.models import CellCentroidFormer
+from musplit.errors import InputError, MusplitError
 from musplit.pretrain.augment import apply as apply_aug
 from musplit.pretrain.augment import (
     augment_with_target,
@@ -49,8 +48,11 @@ from musplit.pretrain.augment import (
     photometric,
     simclr_params,
 )
+from musplit.pretrain.backbones import patchify
 from musplit.pretrain.colormap import minmax_normalize
-from musplit.pretrain.masks import apply_mask, make_mask
+from musplit.pretrain.config import PcolorMAEConfig
+from musplit.pretrain.masks import apply_mask, make_mask, token_mask
+from musplit.pretrain.models import PcolorMAE
 from musplit.pretrain.objectives import (
     ProjectionHead,
     edge_loss,
@@ -61,133 +63,26 @@ from musplit.pretrain.objectives import (
     reconstruction_loss,
 )
 from musplit.pretrain.pretext_config import PretrainConfig
+from musplit.pretrain.result import (  # noqa: F401  (CHECKPOINT_KIND: old import path)
+    CHECKPOINT_KIND,
+    HEAD_PREFIX,
+    PretrainResult,
+    data_manifest_sha256,
+    load_pretrained,
+)
+from musplit.pretrain.transfer import encoder_state_dict
+from musplit.pretrain.usplit import UsplitPretext, UsplitPretextData, pretext_loss
 
 log = logging.getLogger(__name__)
 
+# PretrainResult, data_manifest_sha256 and load_pretrained live in musplit.pretrain.result and
+# are re-exported here (their old import path).
 __all__ = ["PretrainResult", "data_manifest_sha256", "load_pretrained", "lr_factor", "pretrain"]
-
-HEAD_PREFIX = "pretext_head."
-CHECKPOINT_KIND = "musplit-pretrain"
-
-
-def data_manifest_sha256(images: np.ndarray) -> str:
-    """Content hash of the pre-training data (shape, dtype and bytes)."""
-    arr = np.ascontiguousarray(images)
-    h = hashlib.sha256()
-    h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
-    h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()
-
-
-@dataclass
-class PretrainResult:
-    """What :func:`pretrain` returns (and :func:`load_pretrained` reads back).
-
-    Attributes
-    ----------
-    config : PretrainConfig
-    encoder_state : dict of str to Tensor
-        The transferred weights, in the key names of the model they load into.
-    state_dict : dict of str to Tensor
-        ``encoder_state`` plus the pretext-only weights under ``pretext_head.`` (the
-        checkpoint's content; a strict transfer reports exactly those as unused).
-    key_map : dict of str to str
-        Pretext-model key -> transfer key of every transferred tensor.
-    log : list of float
-        Loss per optimiser step.
-    steps, seed : int
-    data_manifest_sha256 : str
-    extra : dict
-        Provenance: data shape, skipped steps, run time, backends.
-    path : Path or None
-        Where it was saved or loaded from.
-    """
-
-    config: PretrainConfig
-    encoder_state: dict[str, Tensor]
-    state_dict: dict[str, Tensor]
-    key_map: dict[str, str]
-    log: list[float]
-    steps: int
-    seed: int
-    data_manifest_sha256: str
-    extra: dict = field(default_factory=dict)
-    path: Path | None = None
-
-    @property
-    def head_keys(self) -> list[str]:
-        """The pretext-only keys of :attr:`state_dict`."""
-        return sorted(k for k in self.state_dict if k.startswith(HEAD_PREFIX))
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the checkpoint atomically (temporary name, then rename)."""
-        extra = {
-            "kind": CHECKPOINT_KIND,
-            "objective": self.config.pretext.objective,
-            "model": self.config.model,
-            "scope": self.config.scope,
-            "steps": self.steps,
-            "seed": self.seed,
-            "data_manifest_sha256": self.data_manifest_sha256,
-            "key_map": self.key_map,
-            "head_keys": self.head_keys,
-            "log": [float(v) for v in self.log],
-            **{k: v for k, v in self.extra.items() if k not in ("stats",)},
-        }
-        out = save_checkpoint(path, state_dict=self.state_dict,
-                              config=self.config.model_dump(mode="json"),
-                              stats=self.extra.get("stats"), extra=extra)
-        self.path = Path(out)
-        return self.path
-
-
-def load_pretrained(path: str | os.PathLike) -> PretrainResult:
-    """Read a pre-training checkpoint written by :meth:`PretrainResult.save`.
-
-    Raises
-    ------
-    CheckpointError
-        Not a file, unsafe or unreadable, or a checkpoint of another kind (e.g. a trained
-        µSplit model).
-    """
-    try:
-        payload = load_checkpoint(path)
-    except MusplitError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        # musplit.checkpoint.load_checkpoint lets some unpickler errors on non-checkpoint files
-        # through (e.g. IndexError on a text file); they mean the same thing here.
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") \
-            from None
-    extra = payload.get("extra") or {}
-    if extra.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(f"{path} is not a pre-training checkpoint (musplit pretrain "
-                              "writes them)")
-    try:
-        config = PretrainConfig.model_validate(payload["config"])
-    except ValueError as e:
-        raise CheckpointError(f"{path}: its pre-training config is invalid ({e})") from None
-    state = payload["state_dict"]
-    keep = ("kind", "objective", "model", "scope", "steps", "seed", "data_manifest_sha256",
-            "key_map", "head_keys", "log")
-    return PretrainResult(
-        config=config,
-        encoder_state={k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)},
-        state_dict=state,
-        key_map=dict(extra.get("key_map", {})),
-        log=list(extra.get("log", [])),
-        steps=int(extra.get("steps", 0)),
-        seed=int(extra.get("seed", 0)),
-        data_manifest_sha256=str(extra.get("data_manifest_sha256", "")),
-        extra={**{k: v for k, v in extra.items() if k not in keep},
-               "stats": payload.get("stats")},
-        path=Path(path),
-    )
-
 
 # -- schedule ------------------------------------------------------------------------------
 def lr_factor(step: int, total: int, config: PretrainConfig, steps_per_epoch: int = 1) -> float:
-    """Learning rate at ``step`` (0-based) as a fraction of the peak (spec 7).
+    """Learning rate at ``step`` (0-based) as a fraction of the peak (docs/pretraining.md,
+    "Pre-training optimisation and joint augmentation").
 
     Cosine from the peak to ``lr_min`` over ``total`` steps (``schedule="cosine"``), over
     whole epochs (``"cosine_epoch"``: the rate changes once per epoch), or constant; a linear
@@ -225,11 +120,9 @@ class _Task:
 
 
 class _ImageTask(_Task):
-    """ccf_vit and ccf_cnn: whole frames at ``image_size`` (spec 1, per-sample data flow)."""
+    """ccf_vit and ccf_cnn: whole frames at ``image_size`` (per-sample data flow)."""
 
     def __init__(self, config: PretrainConfig, images: np.ndarray, device: torch.device):
-        from musplit.pretrain import models as pm
-
         self.config, self.device = config, device
         self.obj = get_objective(config.pretext.objective)
         pt = config.pretext
@@ -252,7 +145,7 @@ class _ImageTask(_Task):
             ratio = mask.ratio if mask.kind == "tokens" else 0.0
             zero = bool(mask.kind == "tokens" and mask.zero_masked_pixels_before_stem)
             self.ratio = ratio
-            mae = pm.PcolorMAE(pm.PcolorMAEConfig(
+            mae = PcolorMAE(PcolorMAEConfig(
                 vit=config.vit, decoder_dim=pt.decoder_dim, decoder_depth=pt.decoder_depth,
                 decoder_heads=pt.decoder_heads, decoder_dim_head=pt.decoder_dim_head,
                 decoder_mlp_dim=pt.decoder_mlp_dim, masking_ratio=ratio,
@@ -264,15 +157,15 @@ class _ImageTask(_Task):
                 self.module = mae
         else:
             if self.simclr:
-                det = pm.CellCentroidFormer(config.cnn)
+                det = CellCentroidFormer(config.cnn)
                 enc = det.encoder
                 self.module = nn.ModuleDict({"encoder": enc, "projection": ProjectionHead(
                     enc.out_channels, tuple(pt.projection))})
             else:
                 sig = "sigmoid" if self.obj.target in ("pcolor", "gray") else None
-                self.module = pm.CellCentroidFormer(config.cnn, pretext=True,
-                                                    pretext_channels=out_ch,
-                                                    pretext_activation=sig)
+                self.module = CellCentroidFormer(config.cnn, pretext=True,
+                                                 pretext_channels=out_ch,
+                                                 pretext_activation=sig)
         self.module.to(device)
 
     # -- data --------------------------------------------------------------------------
@@ -302,8 +195,6 @@ class _ImageTask(_Task):
             params = draw_params(len(u), tuple(u.shape[-2:]), rng)
             return augment_with_target(u, params, mode=self.config.mode, target_fn=fn)
         if aug == "d4":
-            from musplit.data.context import apply_d4
-
             u = torch.stack([apply_d4(v, int(rng.integers(0, 8))) for v in u])
         return u, fn(u)
 
@@ -339,8 +230,6 @@ class _ImageTask(_Task):
                               masked_indices=masked)
             if self.obj.loss == "mse":
                 return out.loss
-            from musplit.pretrain.models import patchify
-
             p = self.config.vit.patch_size
             bidx = torch.arange(x.shape[0], device=dev)[:, None]
             tgt = patchify(target, p)[bidx, out.masked_indices]
@@ -356,8 +245,6 @@ class _ImageTask(_Task):
         return sum(reconstruction_loss(h, target, mask, region) for h in heads)
 
     def _token_draw(self, b: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        from musplit.pretrain.masks import token_mask
-
         n = self.module.num_patches
         masked, visible = token_mask(b, n, self.ratio, generator=gen)
         return masked.to(self.device), visible.to(self.device)
@@ -369,8 +256,6 @@ class _ImageTask(_Task):
 
     # -- transfer ------------------------------------------------------------------------
     def transfer(self) -> tuple[dict, dict, dict]:
-        from musplit.pretrain.models import encoder_state_dict
-
         if self.simclr:
             enc = {k: v.detach().cpu().clone() for k, v in
                    self.module["encoder"].state_dict().items()}
@@ -390,11 +275,9 @@ class _ImageTask(_Task):
 
 
 class _UsplitTask(_Task):
-    """usplit_encoder (spec 13)."""
+    """usplit_encoder (docs/pretraining.md, "PCMC for µSplit")."""
 
     def __init__(self, config: PretrainConfig, images: np.ndarray, device: torch.device):
-        from musplit.pretrain.usplit import UsplitPretext, UsplitPretextData
-
         self.config, self.device = config, device
         self.data = UsplitPretextData(images, config)
         pt = config.pretext
@@ -405,8 +288,6 @@ class _UsplitTask(_Task):
         return self.data.sample(size, rng)
 
     def loss(self, batch: dict, gen: torch.Generator) -> Tensor:
-        from musplit.pretrain.usplit import pretext_loss
-
         b = {k: v.to(self.device) for k, v in batch.items()}
         return pretext_loss(self.module, b, self.config)
 
@@ -431,7 +312,7 @@ def _check_images(images) -> np.ndarray:
         raise InputError(f"pre-training images must be real numbers, got dtype {arr.dtype}")
     if arr.shape[0] < 1 or min(arr.shape[1:]) < 1:
         raise InputError(f"pre-training images are empty: shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)  # P-2: float32 before any arithmetic
+    arr = np.ascontiguousarray(arr, dtype=np.float32)  # float32 before any arithmetic
     if not np.isfinite(arr).all():
         raise InputError("pre-training images contain NaN or Inf pixels")
     return arr
@@ -556,6 +437,4 @@ def _make_task(config: PretrainConfig, images: np.ndarray, device: torch.device)
 def _progress(steps: int, enabled: bool):
     if not enabled or not sys.stderr.isatty():
         return range(steps)
-    from tqdm.auto import tqdm
-
     return tqdm(range(steps), desc="pretrain", unit="step", leave=False)
