@@ -210,7 +210,9 @@ def _check_common(patch, scales, pad, alignment) -> tuple[int, int]:
     return int(patch), int(scales)
 
 
-def _as_corners(corners) -> np.ndarray:
+def as_corners(corners) -> np.ndarray:
+    """Primary-patch corners as an int64 ``(K, 2)`` array (one ``(2,)`` corner is ``K = 1``);
+    non-integer corners are refused."""
     c = np.asarray(corners)
     if c.ndim == 1 and c.shape[0] == 2:
         c = c[None]
@@ -444,7 +446,7 @@ class ContextStack:
                 rows[:, s] = (u % k) * (k * qr * qc) + (u // k) * qc + self._offsets[s]
                 cols[:, s] = (v % k) * (qr * qc) + v // k
         if transform is not None:
-            rows, cols = _d4_terms(rows, cols, np.asarray(transform))
+            rows, cols = d4_terms(rows, cols, np.asarray(transform))
         base = (slots * self.frame_size)[:, None, None, None]
         return base + rows[..., :, None] + cols[..., None, :]
 
@@ -468,7 +470,7 @@ class ContextStack:
             Scale 0 is the primary crop; scale ``s`` is centred exactly on ``corner + P/2``
             (or by the floor rule with ``alignment="floor"``).
         """
-        corners = _as_corners(corners)
+        corners = as_corners(corners)
         frame_idx = np.asarray(frame_idx).astype(np.int64).reshape(-1)
         if len(frame_idx) != len(corners):
             raise InputError(f"{len(frame_idx)} frame indices for {len(corners)} corners")
@@ -531,7 +533,7 @@ def apply_d4(x, t: int, *, inverse: bool = False):
     return x
 
 
-def _d4_terms(rows: np.ndarray, cols: np.ndarray, t: np.ndarray):
+def d4_terms(rows: np.ndarray, cols: np.ndarray, t: np.ndarray):
     """Row/column index terms (K, S, P) after dihedral transform ``t`` (K,).
 
     Bit 2 of ``t`` transposes, then bit 0 flips rows, bit 1 flips columns (the order of
@@ -591,6 +593,11 @@ def lateral_context(
         raise InputError(f"image must be 2-D (H, W), got shape {img.shape}")
     if img.dtype.kind not in "fiub":
         raise InputError(f"image must be numeric, got dtype {img.dtype}")
-    corners = _as_corners(corners)
+    corners = as_corners(corners)
     stack = ContextStack(img[None], patch, scales, pad, alignment)
     return stack.crops(np.zeros(len(corners), dtype=np.int64), corners)
+
+
+# The old private names (musplit.data.dataset imported them before they were public).
+_as_corners = as_corners
+_d4_terms = d4_terms
