@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from musplit.errors import InputError
+from musplit.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -211,9 +212,8 @@ def hagen_split(n_frames: int) -> Split:
 def save_split(split: Split, path: str | os.PathLike) -> Path:
     """Write the split as JSON (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(split.to_dict(), indent=1))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(split.to_dict(), indent=1))
     return path
 
 
