@@ -93,17 +93,18 @@ def _check_codecs(page: Any, name: str) -> None:
         )
     comp = int(page.compression)
     if comp != 1:
-        try:
-            tifffile.TIFF.DECOMPRESSORS[comp]
-        except KeyError as exc:
-            raise _codec_error(name, str(exc)) or InputError(
-                f"{name} uses compression {comp}, which tifffile cannot decode"
-            ) from None
+        _require_codec(tifffile.TIFF.DECOMPRESSORS, comp, "compression", name)
     pred = int(getattr(page, "predictor", 1) or 1)
     if pred != 1 and comp not in tifffile.TIFF.IMAGE_COMPRESSIONS:
-        try:
-            tifffile.TIFF.UNPREDICTORS[pred]
-        except KeyError as exc:
-            raise _codec_error(name, str(exc)) or InputError(
-                f"{name} uses predictor {pred}, which tifffile cannot decode"
-            ) from None
+        _require_codec(tifffile.TIFF.UNPREDICTORS, pred, "predictor", name)
+
+
+def _require_codec(table: Any, code: int, what: str, name: str) -> None:
+    """Look ``code`` up in one of tifffile's codec tables (``DECOMPRESSORS``, ``UNPREDICTORS``);
+    refuse the file when the codec is missing or unknown."""
+    try:
+        table[code]
+    except KeyError as exc:
+        raise _codec_error(name, str(exc)) or InputError(
+            f"{name} uses {what} {code}, which tifffile cannot decode"
+        ) from None

@@ -102,6 +102,11 @@ def _region(region: Any, height: int, width: int, name: str) -> tuple[slice, sli
     return y, x
 
 
+def _canonical_dim(axis: int, doc: str) -> property:
+    """A read-only property: one element of ``self._canonical`` (``(N, H, W, C)``)."""
+    return property(lambda self: self._canonical[axis], doc=doc)
+
+
 class ImageSource:
     """A lazily read N-D image with an axes string, seen as ``(N, H, W, C)`` frames.
 
@@ -196,21 +201,10 @@ class ImageSource:
         """``(N, H, W, C)``: the shape of :meth:`read` with no arguments."""
         return self._canonical
 
-    @property
-    def n_frames(self) -> int:
-        return self._canonical[0]
-
-    @property
-    def height(self) -> int:
-        return self._canonical[1]
-
-    @property
-    def width(self) -> int:
-        return self._canonical[2]
-
-    @property
-    def n_channels(self) -> int:
-        return self._canonical[3]
+    n_frames = _canonical_dim(0, "N: the number of canonical frames.")
+    height = _canonical_dim(1, "H: the frame height.")
+    width = _canonical_dim(2, "W: the frame width.")
+    n_channels = _canonical_dim(3, "C: the number of channels.")
 
     @property
     def nbytes_float32(self) -> int:
@@ -259,10 +253,7 @@ class ImageSource:
             Out-of-range frames or channels, a damaged file, or non-finite pixels in what was
             read (the count is in the message).
         """
-        n, height, width, n_ch = self._canonical
-        idx = _frame_list(frames, n, self.name)
-        chans = _channel_list(channels, n_ch, self.channel_names, self.name)
-        ys, xs = _region(region, height, width, self.name)
+        idx, chans, ys, xs = self._request(frames, channels, region)
         h, w = ys.stop - ys.start, xs.stop - xs.start
         out = np.empty((len(idx), h, w, len(chans)), dtype=np.float32)
         if not len(idx) or not chans:
@@ -286,6 +277,16 @@ class ImageSource:
                 f"float32 range) in the {len(idx)} frame(s) read; clean the image first"
             )
         return out
+
+    def _request(
+        self, frames: Any, channels: Any, region: Any
+    ) -> tuple[np.ndarray, list[int], slice, slice]:
+        """The checked arguments of :meth:`read`: frame indices, channel indices, rows, columns."""
+        n, height, width, n_ch = self._canonical
+        idx = _frame_list(frames, n, self.name)
+        chans = _channel_list(channels, n_ch, self.channel_names, self.name)
+        ys, xs = _region(region, height, width, self.name)
+        return idx, chans, ys, xs
 
     def frame(self, i: int, channels: Any = None) -> np.ndarray:
         """One frame as float32, shape ``(H, W, c)``."""
@@ -431,10 +432,7 @@ class _ChannelStack(ImageSource):
         *,
         check_finite: bool = True,
     ) -> np.ndarray:
-        n, height, width, n_ch = self._canonical
-        idx = _frame_list(frames, n, self.name)
-        chans = _channel_list(channels, n_ch, self.channel_names, self.name)
-        ys, xs = _region(region, height, width, self.name)
+        idx, chans, ys, xs = self._request(frames, channels, region)
         if not chans:
             return np.empty((len(idx), ys.stop - ys.start, xs.stop - xs.start, 0), np.float32)
         # Each part checks its own pixels, so a NaN message names the file that holds it.
