@@ -1,4 +1,5 @@
-"""Train / validation / test splits: by frame (spec/usplit.md section 5.2) or by region.
+"""Train / validation / test splits: by frame (docs/data.md, "Splits") or by region
+(docs/data.md, "Spatial split").
 
 A *frame split* assigns whole frames to train, validation and test, as the reference does for
 datasets of many frames. Users often have one large frame or a few: then validation and test are

@@ -13,14 +13,15 @@ from musplit.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-#: Channel map of the PaviaATN file (spec/usplit.md 7.1).
+#: Channel map of the PaviaATN file (docs/data.md, "Real datasets").
 PAVIA_ATN_CHANNELS = {"nucleus": 0, "cell_cycle": 1, "actin": 2, "tubulin": 3}
 
 
 def load_pavia_atn(
     path: str | os.PathLike, channels: Sequence[int | str] | None = (2, 3), axes: str | None = None
 ) -> np.ndarray:
-    """Read the PaviaATN file (spec/usplit.md 7.1) as float32 ``(N, H, W, len(channels))``.
+    """Read the PaviaATN file (docs/data.md, "Real datasets") as float32
+    ``(N, H, W, len(channels))``.
 
     Parameters
     ----------

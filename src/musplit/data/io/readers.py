@@ -199,7 +199,8 @@ def open_channel_files(
     ----------
     paths : sequence of path-like
         One file per channel, in channel order, each ``(N, H, W)`` (or ``(H, W)``) with the same
-        N, H and W (e.g. Hagen et al.'s actin and mitochondria stacks, spec/usplit.md 7.2).
+        N, H and W (e.g. Hagen et al.'s actin and mitochondria stacks,
+        docs/data.md, "Real datasets").
     axes : str, optional
         Axes of every file (when they lack metadata).
     **kw
