@@ -1,11 +1,13 @@
-"""Lateral context (LC): exactly centred multi-scale crops (spec/usplit.md sections 5.5-5.7).
+"""Lateral context (LC): exactly centred multi-scale crops (docs/data.md, "LC pyramid",
+"Lateral context crops", "LC alignment", "Padding modes").
 
 A lateral-context stack for a primary patch of size ``P`` with top-left corner ``c`` is
 ``S`` crops of ``P x P`` pixels. Scale 0 is the primary patch itself. Scale ``s`` is the frame
-downsampled ``2**s`` times by the spec's halving step, cropped so that its centre coincides with
-the primary patch's centre ``c + P/2``, i.e. it is the ``2**s``-downsampling of the
-full-resolution window ``[c + P/2 - P*2**(s-1), c + P/2 + P*2**(s-1))``. Pixels outside the frame
-come from the padding mode, applied once at full resolution (spec 5.6, "normative construction").
+downsampled ``2**s`` times by the anti-aliased halving step, cropped so that its centre
+coincides with the primary patch's centre ``c + P/2``, i.e. it is the ``2**s``-downsampling of
+the full-resolution window ``[c + P/2 - P*2**(s-1), c + P/2 + P*2**(s-1))``. Pixels outside the
+frame come from the padding mode, applied once at full resolution (docs/data.md,
+"Lateral context crops").
 
 How it is computed (the "a trous" construction)
 ------------------------------------------------
@@ -32,7 +34,8 @@ Borders are exact, not approximated:
 
 ``alignment="floor"`` reproduces the reference rule instead: the crop of scale ``s`` is rows
 ``[floor(c'/2**s) - P/2, floor(c'/2**s) + P/2)`` of the whole-frame pyramid level ``s``
-(``c' = c + P/2``), padded per level (spec 5.6); only for parity with reference checkpoints.
+(``c' = c + P/2``), padded per level (docs/data.md, "LC alignment"); only for parity with
+reference checkpoints.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ ALIGNMENTS = ("exact", "floor")
 
 
 def _halving_taps() -> np.ndarray:
-    """The 6 taps of one halving step, for offsets -2..3 (spec 5.5).
+    """The 6 taps of one halving step, for offsets -2..3 (docs/data.md, "LC pyramid").
 
     The Gaussian has sigma 0.5 truncated at radius 2 (``skimage``'s anti-aliasing sigma
     ``(2-1)/2`` with ``truncate=4``); the 2x2 average adds the box ``[1/2, 1/2]``. The result is
@@ -96,7 +99,7 @@ def _filter_axis(y: np.ndarray, dilation: int, axis: int) -> np.ndarray:
 
 
 def halve(image: np.ndarray) -> np.ndarray:
-    """One anti-aliased halving step (spec 5.5) on the last two axes.
+    """One anti-aliased halving step (docs/data.md, "LC pyramid") on the last two axes.
 
     Gaussian blur (sigma 0.5, radius 2, mirror boundary) then 2x2 block averaging; equal to
     ``skimage.transform.resize(image, (H//2, W//2))`` with its defaults for even sizes.
@@ -137,7 +140,7 @@ def pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
     -------
     list of ndarray, float32
         Level ``s`` has shape ``(..., H >> s, W >> s)``: odd sizes drop their last row/column
-        before each halving (spec 5.5).
+        before each halving (docs/data.md, "LC pyramid").
     """
     if levels < 1:
         raise InputError(f"a pyramid needs at least 1 level, got {levels}")
@@ -210,7 +213,9 @@ def _check_common(patch, scales, pad, alignment) -> tuple[int, int]:
     return int(patch), int(scales)
 
 
-def _as_corners(corners) -> np.ndarray:
+def as_corners(corners) -> np.ndarray:
+    """Primary-patch corners as an int64 ``(K, 2)`` array (one ``(2,)`` corner is ``K = 1``);
+    non-integer corners are refused."""
     c = np.asarray(corners)
     if c.ndim == 1 and c.shape[0] == 2:
         c = c[None]
@@ -227,7 +232,7 @@ class ContextStack:
 
     Built once per dataset (or once per frame for prediction); :meth:`crops` then returns the
     ``S`` scales of ``K`` primary patches in one vectorised gather. Exact for every integer
-    corner, also far outside the frame (spec 5.6, 5.7).
+    corner, also far outside the frame (docs/data.md, "LC alignment", "Padding modes").
 
     Memory per frame of ``H x W`` pixels: about ``S*H*W`` float32 for ``pad="reflect"`` and
     ``sum_s (H + 5*(2**s-1) + 2) * (W + 5*(2**s-1) + 2)`` for ``pad="zeros"`` (exact
@@ -246,7 +251,7 @@ class ContextStack:
     pad : {"reflect", "zeros"}
         Values outside the frame: NumPy reflect (repeated mirroring for any distance) or 0.
     alignment : {"exact", "floor"}
-        Exact centring (default, spec 5.6 "required"), or the reference's floor rule.
+        Exact centring (default; docs/data.md, "LC alignment"), or the reference's floor rule.
     cache_frames : int, optional
         ``None`` (default) precomputes every frame now. An integer keeps at most that many
         frames' levels, computed on first use and evicted least-recently-used: for data larger
@@ -444,7 +449,7 @@ class ContextStack:
                 rows[:, s] = (u % k) * (k * qr * qc) + (u // k) * qc + self._offsets[s]
                 cols[:, s] = (v % k) * (qr * qc) + v // k
         if transform is not None:
-            rows, cols = _d4_terms(rows, cols, np.asarray(transform))
+            rows, cols = d4_terms(rows, cols, np.asarray(transform))
         base = (slots * self.frame_size)[:, None, None, None]
         return base + rows[..., :, None] + cols[..., None, :]
 
@@ -468,7 +473,7 @@ class ContextStack:
             Scale 0 is the primary crop; scale ``s`` is centred exactly on ``corner + P/2``
             (or by the floor rule with ``alignment="floor"``).
         """
-        corners = _as_corners(corners)
+        corners = as_corners(corners)
         frame_idx = np.asarray(frame_idx).astype(np.int64).reshape(-1)
         if len(frame_idx) != len(corners):
             raise InputError(f"{len(frame_idx)} frame indices for {len(corners)} corners")
@@ -491,7 +496,8 @@ class ContextStack:
 
 
 def apply_d4(x, t: int, *, inverse: bool = False):
-    """Dihedral transform number ``t`` (0..7) of the last two axes (spec 5.9, ``augment="d4"``).
+    """Dihedral transform number ``t`` (0..7) of the last two axes (docs/data.md,
+    "Augmentation"; ``augment="d4"``).
 
     Bit 2 transposes, then bit 0 flips the rows (vertical flip), then bit 1 flips the columns;
     ``t = 0`` is the identity. The same convention as the index route of
@@ -531,7 +537,7 @@ def apply_d4(x, t: int, *, inverse: bool = False):
     return x
 
 
-def _d4_terms(rows: np.ndarray, cols: np.ndarray, t: np.ndarray):
+def d4_terms(rows: np.ndarray, cols: np.ndarray, t: np.ndarray):
     """Row/column index terms (K, S, P) after dihedral transform ``t`` (K,).
 
     Bit 2 of ``t`` transposes, then bit 0 flips rows, bit 1 flips columns (the order of
@@ -570,15 +576,15 @@ def lateral_context(
         Number of scales ``S``.
     pad : {"reflect", "zeros"}
         Off-frame values: NumPy reflect (repeated mirroring) or constant 0, applied once at full
-        resolution (spec 5.7).
+        resolution (docs/data.md, "Padding modes").
     alignment : {"exact", "floor"}
-        Exact centring (default) or the reference's floor rule (spec 5.6).
+        Exact centring (default) or the reference's floor rule (docs/data.md, "LC alignment").
 
     Returns
     -------
     ndarray, float32, shape (K, S, P, P)
         Scale 0 is the primary crop; scale ``s`` is the ``2**s``-downsampling (the halving step
-        of spec 5.5, applied ``s`` times) of the full-resolution window
+        of docs/data.md, "LC pyramid", applied ``s`` times) of the full-resolution window
         ``[c + P/2 - P*2**(s-1), c + P/2 + P*2**(s-1))``, centred exactly on ``c + P/2``.
 
     Notes
@@ -591,6 +597,11 @@ def lateral_context(
         raise InputError(f"image must be 2-D (H, W), got shape {img.shape}")
     if img.dtype.kind not in "fiub":
         raise InputError(f"image must be numeric, got dtype {img.dtype}")
-    corners = _as_corners(corners)
+    corners = as_corners(corners)
     stack = ContextStack(img[None], patch, scales, pad, alignment)
     return stack.crops(np.zeros(len(corners), dtype=np.int64), corners)
+
+
+# The old private names (musplit.data.dataset imported them before they were public).
+_as_corners = as_corners
+_d4_terms = d4_terms

@@ -1,4 +1,4 @@
-"""Clipping and normalisation statistics (spec/usplit.md section 5.3).
+"""Clipping and normalisation statistics (docs/data.md, "Normalisation").
 
 All statistics are computed on the training split only and kept as plain data
 (:class:`NormStats`), so a checkpoint can carry them and a prediction can be made without the
@@ -35,7 +35,8 @@ class NormStats:
     alpha : list of float
         Mixing weights of the input: ``x = sum_k alpha_k * x_k`` (default ``1/T`` each).
     input_is_sum : bool
-        The input is ``sum_k x_k`` instead of the weighted average (spec 1.1).
+        The input is ``sum_k x_k`` instead of the weighted average
+        (docs/method.md, "Superposition model").
     quantile : float
         The quantile used for ``clip_max``.
     """
@@ -140,7 +141,7 @@ def compute_stats(
     input_is_sum: bool = False,
     exclude=(),
 ) -> NormStats:
-    """Compute :class:`NormStats` from the training frames (spec 5.3).
+    """Compute :class:`NormStats` from the training frames (docs/data.md, "Normalisation").
 
     Parameters
     ----------
@@ -158,7 +159,7 @@ def compute_stats(
         One clip value per channel instead of the pooled one.
     input_is_sum : bool
         Input is the sum of the channels, normalised with mean ``sum m_k`` and std
-        ``sqrt(sum s_k^2)`` (spec 1.1).
+        ``sqrt(sum s_k^2)`` (docs/method.md, "Superposition model").
     exclude : sequence of Region, optional
         Held-out regions of training frames (a spatial split): their pixels are left out.
 
@@ -200,7 +201,7 @@ def compute_stats(
         clip = float(np.quantile(stack, quantile))
         clipped = np.minimum(stack, np.float32(clip))
     del stack
-    # float64 accumulation (spec 5.3 step 2), channel by channel to bound memory.
+    # float64 accumulation (docs/data.md, "Normalisation"), channel by channel to bound memory.
     means, stds = [], []
     for k in range(t):
         ch = clipped[..., k]

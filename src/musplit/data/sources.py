@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob as globmod
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,23 @@ from pathlib import Path
 
 import numpy as np
 
-from musplit.data.splits import Split, default_split, hagen_split, load_split, spatial_split
+from musplit.data.frames import frame_shapes
+from musplit.data.splits import (
+    Split,
+    default_split,
+    hagen_split,
+    load_split,
+    save_split,
+    spatial_split,
+)
 from musplit.errors import InputError
+from musplit.files import ZARR_MARKERS, atomic_write
+
+log = logging.getLogger(__name__)
+
+# musplit.data.io (zarr, tifffile: about 0.5 s) and musplit.data.synthetic (scipy) are imported
+# in the functions that need them, so reading files never imports scipy and generating data
+# never imports zarr.
 
 CRITTERS_FILE = "critters.tif"
 
@@ -49,8 +65,6 @@ class TargetData:
     @property
     def shapes(self) -> list[tuple[int, int]]:
         """``(H, W)`` of every frame."""
-        from musplit.data.dataset import frame_shapes
-
         return frame_shapes(self.targets)
 
 
@@ -69,7 +83,6 @@ def write_critters(out_dir: str | os.PathLike, data: np.ndarray, *, fmt: str = "
         The image file, ``split.json`` and ``manifest.json``.
     """
     from musplit.data.io import write_tiff, write_zarr
-    from musplit.data.splits import save_split
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,9 +105,8 @@ def write_critters(out_dir: str | os.PathLike, data: np.ndarray, *, fmt: str = "
         "sha256": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(),
     }
     man = out_dir / "manifest.json"
-    tmp = man.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, man)
+    with atomic_write(man) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
     return [Path(img), split, man]
 
 
@@ -123,7 +135,7 @@ def resolve_paths(spec: str | Sequence[str], what: str = "--data") -> list[Path]
                 raise InputError(f"{what} {text}: no image files match this pattern")
             out += found
         elif p.is_dir() and p.suffix.lower() != ".zarr" and not any(
-                (p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray")):
+                (p / m).exists() for m in ZARR_MARKERS):
             found = sorted((q for q in p.iterdir() if _is_image(q)),
                            key=lambda q: _natural_key(q.name))
             if not found:
@@ -203,11 +215,6 @@ def load_targets(data_cfg) -> TargetData:
     validation frame; ``"spatial"`` always holds out regions; ``"hagen"`` or a ``split.json``
     file as given.
     """
-    import logging
-
-    from musplit.data.dataset import frame_shapes
-
-    log = logging.getLogger(__name__)
     if data_cfg.synthetic is not None:
         from musplit.data.synthetic import generate_critters
 

@@ -1,4 +1,5 @@
-"""Train / validation / test splits: by frame (spec/usplit.md section 5.2) or by region.
+"""Train / validation / test splits: by frame (docs/data.md, "Splits") or by region
+(docs/data.md, "Spatial split").
 
 A *frame split* assigns whole frames to train, validation and test, as the reference does for
 datasets of many frames. Users often have one large frame or a few: then validation and test are
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from musplit.errors import InputError
+from musplit.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -211,9 +213,8 @@ def hagen_split(n_frames: int) -> Split:
 def save_split(split: Split, path: str | os.PathLike) -> Path:
     """Write the split as JSON (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(split.to_dict(), indent=1))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(split.to_dict(), indent=1))
     return path
 
 

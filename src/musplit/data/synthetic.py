@@ -1,15 +1,16 @@
-"""SinosoidalCritters: the synthetic two-channel dataset of µSplit (spec/usplit.md section 6).
+"""SinosoidalCritters: the synthetic two-channel dataset of µSplit (docs/data.md,
+"Synthetic data", which has the whole recipe).
 
 A *critter* is a curve made of two sine segments whose angular frequencies come from two of four
 ranges R0..R3, optionally joined by a slow, almost straight connector (frequency 0.01). Channel 1
 pairs (R0, R2) or (R1, R3), channel 2 pairs (R0, R3) or (R1, R2): every range occurs equally
-often in both channels, so only the *pairing* identifies the channel (section 6.2). Each channel
+often in both channels, so only the *pairing* identifies the channel. Each channel
 of a frame holds ``curves_per_channel`` critters rendered as thick lines.
 
-The pipeline per frame is: draw the recipe parameters from the frame's own random stream
-(section 6.6), build each critter's centreline on a 0.1 px grid (6.3), place it (6.4), rasterise
+The pipeline per frame is: draw the recipe parameters from the frame's own random stream,
+build each critter's centreline on a 0.1 px grid, place it, rasterise
 it into a binary mask, and convolve the per-channel sum of the masks with the thickness kernel
-K(0, 0) = 1, K(d) = sqrt(2)/|d| (6.5). Convolution is linear, so one FFT convolution per channel
+K(0, 0) = 1, K(d) = sqrt(2)/|d|. Convolution is linear, so one FFT convolution per channel
 gives exactly the sum of the per-curve renderings ``M_curve * K``.
 
 Public functions
@@ -17,11 +18,11 @@ Public functions
 generate_critters
     The dataset: ``(n_frames, size, size, 2)`` float32.
 critter_centreline
-    The centreline samples of one critter (section 6.3), for inspection and tests.
+    The centreline samples of one critter, for inspection and tests.
 rasterise_centreline
-    Binary mask of the pixels a centreline passes through (section 6.4, step 5).
+    Binary mask of the pixels a centreline passes through.
 render_centrelines
-    Mask (or per-channel curve-count image) convolved with the thickness kernel (section 6.5).
+    Mask (or per-channel curve-count image) convolved with the thickness kernel.
 thickness_kernel
     The kernel K itself.
 """
@@ -56,10 +57,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Bump when a change alters the generated arrays for unchanged arguments (cache keys, 6.6).
+#: Bump when a change alters the generated arrays for unchanged arguments (cache keys).
 GENERATOR_VERSION = "1"
 
-#: Angular frequency ranges R0..R3 in rad/px, half-open ``[low, high)`` (section 6.1).
+#: Angular frequency ranges R0..R3 in rad/px, half-open ``[low, high)``.
 FREQUENCY_RANGES: tuple[tuple[float, float], ...] = (
     (0.05, 0.07),
     (0.12, 0.14),
@@ -67,25 +68,24 @@ FREQUENCY_RANGES: tuple[tuple[float, float], ...] = (
     (0.60, 0.62),
 )
 
-#: Per channel, the two (lower range, higher range) pairings, each drawn with probability 1/2
-#: (section 6.2).
+#: Per channel, the two (lower range, higher range) pairings, each drawn with probability 1/2.
 CHANNEL_PAIRINGS: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = (
     ((0, 2), (1, 3)),
     ((0, 3), (1, 2)),
 )
 
-#: Angular frequency of the N25 connector segment (section 6.1).
+#: Angular frequency of the N25 connector segment.
 CONNECTOR_FREQUENCY = 0.01
 
-#: Centreline sampling step along x in px (section 6.1); 10 samples per pixel.
+#: Centreline sampling step along x in px; 10 samples per pixel.
 SAMPLING_STEP = 0.1
 _SAMPLES_PER_PX = 10
 
-_VERTICAL_BAND = 0.9  # curves start in [0, 0.9 W) (6.4)
-_HORIZONTAL_SHIFT = 0.3  # h = +-U * 0.3 W (6.4)
-_PARITY_CONNECTOR_FRACTION = 0.1  # reference law c = floor(0.1 D) (6.3)
+_VERTICAL_BAND = 0.9  # curves start in [0, 0.9 W)
+_HORIZONTAL_SHIFT = 0.3  # h = +-U * 0.3 W
+_PARITY_CONNECTOR_FRACTION = 0.1  # reference law c = floor(0.1 D)
 
-#: Named channel pairings. "paper" is section 6.2: only the pairing identifies the channel, so a
+#: Named channel pairings. "paper" is the paper's: only the pairing identifies the channel, so a
 #: pixel can be assigned only where both waveforms of its critter are in view. The other two are
 #: easier variants for short training budgets (not in the paper): in "shared-low" the
 #: low-frequency segment (R0 or R1) occurs in both channels and the high-frequency one (R2 for
@@ -103,7 +103,7 @@ _RANGES = np.asarray(FREQUENCY_RANGES, dtype=np.float64)  # (range, low/high)
 
 
 # --------------------------------------------------------------------------------------------
-# Centreline geometry (section 6.3)
+# Centreline geometry
 # --------------------------------------------------------------------------------------------
 
 
@@ -119,9 +119,9 @@ def _centrelines(
     lengths : ndarray of int, shape (n, S)
         Segment lengths in pixels (each >= 1).
     amplitude : float
-        Multiplies the unit sine (A, section 6.1).
+        Multiplies the unit sine (A).
     parity : bool
-        Keep the reference's truthiness skip of the continuity shift (section 6.5).
+        Keep the reference's truthiness skip of the continuity shift.
 
     Returns
     -------
@@ -132,7 +132,7 @@ def _centrelines(
     """
     n, n_seg = freqs.shape
     # A segment of length l px has 10 l samples; its last one is dropped because the next
-    # segment starts on the same value (6.3), and the final segment drops it as well, as the
+    # segment starts on the same value, and the final segment drops it as well, as the
     # reference does, so every segment keeps 10 l - 1 samples.
     n_s = lengths.astype(np.int64) * _SAMPLES_PER_PX
     theta = np.zeros((n, n_seg))  # phase of each segment's first sample
@@ -142,11 +142,11 @@ def _centrelines(
         phi_last = theta[:, s - 1] + w_prev * (SAMPLING_STEP * (n_s[:, s - 1] - 1))
         y_last = np.sin(phi_last) + shift[:, s - 1]
         # Match slopes: w cos(theta) = w_prev cos(phi_last). Clipped: at w1 -> 0.01 the
-        # argument is usually beyond +-1, giving a C0 kink (6.3, N25 step 4).
+        # argument is usually beyond +-1, giving a C0 kink (the N25 connector).
         theta[:, s] = np.arccos(np.clip(w_prev * np.cos(phi_last) / w, -1.0, 1.0))
         continued = y_last - np.sin(theta[:, s])
         if parity:
-            # Reference quirk (6.5): `if prev_last_y:` skips the shift when the previous
+            # Reference quirk: `if prev_last_y:` skips the shift when the previous
             # segment ended on exactly 0.0, and the old shift stays in force.
             continued = np.where(y_last == 0.0, shift[:, s - 1], continued)
         shift[:, s] = continued
@@ -165,7 +165,7 @@ def _centrelines(
 def critter_centreline(
     frequencies, lengths, amplitude: float = 8.0, *, generator_parity: bool = False
 ) -> np.ndarray:
-    """Centreline of one critter before placement (spec section 6.3).
+    """Centreline of one critter before placement.
 
     The first segment is ``sin(w_1 x)`` from phase 0. Each later segment starts at the phase
     ``theta = arccos(clip(w_prev cos(phi_last) / w, -1, 1))`` that matches the previous slope, is
@@ -205,12 +205,12 @@ def critter_centreline(
 
 
 # --------------------------------------------------------------------------------------------
-# Rasterisation (section 6.4) and rendering (section 6.5)
+# Rasterisation and rendering
 # --------------------------------------------------------------------------------------------
 
 
 def rasterise_centreline(x, y, size: int) -> np.ndarray:
-    """Binary mask of the pixels a centreline passes through (spec section 6.4, step 5).
+    """Binary mask of the pixels a centreline passes through.
 
     A sample at (x, y) falls in pixel ``(row, col) = (trunc(y), trunc(x))``; samples with
     ``col`` outside ``[0, size)`` or ``row`` outside ``[0, size)`` are dropped. Every pixel counts
@@ -242,14 +242,14 @@ def rasterise_centreline(x, y, size: int) -> np.ndarray:
 
 
 def _window(thickness: int, parity: bool) -> np.ndarray:
-    """Offsets of the thickness window along one axis (section 6.5)."""
+    """Offsets of the thickness window along one axis."""
     half = (thickness - 1) // 2
     # Reference: range(-half, half), i.e. [-10, 9]; the centre is always drawn.
     return np.arange(-half, max(half, 1)) if parity else np.arange(-half, half + 1)
 
 
 def thickness_kernel(thickness: int = 21, *, generator_parity: bool = False) -> np.ndarray:
-    """The rendering kernel K over its window (spec section 6.5).
+    """The rendering kernel K over its window.
 
     Parameters
     ----------
@@ -300,10 +300,10 @@ def _render(counts: np.ndarray, thickness: int, parity: bool) -> np.ndarray:
     out = scipy.fft.irfft2(spec, s=(lr, lc), axes=(0, 1))[:n_rows, :n_cols]
     # Counts are integers and every weight in the window is >= K_min = 1/half (a corner), so a
     # true value is either 0 or >= K_min; float64 FFT error is ~1e-12. Snapping values below
-    # K_min / 2 to 0 makes the background exactly 0 (6.5).
+    # K_min / 2 to 0 makes the background exactly 0.
     out[out < 0.5 / max(half, 1)] = 0.0
     if parity:
-        # Reference quirk (6.5): off-centre contributions need row > 0 and col > 0 (a strict
+        # Reference quirk: off-centre contributions need row > 0 and col > 0 (a strict
         # test), so row 0 and column 0 hold only the centre term.
         out[0] = counts[0]
         out[:, 0] = counts[:, 0]
@@ -313,7 +313,7 @@ def _render(counts: np.ndarray, thickness: int, parity: bool) -> np.ndarray:
 def render_centrelines(
     counts, *, thickness: int = 21, generator_parity: bool = False
 ) -> np.ndarray:
-    """Convolve centreline masks with the thickness kernel (spec section 6.5).
+    """Convolve centreline masks with the thickness kernel.
 
     For one curve pass its binary mask M; the result is ``M * K`` with contributions outside the
     image dropped. For several curves pass the sum of their binary masks (a count image): by
@@ -347,7 +347,7 @@ def render_centrelines(
 
 
 # --------------------------------------------------------------------------------------------
-# Recipe (sections 6.2 and 6.4) and the dataset
+# Recipe and the dataset
 # --------------------------------------------------------------------------------------------
 
 
@@ -364,11 +364,11 @@ def _check_thickness(thickness) -> int:
 def _frame(seed: int, index: int, cfg: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Render frame ``index``: (size, size, 2) float64, plus its per-curve table."""
     size, k = cfg["size"], cfg["curves"]
-    # Own stream per frame (6.6): frame i depends on (seed, i) only.
+    # Own stream per frame: frame i depends on (seed, i) only.
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, index])))
     u = rng.random((2, k, 7))  # one block of draws, laid out (channel, curve, variable)
 
-    option = (u[..., 0] >= 0.5).astype(np.int64)  # which of the channel's two pairings (6.2)
+    option = (u[..., 0] >= 0.5).astype(np.int64)  # which of the channel's two pairings
     # (2, k, 2): lower, higher range
     ranges = _PAIRING_ARRAYS[cfg["pairing"]][np.arange(2)[:, None], option]
     low, high = _RANGES[ranges, 0], _RANGES[ranges, 1]
@@ -377,10 +377,10 @@ def _frame(seed: int, index: int, cfg: dict) -> tuple[np.ndarray, dict[str, np.n
     bucket = np.arange(k)[None, :]
     band = _VERTICAL_BAND * size
     mu = cfg["mu"]
-    v = (bucket / k + mu / 2 + u[..., 4] * (1.0 / k - mu)) * band  # one curve per bucket (6.4)
+    v = (bucket / k + mu / 2 + u[..., 4] * (1.0 / k - mu)) * band  # one curve per bucket
     h = u[..., 5] * _HORIZONTAL_SHIFT * size * np.where(u[..., 6] < 0.5, -1.0, 1.0)
 
-    span = size + np.abs(h)  # D = W + |h| (6.3)
+    span = size + np.abs(h)  # D = W + |h|
     connector = cfg["connector"]
     if connector == 0:
         edge = np.floor(span / 2).astype(np.int64)
@@ -406,7 +406,7 @@ def _frame(seed: int, index: int, cfg: dict) -> tuple[np.ndarray, dict[str, np.n
     def per_sample(per_curve: np.ndarray) -> np.ndarray:
         return np.repeat(per_curve.ravel(), n_samples)
 
-    # Mirror left<->right, then y <- y - min(y) + v and x <- x + h (6.4, steps 1-4).
+    # Mirror left<->right, then y <- y - min(y) + v and x <- x + h.
     x = SAMPLING_STEP * j
     x_max = SAMPLING_STEP * (n_samples - 1)
     x = np.where(per_sample(mirrored), per_sample(x_max) - x, x) + per_sample(h)
@@ -417,7 +417,7 @@ def _frame(seed: int, index: int, cfg: dict) -> tuple[np.ndarray, dict[str, np.n
     keep = (cols >= 0) & (cols < size) & (rows < size)
     curve_id = per_sample(np.arange(n_curves))
     masks = np.zeros((n_curves, size, size), dtype=bool)
-    masks[curve_id[keep], rows[keep], cols[keep]] = True  # binary per curve (6.5)
+    masks[curve_id[keep], rows[keep], cols[keep]] = True  # binary per curve
     # uint8 sums are exact (k < 256, checked) and much faster than int64 ones.
     counts = masks.reshape(2, k, size, size).view(np.uint8).sum(axis=1, dtype=np.uint8)
     image = _render(np.moveaxis(counts, 0, -1), cfg["thickness"], cfg["parity"])
@@ -453,7 +453,7 @@ def generate_critters(
     return_info: bool = False,
     workers: int | None = None,
 ):
-    """Generate SinosoidalCritters frames (spec/usplit.md section 6).
+    """Generate SinosoidalCritters frames (docs/data.md, "Synthetic data").
 
     Each frame has two target channels with ``curves_per_channel`` critters each. Frame ``i`` is
     drawn from its own stream ``Generator(PCG64(SeedSequence([seed, i])))``, so it does not
@@ -473,7 +473,7 @@ def generate_critters(
     seed : int
         Non-negative seed.
     generator_parity : bool
-        Reproduce the reference generator's quirks (section 6.5): ``floor(0.1 D)`` connector
+        Reproduce the reference generator's quirks: ``floor(0.1 D)`` connector
         length, asymmetric ``[-10, 9]`` window, no off-centre contributions in row 0 or column
         0, and the skipped continuity shift after a segment ending on exactly 0.0. The random
         draw order is not the reference's; equivalence is statistical.
@@ -485,7 +485,7 @@ def generate_critters(
     thickness : int
         Odd side of the rendering window (21: half-width 10).
     pairing : {"paper", "shared-low", "shared-high"}
-        Which frequency pairings make each channel, see :data:`PAIRINGS` ("paper": section 6.2).
+        Which frequency pairings make each channel, see :data:`PAIRINGS` ("paper": the paper's).
     return_info : bool
         Also return a table describing every curve.
     workers : int or None
@@ -509,7 +509,7 @@ def generate_critters(
     >>> frames = generate_critters(4, size=128, connector=0, seed=1)
     >>> frames.shape, frames.dtype
     ((4, 128, 128, 2), dtype('float32'))
-    >>> inputs = frames.mean(axis=-1)  # the superimposed input (section 6.6)
+    >>> inputs = frames.mean(axis=-1)  # the superimposed input
     """
     n_frames = _as_int("n_frames", n_frames, 0)
     size = _as_int("size", size, 16)
@@ -537,7 +537,7 @@ def generate_critters(
         )
 
     band = _VERTICAL_BAND * size
-    mu = 2.0 * amplitude / band  # minimum spacing 2A as a fraction of the band (6.4)
+    mu = 2.0 * amplitude / band  # minimum spacing 2A as a fraction of the band
     if mu >= 1.0 / k:
         # The reference asserts here (W < 89 px at the paper settings); small demo frames are
         # still useful, so the buckets are kept and only the spacing guarantee is dropped.

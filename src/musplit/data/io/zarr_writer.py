@@ -1,0 +1,314 @@
+"""Writing OME-Zarr 0.5 (or plain Zarr v3) stores, block by block or whole, atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from musplit.data.io.axes import CANONICAL_AXES, parse_axes
+from musplit.data.io.source import _check_dtype
+from musplit.data.io.writers import _canonical_array, _check_names, _check_pixel_size
+from musplit.errors import InputError
+from musplit.files import check_output, move_into_place, temp_path
+
+logger = logging.getLogger(__name__)
+
+class ZarrWriter:
+    """Stream an image larger than memory into a Zarr v3 store, block by block, atomically.
+
+    Data go to a hidden temporary directory next to ``path``; :meth:`close` renames it into
+    place, :meth:`abort` (or an exception inside ``with``) deletes it.
+
+    Layout: with ``ome=True`` (default) an OME-Zarr 0.5 image group whose array ``"0"`` has
+    axes ``TCYX`` (frames as T), channel names as ``omero`` channel labels (with display windows
+    from the data written) and the pixel size as a scale transformation; with ``ome=False`` a
+    plain ``(N, H, W, C)`` array with ``dimension_names`` ``s, y, x, c``.
+
+    Examples
+    --------
+    >>> with ZarrWriter.create("out.zarr", (10, 512, 512, 2)) as w:  # doctest: +SKIP
+    ...     for i in range(10):
+    ...         w.write((slice(i, i + 1), slice(None), slice(None), slice(None)), block)
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        tmp: Path,
+        array: Any,
+        group: Any,
+        axes: str,
+        shape: tuple,
+        canonical: tuple,
+        names: list[str] | None,
+        ome: bool,
+        overwrite: bool,
+    ):
+        self.path, self._tmp, self._array, self._group = out, tmp, array, group
+        self.axes, self.shape, self.canonical_shape = axes, shape, canonical
+        self.channel_names, self.ome, self._overwrite = names, ome, overwrite
+        c = canonical[3]
+        self._lo = np.full(c, np.inf)
+        self._hi = np.full(c, -np.inf)
+        self._open = True
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        shape: Sequence[int],
+        axes: str = "SYXC",
+        channel_names: Sequence[str] | None = None,
+        chunks: Sequence[int] | None = None,
+        dtype: Any = "float32",
+        *,
+        overwrite: bool = False,
+        protect: Iterable[str | os.PathLike] = (),
+        ome: bool = True,
+        pixel_size: tuple[float, float] | None = None,
+    ) -> ZarrWriter:
+        """Start writing.
+
+        Parameters
+        ----------
+        path : path-like
+            Output store (a directory, e.g. ``pred.zarr``).
+        shape : sequence of int
+            Shape of the full image in ``axes`` order.
+        axes : str
+            Axes of ``shape``, of :meth:`write` regions and blocks; at most one of S and T, and
+            Z (if present) of length 1.
+        channel_names : sequence of str, optional
+            One name per channel.
+        chunks : sequence of int, optional
+            Chunk size as ``(frames, height, width, channels)``; default
+            ``(1, min(H, 512), min(W, 512), 1)`` for OME (one channel per chunk, as viewers read),
+            all channels per chunk otherwise.
+        dtype : dtype
+            Stored pixel type.
+        overwrite, protect
+            As for :func:`write_tiff`.
+        ome : bool
+            OME-Zarr 0.5 image group (True) or plain array (False).
+        pixel_size : (float, float), optional
+            ``(y, x)`` in micrometres.
+        """
+        shape = tuple(int(s) for s in shape)
+        axes = parse_axes(axes, len(shape), path, shape=shape)
+        if "S" in axes and "T" in axes:
+            raise InputError(f"{path}: a writer takes at most one of the S and T axes ({axes})")
+        if "Z" in axes and shape[axes.index("Z")] != 1:
+            raise InputError(f"{path}: 3-D stacks are not supported (Z = {shape[axes.index('Z')]})")
+        if any(s < 1 for s in shape):
+            raise InputError(f"{path}: every axis needs at least one element, got shape {shape}")
+        dt = np.dtype(dtype)
+        _check_dtype(dt, str(path))
+        get = dict(zip(axes, shape, strict=True)).get
+        canonical = (get("S", get("T", 1)), get("Y"), get("X"), get("C", 1))
+        n, h, w, c = canonical
+        names = _check_names(channel_names, c, path)
+        pixel = _check_pixel_size(pixel_size)
+        out = check_output(path, overwrite, protect, "zarr")
+        if chunks is None:
+            chunks = (1, min(h, 512), min(w, 512), 1 if ome else c)
+        chunks = tuple(max(1, min(int(k), s)) for k, s in zip(chunks, canonical, strict=True))
+        tmp = temp_path(out, "partial")
+        try:
+            if ome:
+                group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+                scale = [1.0, 1.0, *(pixel if pixel else (1.0, 1.0))]
+                space = {"type": "space", **({"unit": "micrometer"} if pixel else {})}
+                group.attrs["ome"] = {
+                    "version": "0.5",
+                    "multiscales": [
+                        {
+                            "name": out.stem,
+                            "axes": [
+                                {"name": "t", "type": "time"},
+                                {"name": "c", "type": "channel"},
+                                {"name": "y", **space},
+                                {"name": "x", **space},
+                            ],
+                            "datasets": [
+                                {
+                                    "path": "0",
+                                    "coordinateTransformations": [
+                                        {"type": "scale", "scale": scale}
+                                    ],
+                                }
+                            ],
+                        }
+                    ],
+                }
+                array = group.create_array(
+                    "0",
+                    shape=(n, c, h, w),
+                    dtype=dt,
+                    fill_value=0,
+                    chunks=(chunks[0], chunks[3], chunks[1], chunks[2]),
+                    dimension_names=["t", "c", "y", "x"],
+                )
+            else:
+                group = None
+                attrs: dict[str, Any] = {}
+                if names:
+                    attrs["channel_names"] = names
+                if pixel:
+                    attrs["pixel_size_um"] = list(pixel)
+                array = zarr.create_array(
+                    str(tmp),
+                    shape=canonical,
+                    dtype=dt,
+                    fill_value=0,
+                    chunks=chunks,
+                    dimension_names=["s", "y", "x", "c"],
+                    attributes=attrs,
+                    zarr_format=3,
+                )
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(out, tmp, array, group, axes, shape, canonical, names, ome, overwrite)
+
+    def write(self, region: Sequence[slice] | None, block: Any) -> None:
+        """Write ``block`` at ``region``.
+
+        Parameters
+        ----------
+        region : sequence of slice or None
+            One slice per axis of ``axes`` (None: the whole image).
+        block : array-like
+            Data of exactly the region's extent, in ``axes`` order.
+        """
+        if not self._open:
+            raise RuntimeError(f"{self.path}: writer already closed")
+        if region is None:
+            region = [slice(None)] * len(self.axes)
+        if len(region) != len(self.axes):
+            raise ValueError(f"region needs {len(self.axes)} slices for axes {self.axes}")
+        norm = {}
+        for a, s, size in zip(self.axes, region, self.shape, strict=True):
+            if not isinstance(s, slice) or s.step not in (None, 1):
+                raise ValueError(f"region entries must be step-1 slices, got {s!r}")
+            start, stop, _ = s.indices(size)
+            norm["S" if a == "T" else a] = slice(start, stop)
+        block = np.asarray(block)
+        extent = tuple(norm[a].stop - norm[a].start for a in self.axes.replace("T", "S"))
+        if block.shape != extent:
+            raise ValueError(f"block shape {block.shape} does not match region extent {extent}")
+        data = _canonical_array(block, self.axes, f"block for {self.path}")
+        fs, ys, xs = norm.get("S", slice(0, 1)), norm["Y"], norm["X"]
+        cs = norm.get("C", slice(0, 1))
+        if data.size:
+            # Display window per channel for viewers; fmin/fmax skip NaN and copy nothing.
+            with np.errstate(invalid="ignore"):
+                lo = np.fmin.reduce(data, axis=(0, 1, 2)).astype(np.float64)
+                hi = np.fmax.reduce(data, axis=(0, 1, 2)).astype(np.float64)
+            self._lo[cs] = np.fmin(self._lo[cs], np.where(np.isfinite(lo), lo, np.nan))
+            self._hi[cs] = np.fmax(self._hi[cs], np.where(np.isfinite(hi), hi, np.nan))
+        if self.ome:
+            self._array[fs, cs, ys, xs] = data.transpose(0, 3, 1, 2)
+        else:
+            self._array[fs, ys, xs, cs] = data
+
+    def close(self) -> Path:
+        """Finish the metadata and move the store into place; returns its path."""
+        if not self._open:
+            return self.path
+        if self.ome:
+            ome = dict(self._group.attrs["ome"])
+            channels = []
+            for i in range(self.canonical_shape[3]):
+                lo = float(self._lo[i]) if np.isfinite(self._lo[i]) else 0.0
+                hi = float(self._hi[i]) if np.isfinite(self._hi[i]) else 1.0
+                label = self.channel_names[i] if self.channel_names else f"channel {i}"
+                channels.append(
+                    {
+                        "label": label,
+                        "active": True,
+                        "color": _COLOURS[i % 6],
+                        "window": {"min": lo, "max": hi, "start": lo, "end": hi},
+                    }
+                )
+            ome["omero"] = {"channels": channels, "rdefs": {"model": "color"}}
+            self._group.attrs["ome"] = ome
+        self._open = False
+        try:
+            if self.path.exists() and not self._overwrite:
+                raise InputError(
+                    f"{self.path} appeared while writing; the output is left in {self._tmp}"
+                )
+            move_into_place(self._tmp, self.path)
+        except InputError:
+            raise
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+        logger.info(
+            "wrote %s (%s, canonical shape %s)",
+            self.path,
+            "OME-Zarr 0.5" if self.ome else "Zarr v3",
+            self.canonical_shape,
+        )
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written; the output path is untouched."""
+        self._open = False
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> ZarrWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+_COLOURS = ("FF00FF", "00FF00", "00FFFF", "FFFF00", "FF0000", "0000FF")
+
+
+def write_zarr(
+    path: str | os.PathLike,
+    array: Any,
+    axes: str = "SYXC",
+    channel_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    chunks: Sequence[int] | None = None,
+    ome: bool = True,
+    *,
+    protect: Iterable[str | os.PathLike] = (),
+    pixel_size: tuple[float, float] | None = None,
+) -> Path:
+    """Write an in-memory image as OME-Zarr 0.5 (or a plain Zarr v3 array), atomically.
+
+    Parameters are those of :meth:`ZarrWriter.create`; ``array`` is laid out as ``axes``
+    (default ``(N, H, W, C)``). Returns the store's path.
+    """
+    arr = np.asarray(array)
+    axes = parse_axes(axes, arr.ndim, "the output array", shape=arr.shape)
+    data = _canonical_array(arr, axes)
+    writer = ZarrWriter.create(
+        path,
+        data.shape,
+        CANONICAL_AXES,
+        channel_names,
+        chunks,
+        data.dtype,
+        overwrite=overwrite,
+        protect=protect,
+        ome=ome,
+        pixel_size=pixel_size,
+    )
+    with writer:
+        writer.write(None, data)
+    return writer.path
