@@ -7,6 +7,7 @@ working; new code imports from :mod:`musplit.config.pretrain`.
 
 from __future__ import annotations
 
+from musplit.config import pretrain as _pretrain
 from musplit.config.pretrain import (  # noqa: F401  (re-exported)
     _REFERENCE_FORCED,
     CCFViTConfig,
@@ -26,14 +27,4 @@ from musplit.config.synth import (  # noqa: F401  (re-exported)
     _check_range,
 )
 
-__all__ = [
-    "PCMC_CONFIG_VERSION",
-    "CCFViTConfig",
-    "CellCentroidFormerConfig",
-    "DetectionConfig",
-    "PcolorMAEConfig",
-    "SynthDatasetConfig",
-    "SynthPresetConfig",
-    "ViTConfig",
-    "validated",
-]
+__all__ = list(_pretrain.__all__)

@@ -6,6 +6,7 @@ keeps working; new code imports from :mod:`musplit.config.pretext`.
 
 from __future__ import annotations
 
+from musplit.config import pretext as _pretext
 from musplit.config.pretext import (  # noqa: F401  (re-exported)
     PRETEXT_CONFIG_VERSION,
     BlockMaskConfig,
@@ -22,15 +23,4 @@ from musplit.config.pretext import (  # noqa: F401  (re-exported)
     _mask_from,
 )
 
-__all__ = [
-    "PRETEXT_CONFIG_VERSION",
-    "BlockMaskConfig",
-    "ColormapConfig",
-    "IntensityNormConfig",
-    "MaskConfig",
-    "NoMaskConfig",
-    "PaddedMaskConfig",
-    "PretextConfig",
-    "PretrainConfig",
-    "TokenMaskConfig",
-]
+__all__ = list(_pretext.__all__)
