@@ -15,6 +15,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from musplit.config.presets import DEMO_PAIRING, demo_preset
+from musplit.data.context import lateral_context
+from musplit.data.sources import write_critters
+from musplit.data.synthetic import generate_critters
+from musplit.evaluation import evaluate_arrays, write_metrics
+from musplit.report import plot_context_stack, plot_prediction
+from musplit.splitter import Splitter
 
 log = logging.getLogger(__name__)
 
@@ -22,36 +31,14 @@ log = logging.getLogger(__name__)
 MODELS = (("lean", "HVAE Lean-LC", "lean"), ("vanilla", "HVAE Vanilla", "none"))
 
 
-#: Critters pairing of the demo (see :data:`musplit.data.synthetic.PAIRINGS`). With the paper's
-#: pairing only the *pair* of frequencies identifies a channel, a relation that takes the paper's
-#: hundreds of thousands of steps to learn: on 2 CPU cores neither model learned any of it within
-#: 3000 steps (both stay at the "half the input" level, ~15.5 dB). In "shared-low" the
-#: high-frequency half of a critter identifies its channel and the low-frequency half is shared:
-#: Vanilla can assign the first from its patch, the second needs the rest of the critter in view.
-PAIRING = "shared-low"
+#: Critters pairing of the demo: :data:`musplit.config.presets.DEMO_PAIRING` (why: there).
+PAIRING = DEMO_PAIRING
 
-
-def demo_config(lc: str, *, frames: int, size: int, steps: int, seed: int):
-    """The ``cpu-small`` preset on critters N25 with a fixed step budget."""
-    from musplit.config import preset
-
-    return preset(
-        "cpu-small",
-        name=f"demo-{lc}",
-        data={"synthetic": {"frames": frames, "size": size, "connector": 25, "seed": seed,
-                            "pairing": PAIRING},
-              "pad": "zeros"},
-        model={"lc": lc, "filters": 16, "z_dims": [16, 16, 16, 16]},
-        train={"max_steps": steps, "batch_size": 16, "val_every_steps": max(1, steps // 8),
-               "early_stopping_patience": 1000, "lr_patience": 3, "seed": seed},
-        predict={"grid": 32, "batch_size": 128},
-    )
+#: The demo's run settings (:func:`musplit.config.presets.demo_preset`), under their old name.
+demo_config = demo_preset
 
 
 def _context_figure(out_dir: Path, targets, split, stats, echo) -> Path:
-    from musplit.data.context import lateral_context
-    from musplit.report import plot_context_stack
-
     i = split.train[0]
     raw = stats.mix(stats.clip(targets[i]))
     h, w = raw.shape
@@ -87,13 +74,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, frames: int = 100, siz
     samples : int
         Posterior samples for the MMSE prediction and its std.
     """
-    import torch
-
-    from musplit.data.sources import write_critters
-    from musplit.data.synthetic import generate_critters
-    from musplit.evaluation import evaluate_arrays, write_metrics
-    from musplit.report import plot_prediction
-    from musplit.splitter import Splitter
+    # Lazy: musplit.training imports lightning (slow to import; demo_config needs none of it).
     from musplit.training import prepare_data, train
 
     out_dir = Path(out_dir)
@@ -180,7 +161,7 @@ def _write_report(out_dir: Path, results: dict, *, frames, size, steps, samples,
         "and in a few minutes on a CPU neither model learns it.) Each model: `cpu-small` preset "
         f"(β-NLL with β = 1) with 16 filters and 4×16 latents, {steps} training steps of batch "
         f"16, prediction with inner padding (G = 32, P = 64), MMSE over {samples} samples. "
-        "Metrics on whole test frames in normalised units (spec section 9), mean ± standard "
+        "Metrics on whole test frames in normalised units (docs/evaluation.md), mean ± standard "
         "error over frames, averaged over the two channels.",
         "",
         _comparison_table(results),
@@ -200,16 +181,31 @@ def _write_report(out_dir: Path, results: dict, *, frames, size, steps, samples,
         "![context stack](context_stack.png)",
         "",
     ]
-    for r in results.values():
-        lines += [f"## {r['title']}", "", f"![{r['title']}]({r['figure']})", ""]
-    lines += [f"Total time {elapsed:.0f} s.", ""]
-    path = out_dir / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    path = finish_report(out_dir, lines, results, heading="##",
+                         total=f"Total time {elapsed:.0f} s.")
     summary = {k: {"ri_psnr": v["metrics"]["summary"]["ri_psnr"]["mean"],
                    "ssim": v["metrics"]["summary"]["ssim"]["mean"],
                    "train_s": v["train_s"], "predict_s": v["predict_s"]}
                for k, v in results.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary name (``.<name>.tmp``), then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def finish_report(out_dir: Path, lines: list[str], results: dict, *, heading: str,
+                  total: str) -> Path:
+    """End a demo report and write it as ``out_dir/report.md``: ``lines``, then one section
+    (``heading`` level) with the figure of every model result that has one, then ``total``."""
+    lines = list(lines)
+    for r in results.values():
+        if isinstance(r, dict) and r.get("figure"):
+            lines += [f"{heading} {r['title']}", "", f"![{r['title']}]({r['figure']})", ""]
+    lines += [total, ""]
+    return write_text_atomic(out_dir / "report.md", "\n".join(lines))

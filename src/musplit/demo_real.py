@@ -28,6 +28,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from musplit.config.presets import real_demo_preset
+from musplit.data.io import open_image
+from musplit.data.splits import Region, Split, load_split, save_split, spatial_split
+from musplit.demo import finish_report, write_text_atomic
+from musplit.errors import MusplitError
+from musplit.evaluation import evaluate_arrays, write_metrics
+from musplit.report import _pyplot, plot_prediction, save_figure
+from musplit.splitter import Splitter
 
 #: Where the stack lies inside the PartSegData package.
 STACK = ("static_files", "initial_images", "stack.tif")
@@ -39,9 +49,7 @@ TEST_ROWS = 256
 
 def partseg_stack() -> Path:
     """Path of PartSegData's ``stack.tif``; a clear error when the extra is not installed."""
-    from musplit.errors import MusplitError
-
-    try:
+    try:  # lazy: the optional examples extra
         import PartSegData
     except ImportError:
         raise MusplitError(
@@ -53,27 +61,14 @@ def partseg_stack() -> Path:
     return path
 
 
-def real_config(path, channels, lc: str, *, steps: int, split: str, seed: int = 0,
-                filters: int = 16, batch_size: int = 16):
-    """The ``cpu-real`` preset (the real-data settings of the module docstring) on ``path``."""
-    from musplit.config import preset
-
-    return preset(
-        "cpu-real",
-        name=f"real-{lc}",
-        data={"path": str(path), "channels": list(channels), "split": split},
-        model={"lc": lc, "filters": filters, "z_dims": [filters] * 4},
-        train={"max_steps": steps, "batch_size": batch_size,
-               "val_every_steps": max(1, steps // 8), "seed": seed},
-    )
+#: The ``cpu-real`` preset (the real-data settings of the module docstring) on a file:
+#: :func:`musplit.config.presets.real_demo_preset`, under its old name.
+real_config = real_demo_preset
 
 
 def make_split(path, channels, out: Path, *, patch: int = 64) -> Path:
     """Test = the bottom :data:`TEST_ROWS` rows; validation = a band of the rest where every
     channel has signal. Written to ``out`` (split.json) and returned."""
-    from musplit.data.io import open_image
-    from musplit.data.splits import Region, Split, save_split, spatial_split
-
     src = open_image(path)
     try:
         frame = src.read(channels=list(channels))[0]
@@ -112,11 +107,7 @@ def run_pair(path, channels, out_dir: Path, *, steps: int, samples: int = 3, see
         (nested, as :meth:`musplit.config.Config.updated` takes them) change the settings of
         every model, e.g. ``{"data": {"augment": "none"}}``.
     """
-    from musplit.data.io import open_image
-    from musplit.data.splits import load_split
-    from musplit.evaluation import evaluate_arrays, write_metrics
-    from musplit.report import plot_prediction
-    from musplit.splitter import Splitter
+    # Lazy: musplit.training imports lightning (slow; gains and the tables need none of it).
     from musplit.training import train
 
     out_dir = Path(out_dir)
@@ -176,8 +167,6 @@ def run_pair(path, channels, out_dir: Path, *, steps: int, samples: int = 3, see
 
 def _split_figure(mix: np.ndarray, split, path: Path) -> Path:
     """The superimposed frame with the validation and test regions outlined."""
-    from musplit.report import _pyplot, save_figure
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.imshow(mix, cmap="magma", vmax=float(np.quantile(mix, 0.999)))
@@ -231,11 +220,6 @@ def run_real_demo(out_dir: str | os.PathLike = "runs/demo-real", *, channels=(0,
                   steps: int = 1000, samples: int = 3, seed: int = 0, filters: int = 16,
                   echo=print) -> Path:
     """Run the real-data demo and return the path of its report (module docstring)."""
-    import torch
-
-    from musplit.data.io import open_image
-    from musplit.data.splits import load_split
-
     path = partseg_stack()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,14 +302,8 @@ def _write_report(out_dir: Path, results: dict, *, path, steps, samples, elapsed
         "image's intensity units: large where it is unsure which channel a signal belongs to).",
         "",
     ]
-    for r in results.values():
-        if isinstance(r, dict) and r.get("figure"):
-            lines += [f"### {r['title']}", "", f"![{r['title']}]({r['figure']})", ""]
-    lines += [f"Total time {elapsed:.0f} s on {os.cpu_count()} CPU core(s).", ""]
-    path_out = out_dir / "report.md"
-    tmp = path_out.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path_out)
+    path_out = finish_report(out_dir, lines, results, heading="###",
+                             total=f"Total time {elapsed:.0f} s on {os.cpu_count()} CPU core(s).")
     summary = {"channels": results["channels"], "split": results["split"],
                "baseline": results["baseline"]["metrics"]["summary"]["ri_psnr"],
                "gains_db": g, "elapsed_s": elapsed}
@@ -334,7 +312,5 @@ def _write_report(out_dir: Path, results: dict, *, path, steps, samples, elapsed
             summary[key] = {"ri_psnr": r["metrics"]["summary"]["ri_psnr"],
                             "ssim": r["metrics"]["summary"]["ssim"]["mean"],
                             "train_s": r["train_s"], "predict_s": r["predict_s"]}
-    tmp = out_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out_dir / "summary.json")
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return path_out

@@ -1,8 +1,10 @@
-"""Run configuration: pydantic models, YAML round trip and presets.
+"""The run configuration: data, model, training and prediction settings of one run.
 
-A :class:`Config` holds everything a run needs (data, model, training, prediction) and is
-validated as a whole when it is built, so an inconsistent run fails before it starts rather
-than at step 3,000 (ecosystem spec CFG-3). Every config carries a ``version``.
+A :class:`Config` holds everything a run needs and is validated as a whole when it is built,
+so an inconsistent run fails before it starts rather than at step 3,000 (docs/design.md,
+"Configuration"). Every config carries a ``version``. The model part is
+:class:`~musplit.config.model.ModelConfig`; the named presets are in
+:mod:`musplit.config.presets`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,17 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from musplit.config.base import (
+    Strict,
+    deep_merge,
+    format_validation_error,
+    read_yaml_mapping,
+    write_yaml,
+)
+from musplit.config.model import ModelConfig
 from musplit.errors import ConfigError
-from musplit.models.config import ModelConfig
 
 CONFIG_VERSION = 1
 
@@ -24,20 +32,13 @@ __all__ = [
     "Config",
     "CrittersConfig",
     "DataConfig",
-    "ModelConfig",
     "PredictConfig",
     "TrainConfig",
-    "preset",
-    "PRESETS",
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class CrittersConfig(_Strict):
-    """Built-in SinosoidalCritters data (spec 6)."""
+class CrittersConfig(Strict):
+    """Built-in SinosoidalCritters data (docs/data.md, "Synthetic critters")."""
 
     frames: int = Field(1000, ge=3)
     size: int = Field(256, ge=16)
@@ -46,8 +47,14 @@ class CrittersConfig(_Strict):
     pairing: Literal["paper", "shared-low", "shared-high"] = "paper"
 
 
-class DataConfig(_Strict):
-    """Where the training channels come from and how patches are made (spec 5)."""
+class DataConfig(Strict):
+    """Where the training channels come from and how patches are made (docs/data.md).
+
+    ``patch`` is µSplit's training crop ``P`` (pixels on a side) and ``scales`` the number of
+    lateral-context scales; both are also model settings (``model.patch``, ``model.scales``)
+    because the network is built from its :class:`ModelConfig` alone. :class:`Config` fills
+    ``scales`` from the model's when it is None and refuses a run where either differs.
+    """
 
     path: str | list[str] | None = Field(
         None, description="multi-channel data: a file (TIFF, Zarr, npy), a folder or glob of "
@@ -107,8 +114,8 @@ class DataConfig(_Strict):
         return None
 
 
-class TrainConfig(_Strict):
-    """Optimisation settings (spec 4)."""
+class TrainConfig(Strict):
+    """Optimisation settings (docs/method.md, "Training recipe")."""
 
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -128,11 +135,11 @@ class TrainConfig(_Strict):
     val_every_steps: int | None = Field(None, ge=1)
     init_from: str | None = Field(
         None, description="pre-training checkpoint (musplit pretrain) whose encoder weights "
-        "initialise the model, loaded strictly (spec/pcmc.md 13.6)")
+        "initialise the model, loaded strictly (docs/pretraining.md, \"Transfer to µSplit\")")
 
 
-class PredictConfig(_Strict):
-    """Tiled prediction settings (spec 8)."""
+class PredictConfig(Strict):
+    """Tiled prediction settings (docs/tiling.md)."""
 
     padding: Literal["inner", "outer", "none"] = "inner"
     grid: int | None = Field(None, ge=2, description="tile size G; None = variant default")
@@ -153,22 +160,7 @@ class PredictConfig(_Strict):
         "training brightness and returns the channels in the image's units; 'off' skips it")
 
 
-def read_yaml_mapping(path: str | os.PathLike) -> dict:
-    """The mapping a YAML file holds; a missing file, bad YAML or a non-mapping is a
-    :class:`ConfigError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {path} is not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
-
-
-class Config(_Strict):
+class Config(Strict):
     """Everything one run needs, validated as a whole."""
 
     version: int = CONFIG_VERSION
@@ -227,102 +219,9 @@ class Config(_Strict):
 
     def to_yaml(self, path: str | os.PathLike) -> Path:
         """Write as YAML (temporary name, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
-        os.replace(tmp, path)
-        return path
+        return write_yaml(self.model_dump(mode="json"), path)
 
     def updated(self, overrides: dict) -> Config:
         """A new validated config with nested ``overrides`` (e.g. {"train": {"max_steps": 5}})."""
-        merged = _deep_merge(self.model_dump(mode="json"), overrides)
+        merged = deep_merge(self.model_dump(mode="json"), overrides)
         return Config.validated(merged)
-
-
-def format_validation_error(e: ValidationError) -> str:
-    """One line per problem, joined with '; ' (field path: message)."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _paper(name: str, data: dict, epochs: int, lr_patience: int, stop_patience: int) -> dict:
-    """The paper's recipe (spec 4): Regular-LC HVAE, fp16 AMP, inner padding G = 16."""
-    return {
-        "name": name,
-        "data": data,
-        "model": {"kind": "hvae", "lc": "regular"},
-        "train": {"max_epochs": epochs, "lr_patience": lr_patience,
-                  "early_stopping_patience": stop_patience, "precision": "16-mixed"},
-        "predict": {"grid": 16},
-    }
-
-
-def _critters(connector: int) -> dict:
-    return {"synthetic": {"frames": 1000, "size": 256, "connector": connector}, "pad": "zeros"}
-
-
-# Presets: the paper's settings (spec 4) and a laptop-sized one. Each is a dict of overrides
-# applied to the defaults, so that a preset plus user flags is one merge.
-PRESETS: dict[str, dict] = {
-    "paper-pavia": _paper("paper-pavia", {"channels": [2, 3], "pad": "reflect"}, 200, 15, 100),
-    "paper-hagen": _paper("paper-hagen", {"pad": "reflect", "split": "hagen"}, 200, 15, 100),
-    "paper-critters-n0": _paper("paper-critters-n0", _critters(0), 4800, 180, 1200),
-    "paper-critters-n25": _paper("paper-critters-n25", _critters(25), 2400, 90, 300),
-    # Small enough to train in minutes on two CPU cores: fewer filters and latents.
-    "cpu-small": {
-        "name": "cpu-small",
-        "data": {},
-        "model": {"kind": "hvae", "lc": "lean", "filters": 32, "z_dims": [32, 32, 32, 32]},
-        # β-NLL with β = 1: on short CPU budgets the plain NLL barely moves the means (measured:
-        # no gain over a linear fit in 1000 steps where β = 1 gains 4-7 dB); see musplit.losses.
-        "train": {"batch_size": 16, "max_steps": 2000, "lr_patience": 5,
-                  "early_stopping_patience": 20, "precision": "32", "nll_beta": 1.0},
-        "predict": {"grid": 32, "batch_size": 64},
-    },
-    # cpu-small for real acquisitions (measured in BENCHMARKS.md, "Real data"): the input is
-    # the sum of the channels (a superimposed acquisition adds photons), nothing is clipped
-    # (a pooled quantile clip falls inside the brighter channel's structures), patches are
-    # flipped and rotated (a few frames hold few objects), and predicted samples add up to the
-    # input. Narrower (16 filters) so that 1000 steps take about 5 minutes on two CPU cores.
-    "cpu-real": {
-        "name": "cpu-real",
-        "data": {"input_is_sum": True, "clip_quantile": 1.0, "augment": "d4", "pad": "reflect"},
-        "model": {"kind": "hvae", "lc": "lean", "filters": 16, "z_dims": [16, 16, 16, 16]},
-        "train": {"batch_size": 16, "max_steps": 1000, "val_every_steps": 125,
-                  "lr_patience": 3, "early_stopping_patience": 1000, "precision": "32",
-                  "nll_beta": 1.0},
-        "predict": {"grid": 32, "batch_size": 128, "samples": 3, "consistent": True},
-    },
-}
-
-
-def preset(preset_name: str, /, **overrides) -> Config:
-    """A named preset as a validated :class:`Config`, with optional nested overrides.
-
-    Examples
-    --------
-    >>> cfg = preset("cpu-small", train={"max_steps": 100})
-    """
-    name = preset_name
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
-    # Start from the preset's own overrides (not a dump of the defaults), so that values the
-    # model derives from its variant (z_dims, scales) follow a user's `lc` override.
-    merged = _deep_merge({}, PRESETS[name])
-    if overrides:
-        merged = _deep_merge(merged, overrides)
-    return Config.validated(merged, source=f"preset {name}")
