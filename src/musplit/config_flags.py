@@ -36,6 +36,9 @@ DEEP_LC_WIDENED_PRESETS = ("cpu-small", "cpu-real")
 #: Deep-LC's number of hierarchy levels (docs/method.md, "Lateral Contextualisation").
 DEEP_LC_LEVELS = 8
 
+#: ``--critters`` names -> SinosoidalCritters connector length (pixels).
+CRITTERS_CONNECTORS = {"n0": 0, "n25": 25}
+
 #: Model settings that depend on the kind: reset when ``--model`` changes the kind.
 KIND_DEPENDENT_MODEL_KEYS = ("lc", "filters", "z_dims", "depth", "scales", "dropout")
 
@@ -48,6 +51,11 @@ def deep_lc_latents(lc: str | None, preset_name: str | None) -> list[int] | None
         return None
     width = PRESETS[preset_name]["model"]["z_dims"][0]
     return [width] * DEEP_LC_LEVELS
+
+
+def critters_data(critters: str) -> dict:
+    """The ``data.synthetic`` settings of ``--critters n0|n25`` (built-in SinosoidalCritters)."""
+    return {"connector": CRITTERS_CONNECTORS.get(critters, 25)}
 
 
 def train_overrides(*, data_path: str | None = None, split: str | None = None,
@@ -74,7 +82,7 @@ def train_overrides(*, data_path: str | None = None, split: str | None = None,
     if channel_files:
         over["data"]["channel_paths"] = [p.strip() for p in channel_files.split(",")]
     if critters:
-        over["data"]["synthetic"] = {"connector": 0 if critters == "n0" else 25}
+        over["data"]["synthetic"] = critters_data(critters)
         over["data"]["pad"] = "zeros"
     if axes:
         over["data"]["axes"] = axes
@@ -141,9 +149,11 @@ def train_config(over: dict, *, config_path: Path | None = None,
 
 
 __all__ = [
+    "CRITTERS_CONNECTORS",
     "DEEP_LC_LEVELS",
     "DEEP_LC_WIDENED_PRESETS",
     "DEFAULT_PRESET",
+    "critters_data",
     "deep_lc_latents",
     "switch_kind",
     "train_config",

@@ -5,7 +5,7 @@ One module per command family: :mod:`~musplit.cli.generate`, :mod:`~musplit.cli.
 :mod:`~musplit.cli.doubledip`, :mod:`~musplit.cli.import_official`, :mod:`~musplit.cli.demo`,
 :mod:`~musplit.cli.pretrain` and :mod:`~musplit.cli.detect` (``synth`` and ``detect``); they
 join the group in :mod:`musplit.cli.app`, which also maps errors to exit statuses. Shared
-pieces: :mod:`~musplit.cli.parsing` (flag values), :mod:`~musplit.cli.outputs` (output checks,
+pieces: :mod:`~musplit.cli.options` (shared flags), :mod:`~musplit.cli.outputs` (output checks,
 small files, metric tables), :mod:`~musplit.cli.detect_data` (detection datasets). What the
 command line offers is described in docs/design.md ("Command line").
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from musplit.cli.parsing import int_list
+from musplit.cli.options import int_list
 from musplit.demo import run_demo
 from musplit.demo_real import run_real_demo
 from musplit.errors import InputError

@@ -8,8 +8,8 @@ import click
 import numpy as np
 
 from musplit import __version__
+from musplit.cli.options import int_list
 from musplit.cli.outputs import check_output, echo_metrics, file_kind
-from musplit.cli.parsing import int_list
 from musplit.errors import InputError
 from musplit.evaluation import evaluate_arrays
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from musplit.cli.options import image_options, int_list
 from musplit.cli.outputs import echo_metrics
-from musplit.cli.parsing import int_list
 from musplit.evaluation import check_pixel_sizes, evaluate_arrays
 
 # Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
@@ -19,11 +19,7 @@ from musplit.evaluation import check_pixel_sizes, evaluate_arrays
 @click.option("--target", "target_path", type=click.Path(path_type=Path), required=True)
 @click.option("--target-channels", default=None,
               help="Channels of --target that match the prediction's, e.g. 2,3.")
-@click.option("--axes", default=None, help="Axes of --target (default: metadata).")
-@click.option("--series", type=click.IntRange(min=0), default=None,
-              help="Image series of a TIFF --target (default: the first full-resolution one).")
-@click.option("--level", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Pyramid level of --target (0 = full resolution).")
+@image_options("--target")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Checkpoint: clip and normalise as in training (the paper's protocol).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from musplit.cli.parsing import int_list
+from musplit.cli.options import int_list
 from musplit.data.normalize import NormStats, compute_stats
 from musplit.data.sources import load_targets
 from musplit.errors import InputError
@@ -62,9 +62,10 @@ def _stats(stats_json: Path | None, stats_from: str | None, critters: str | None
     if not (stats_from or critters):
         return None
     from musplit.config import DataConfig  # pydantic, torch
+    from musplit.config_flags import critters_data  # pydantic, torch
 
     if critters:
-        dc = DataConfig(synthetic={"connector": 0 if critters == "n0" else 25})
+        dc = DataConfig(synthetic=critters_data(critters))
     elif "," in stats_from:
         dc = DataConfig(channel_paths=[p.strip() for p in stats_from.split(",")], axes=axes)
     else:

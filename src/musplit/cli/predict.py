@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from musplit import runtime
+from musplit.cli.options import image_options, int_list
 from musplit.cli.outputs import file_kind, refuse_existing, sibling
-from musplit.cli.parsing import int_list
 from musplit.errors import InputError
 
 # Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
@@ -23,11 +23,7 @@ log = logging.getLogger("musplit")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
               help="Output .tif/.tiff or .zarr (the std goes next to it with --std).")
-@click.option("--axes", default=None, help="Axes of INPUT (default: metadata).")
-@click.option("--series", type=click.IntRange(min=0), default=None,
-              help="Image series of a TIFF INPUT (default: the first full-resolution one).")
-@click.option("--level", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Pyramid level of INPUT (0 = full resolution).")
+@image_options("INPUT")
 @click.option("--mix-channels", default=None,
               help="INPUT holds separate channels: predict from their mix (e.g. 0,1), "
                    "for evaluation against them.")

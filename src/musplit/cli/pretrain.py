@@ -68,7 +68,7 @@ def _pretrain_config(config_path: Path | None, *, model_name, objective, colorma
     """The validated PretrainConfig of the flags over ``--config`` (when given): a YAML
     config keeps its own model, objective and mode; the other flags override it."""
     from musplit.config import read_yaml_mapping  # pydantic, torch
-    from musplit.pretrain.config import validated
+    from musplit.pretrain.config import validated  # pydantic
     from musplit.pretrain.objectives import default_mask  # torch
     from musplit.pretrain.pretext_config import PretrainConfig  # torch
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from musplit.cli.parsing import int_list
+from musplit.cli.options import int_list
 
 # Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
 # tifffile/zarr or scipy are imported inside the commands, so that ``musplit --help`` starts fast.
