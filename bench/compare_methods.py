@@ -6,8 +6,9 @@ U-Net + Regular-LC, Context-Aware U-Net, BRAVE-NET, and the unsupervised Double-
 config, data and Splitter as any run), then its last checkpoint predicts the first
 ``--test-frames`` test frames with the default tiling (inner padding, G = P/2) and is scored
 as the paper does: range-invariant PSNR and SSIM per channel in normalised target space
-(spec 9). Double-DIP has no training: the same budget is spent fitting one random crop of each
-of those test frames (spec 10.5; layer order resolved per crop, spec 9.6).
+(docs/evaluation.md, "Metrics"). Double-DIP has no training: the same budget is spent fitting
+one random crop of each of those test frames (docs/evaluation.md, "Double-DIP"; layer order
+resolved per crop by musplit.doubledip.split_crops, the pipeline of ``musplit double-dip``).
 
 Per method it also records the parameters, the median seconds per training step (forward,
 backward and optimiser step; data loading and validation excluded), the steps done within the
@@ -38,6 +39,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import lightning as L
+import torch
+
+from musplit.config import Config
+from musplit.doubledip import MULTIPLE, SkipGenerator, random_crops, separate, split_crops
+from musplit.evaluation import evaluate_arrays
+from musplit.losses import deep_supervision_mse, split_elbo
+from musplit.models import build, count_parameters
+from musplit.models.config import LADDER_KINDS
+from musplit.splitter import Splitter
+from musplit.training import prepare_data, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_all  # noqa: E402  (shared helpers of bench/)
@@ -82,7 +95,7 @@ def model_overrides(name: str, size: str) -> dict:
     """The ModelConfig fields of method ``name`` at ``size``."""
     _, model, _ = METHODS[name]
     model = dict(model)
-    if model["kind"] in ("hvae", "hae"):
+    if model["kind"] in LADDER_KINDS:
         s = SIZES[size]["ladder"]
         if s:
             levels = 2 * s.get("levels", 4) if model["lc"] == "deep" else s.get("levels", 4)
@@ -98,8 +111,6 @@ def model_overrides(name: str, size: str) -> dict:
 
 def make_config(name: str, args):
     """The run config of one method: the same data, batch and optimiser for every method."""
-    from musplit.config import Config
-
     patch = args.frame_size if METHODS[name][2] == "large" else args.patch
     model = {"patch": patch, **model_overrides(name, args.size)}
     return Config.validated({
@@ -127,11 +138,6 @@ def peak_step_memory(config, steps: int = 2) -> float:
 
     Meaningful in a fresh process (ru_maxrss is a high-water mark of the whole process).
     """
-    import torch
-
-    from musplit.losses import deep_supervision_mse, split_elbo
-    from musplit.models import build
-
     m = config.model
     model = build(m).train()
     opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
@@ -142,7 +148,7 @@ def peak_step_memory(config, steps: int = 2) -> float:
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         out = model(x)
-        if m.kind in ("hvae", "hae"):
+        if m.kind in LADDER_KINDS:
             loss, _ = split_elbo(out.params, y, out.kl, out.kl_elements)
         else:
             loss, _ = deep_supervision_mse(out.params[:, : m.out_channels], y, out.aux)
@@ -154,8 +160,6 @@ def peak_step_memory(config, steps: int = 2) -> float:
 
 
 def _budget_callback(seconds: float, threads: int):
-    import lightning as L
-
     class Budget(L.Callback):
         """Stop after ``seconds`` × ``threads`` of process CPU time; time every step.
 
@@ -186,8 +190,6 @@ def _budget_callback(seconds: float, threads: int):
 
 
 def _test_frames(config, n: int):
-    from musplit.training import prepare_data
-
     data, stats = prepare_data(config)
     frames = list(data.split.test[:n])
     return data.targets[frames], stats, frames
@@ -195,13 +197,6 @@ def _test_frames(config, n: int):
 
 def run_trained(name: str, args, work: Path) -> dict:
     """Train method ``name`` for the budget, then predict and score the test frames."""
-    import torch
-
-    from musplit.evaluation import evaluate_arrays
-    from musplit.models import build, count_parameters
-    from musplit.splitter import Splitter
-    from musplit.training import train
-
     config = make_config(name, args)
     memory = peak_step_memory(config) if args.memory else None
     budget = _budget_callback(args.budget_seconds, args.threads)
@@ -237,13 +232,6 @@ def run_trained(name: str, args, work: Path) -> dict:
 
 def run_double_dip(args) -> dict:
     """Double-DIP on one random crop of each test frame, the budget shared between crops."""
-    import numpy as np
-    import torch
-
-    from musplit.doubledip import MULTIPLE, SkipGenerator, match_layers, random_crops, separate
-    from musplit.evaluation import evaluate_arrays
-    from musplit.models import count_parameters
-
     config = make_config("hvae-lean", args)  # only for its data and statistics
     targets, stats, frames = _test_frames(config, args.test_frames)
     crop = min(256, args.frame_size) // MULTIPLE * MULTIPLE
@@ -254,16 +242,11 @@ def run_double_dip(args) -> dict:
     separate(mix[0, :crop, :crop], iterations=probe, device="cpu")
     per_it = (time.process_time() - c0) / args.threads / probe
     iterations = max(1, int(args.budget_seconds / len(frames) / per_it))
-    layers, gt = [], []
     t0 = time.perf_counter()
-    for i, (f, top, left) in enumerate(corners):
-        r = separate(mix[f, top:top + crop, left:left + crop], iterations=iterations,
-                     seed=args.seed + i, device="cpu")
-        t = targets[f, top:top + crop, left:left + crop]
-        layers.append(match_layers(t, r.layers)[0])
-        gt.append(t)
+    found = split_crops(mix, corners, crop, targets=targets, seed=args.seed,
+                        iterations=iterations, device="cpu")
     wall = time.perf_counter() - t0
-    res = evaluate_arrays(np.stack(gt), np.stack(layers), stats=stats)
+    res = evaluate_arrays(found.targets, found.layers, stats=stats)
     return {
         "method": "double-dip",
         "label": METHODS["double-dip"][0],
@@ -294,8 +277,6 @@ def _scores(res: dict) -> dict:
 
 
 def run_one(name: str, args, work: Path) -> dict:
-    import torch
-
     torch.set_num_threads(args.threads)
     row = run_double_dip(args) if name == "double-dip" else run_trained(name, args, work)
     row["budget_s"] = args.budget_seconds

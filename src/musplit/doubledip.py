@@ -1,4 +1,6 @@
-"""Double-DIP (Gandelsman, Shocher and Irani, CVPR 2019): the unsupervised baseline (spec 10.5).
+"""Double-DIP (Gandelsman, Shocher and Irani, CVPR 2019): the unsupervised baseline.
+
+The recipe and its evaluation are in docs/evaluation.md ("Double-DIP").
 
 Double-DIP has no training data. For each image crop it fits two deep-image-prior generators
 ``G1``, ``G2`` (each a small "skip" encoder-decoder fed its own fixed noise) so that their
@@ -8,22 +10,25 @@ mixture reproduces the crop, while an exclusion loss keeps their gradients apart
 
 with ``x`` the crop min-max scaled to [0, 1]. ``α`` is Double-DIP's mixing mask ``m``. Layers
 that add up, as superimposed fluorescence channels do, call for a uniform mask, as in
-Double-DIP's transparency separation: ``α = 1/2`` fixed (``mix="fixed"``, the recipe of spec
-10.5, where the reconstruction is ``G1 + G2``), or one value fitted per crop together with the
-generators (``mix="learned"``). The recipe follows the Double-DIP authors' public separation
-code (the paper does not state its settings): Adam at 5e-4 for 8000 iterations, the 8
-dihedral transforms of crop and noise in turn on every second iteration, a perturbation of
-the noise inputs growing to std 0.001 over the first 1000 iterations (none at the last), and
-the iterate with the best reconstruction PSNR kept (among the iterations that saw the crop
-untransformed).
+Double-DIP's transparency separation: ``α = 1/2`` fixed (``mix="fixed"``, the recipe of
+docs/evaluation.md, where the reconstruction is ``G1 + G2``), or one value fitted per crop
+together with the generators (``mix="learned"``). The recipe follows the Double-DIP authors'
+public separation code (the paper does not state its settings): Adam at 5e-4 for 8000
+iterations, the 8 dihedral transforms of crop and noise in turn on every second iteration, a
+perturbation of the noise inputs growing to std 0.001 over the first 1000 iterations (none at
+the last), and the iterate with the best reconstruction PSNR kept (among the iterations that
+saw the crop untransformed).
 
 The paper ran it on random crops of the test images (the crop size was lost; 256 by default).
 Its outputs have no channel identity, so evaluation picks, per crop, the order of the two layers
-that maximises the summed range-invariant PSNR (spec 9.6, :func:`match_layers`). It shows what
-supervision buys: in the paper's Table 1 it is 4-9 dB below every supervised method.
+that maximises the summed range-invariant PSNR (docs/evaluation.md, "Layer order",
+:func:`match_layers`). It shows what supervision buys: in the paper's Table 1 it is 4-9 dB
+below every supervised method.
 
-Entry points: :func:`separate` (one crop), :func:`separate_crops` (random crops of a stack) and
-``musplit double-dip INPUT --out OUT``.
+Entry points: :func:`separate` (one crop), :func:`separate_crops` (random crops of a stack),
+:func:`split_crops` (those crops, their layers put in the order of the ground truth when there
+is one: the pipeline of ``musplit double-dip INPUT --out OUT`` and of
+bench/compare_methods.py).
 """
 
 from __future__ import annotations
@@ -32,17 +37,21 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import permutations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from musplit.errors import InputError
+from musplit.metrics import range_invariant_psnr
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CropSplit",
     "DoubleDipResult",
     "SkipGenerator",
     "exclusion_loss",
@@ -50,6 +59,7 @@ __all__ = [
     "random_crops",
     "separate",
     "separate_crops",
+    "split_crops",
 ]
 
 #: Spatial halvings of the generators: crop sides must be multiples of 2^5 = 32, and at least
@@ -95,7 +105,7 @@ class _Level(nn.Module):
 
 
 class SkipGenerator(nn.Module):
-    """The deep-image-prior "skip" network of spec 10.5 step 2.
+    """The deep-image-prior "skip" network of Double-DIP (docs/evaluation.md, "Double-DIP").
 
     Parameters
     ----------
@@ -132,7 +142,8 @@ class SkipGenerator(nn.Module):
 
 # -- the loss ------------------------------------------------------------------------------
 def exclusion_loss(g1: Tensor, g2: Tensor, levels: int = 3) -> Tensor:
-    """Exclusion loss of Double-DIP (spec 10.5 step 3): the two layers' gradients apart.
+    """Exclusion loss of Double-DIP (docs/evaluation.md, "Double-DIP"): the two layers'
+    gradients apart.
 
     For each of ``levels`` scales (2x2 average pooling between them) and each direction,
     forward differences ``d1``, ``d2`` are squashed by ``s(d) = 2 sigmoid(d) - 1`` and the term
@@ -167,7 +178,7 @@ def _dihedral(x: Tensor, k: int) -> Tensor:
 
 
 def _noise_std(step: int, iterations: int) -> float:
-    """Input-noise perturbation of spec 10.5 step 4."""
+    """Input-noise perturbation of the recipe (docs/evaluation.md, "Double-DIP")."""
     if step == iterations - 1:
         return 0.0
     if step < 1000:
@@ -328,7 +339,7 @@ def _fit(target: Tensor, lo: float, hi: float, *, iterations: int, lr: float, mi
 # -- crops and evaluation ------------------------------------------------------------------
 def random_crops(n_frames: int, height: int, width: int, crop: int, per_frame: int = 1,
                  seed: int = 0) -> np.ndarray:
-    """Random crop positions, ``per_frame`` in every frame (spec 10.5).
+    """Random crop positions, ``per_frame`` in every frame (docs/evaluation.md, "Double-DIP").
 
     Returns
     -------
@@ -357,8 +368,6 @@ def separate_crops(frames, corners: np.ndarray, crop: int, *, seed: int = 0,
     iterations = int(kwargs.get("iterations", 8000))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=iterations * len(corners), unit="it", desc="double-dip")
     results = []
     try:
@@ -380,7 +389,7 @@ def separate_crops(frames, corners: np.ndarray, crop: int, *, seed: int = 0,
 
 
 def match_layers(target: np.ndarray, layers: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Order Double-DIP's layers like the target channels (spec 9.6).
+    """Order Double-DIP's layers like the target channels (docs/evaluation.md, "Layer order").
 
     Parameters
     ----------
@@ -393,10 +402,6 @@ def match_layers(target: np.ndarray, layers: np.ndarray) -> tuple[np.ndarray, li
         ``layers[..., perm]``, the permutation maximising the summed range-invariant PSNR.
     perm : list of int
     """
-    from itertools import permutations
-
-    from musplit.metrics import range_invariant_psnr
-
     c = target.shape[-1]
     if layers.shape != target.shape:
         raise InputError(f"layers {layers.shape} and target {target.shape} differ in shape")
@@ -411,3 +416,58 @@ def match_layers(target: np.ndarray, layers: np.ndarray) -> tuple[np.ndarray, li
         if total > best:
             best, best_perm = total, list(perm)
     return layers[..., best_perm], best_perm
+
+
+@dataclass
+class CropSplit:
+    """What :func:`split_crops` found.
+
+    Attributes
+    ----------
+    layers : ndarray, float32, shape (n_crops, crop, crop, 2)
+        The two layers of every crop; in the order of the target channels when targets were
+        given (:func:`match_layers`), else in Double-DIP's arbitrary order.
+    results : list of DoubleDipResult
+        One per crop, as :func:`separate` returned it (layers in Double-DIP's order).
+    targets : ndarray, shape (n_crops, crop, crop, C), optional
+        The ground-truth crops, when targets were given.
+    perms : list of list of int, optional
+        Per crop, the permutation that ordered its layers, when targets were given.
+    """
+
+    layers: np.ndarray
+    results: list[DoubleDipResult]
+    targets: np.ndarray | None = None
+    perms: list[list[int]] | None = None
+
+
+def split_crops(frames, corners: np.ndarray, crop: int, *, targets=None, seed: int = 0,
+                progress: bool = False, **kwargs) -> CropSplit:
+    """Double-DIP on each crop ``(frame, top, left)`` of ``frames (N, H, W)``, the layers put
+    in the order of ``targets`` when given.
+
+    Parameters
+    ----------
+    frames : array_like, shape (N, H, W)
+        The superimposed frames.
+    corners : ndarray, int, shape (K, 3)
+        Crop positions ``(frame, top, left)`` (:func:`random_crops`).
+    crop : int
+        Crop side.
+    targets : array_like, shape (N, H, W, C), optional
+        The separate channels (ground truth) of ``frames``: each crop's layers are ordered
+        like them (:func:`match_layers`, docs/evaluation.md, "Layer order").
+    seed, progress, kwargs
+        As :func:`separate_crops` (crop ``i`` is fitted with seed ``seed + i``).
+
+    Returns
+    -------
+    CropSplit
+    """
+    results = separate_crops(frames, corners, crop, seed=seed, progress=progress, **kwargs)
+    layers = np.stack([r.layers for r in results])
+    if targets is None:
+        return CropSplit(layers, results)
+    gt = np.stack([targets[f, t : t + crop, lf : lf + crop] for f, t, lf in corners])
+    ordered = [match_layers(gt[i], layers[i]) for i in range(len(layers))]
+    return CropSplit(np.stack([o[0] for o in ordered]), results, gt, [o[1] for o in ordered])

@@ -1,8 +1,11 @@
-"""Process-level settings that make CPU training and prediction faster.
+"""The process and its machine: allocator tuning and memory that is left.
 
-:func:`tune_allocator` is called by the ``musplit`` command line (set ``MUSPLIT_TUNE_MALLOC=0``
-to turn it off). Python users who train or predict on a CPU can call it once at the start of
-their program; it changes how this process allocates memory and nothing else.
+:func:`tune_allocator` makes CPU training and prediction faster; it is called by the
+``musplit`` command line (set ``MUSPLIT_TUNE_MALLOC=0`` to turn it off). Python users who train
+or predict on a CPU can call it once at the start of their program; it changes how this
+process allocates memory and nothing else. :func:`available_memory` tells how much memory is
+left, and :func:`in_memory_prediction_bytes` how much a prediction held in memory needs, so
+that work that cannot fit is refused before it starts.
 """
 
 from __future__ import annotations
@@ -58,9 +61,6 @@ def tune_allocator(trim_threshold: int = 1 << 30) -> bool:
     return _tuned
 
 
-__all__ = ["tune_allocator"]
-
-
 def available_memory() -> int | None:
     """Bytes of memory this process can still use, or None where that cannot be told.
 
@@ -83,3 +83,20 @@ def available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     return avail
+
+
+def in_memory_prediction_bytes(n_frames: int, height: int, width: int, *, n_read: int,
+                               n_channels: int, with_samples: bool, scales: int) -> int:
+    """Bytes a prediction held in memory needs, about.
+
+    The in-memory path keeps the input (``n_read`` channels read), the mixed input, the output
+    arrays (mean and aleatoric std per channel, plus the samples' std when ``with_samples``) of
+    every frame, and the lateral-context stack of the frame being tiled (about ``scales + 3``
+    frame copies), all float32. Streaming to Zarr keeps one block at a time instead.
+    """
+    px = n_frames * height * width
+    outputs = 2 * n_channels + (n_channels if with_samples else 0)
+    return 4 * px * (n_read + 1 + outputs) + 4 * height * width * (scales + 3)
+
+
+__all__ = ["available_memory", "in_memory_prediction_bytes", "tune_allocator"]

@@ -1,0 +1,47 @@
+"""``musplit evaluate``: score a prediction against its ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from musplit.cli.options import image_options, int_list
+from musplit.cli.outputs import echo_metrics
+from musplit.evaluation import check_pixel_sizes, evaluate_arrays
+
+# Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
+# tifffile/zarr or scipy are imported inside the commands, so that ``musplit --help`` starts fast.
+
+
+@click.command("evaluate")
+@click.option("--pred", "pred_path", type=click.Path(path_type=Path), required=True)
+@click.option("--target", "target_path", type=click.Path(path_type=Path), required=True)
+@click.option("--target-channels", default=None,
+              help="Channels of --target that match the prediction's, e.g. 2,3.")
+@image_options("--target")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint: clip and normalise as in training (the paper's protocol).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="Write the metrics as .json (and .csv next to it).")
+def evaluate(pred_path, target_path, target_channels, axes, model_path, out_path, series=None,
+             level=0):
+    """Range-invariant PSNR, PSNR, SSIM and RMSE per frame and channel, mean ± s.e.m."""
+    from musplit.data.io import open_image  # tifffile, zarr
+
+    psrc = open_image(pred_path)
+    pred = psrc.read()
+    tsrc = open_image(target_path, axes=axes, series=series, level=level)
+    check_pixel_sizes(psrc, tsrc)
+    target = tsrc.read(channels=int_list(target_channels, "--target-channels"))
+    stats = None
+    if model_path is not None:
+        from musplit.splitter import Splitter  # torch
+
+        stats = Splitter.load(model_path).stats
+    res = evaluate_arrays(target, pred, stats=stats, channel_names=psrc.channel_names,
+                          source=f"{pred_path} vs {target_path}")
+    echo_metrics(res, out_path)
+
+
+__all__ = ["evaluate"]

@@ -1,0 +1,83 @@
+"""``musplit train``: parse the flags, build the run config (musplit.config_flags), train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from musplit.cli.options import int_list
+
+# Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
+# tifffile/zarr or scipy are imported inside the commands, so that ``musplit --help`` starts fast.
+
+
+@click.command("train")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="YAML config; flags below override it.")
+@click.option("--preset", "preset_name", default=None,
+              help="Start from a preset: cpu-small, cpu-real (cpu-small for real "
+                   "acquisitions: input = sum of the channels, no clip, flips and rotations, "
+                   "predictions that add up to the input), paper-pavia, paper-hagen, "
+                   "paper-critters-n0, paper-critters-n25.")
+@click.option("--data", "data_path", default=None,
+              help="Multi-channel training data: a file, a folder or glob of files, or "
+                   "comma-separated files (one or more frames each, sizes may differ).")
+@click.option("--channel-files", default=None,
+              help="Comma-separated files (or one folder of files), one per channel "
+                   "(instead of --data).")
+@click.option("--split", "split", default=None,
+              help="default (frames, or held-out regions when there are too few frames), "
+                   "spatial (always regions), hagen, or a split.json file.  [default: default]")
+@click.option("--axes", default=None, help="Axes of the data, e.g. SYXC (default: metadata).")
+@click.option("--channels", default=None, help="Channel indices to separate, e.g. 2,3.")
+@click.option("--critters", type=click.Choice(["n0", "n25"]), default=None,
+              help="Train on built-in SinosoidalCritters instead of a file.")
+# The first two choices are musplit.models.config.LADDER_KINDS, spelled out because importing
+# musplit.models loads torch (tests/test_cli_layout.py checks that they agree).
+@click.option("--model", "kind",
+              type=click.Choice(["hvae", "hae", "unet", "ca_unet", "bravenet"]), default=None,
+              help="hvae/hae: the µSplit LadderVAE; unet, ca_unet (Context-Aware U-Net), "
+                   "bravenet: the paper's baselines.")
+@click.option("--lc", type=click.Choice(["none", "lean", "regular", "deep"]), default=None,
+              help="Lateral context (unet: none or regular).")
+@click.option("--filters", type=click.IntRange(min=1), default=None,
+              help="Trunk width (LadderVAE) or first-level width (baselines).")
+@click.option("--depth", type=click.IntRange(min=1), default=None,
+              help="Baselines: U-Net Down blocks (default 5) or BRAVE-NET levels (default 4).")
+@click.option("--patch", type=int, default=None)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None)
+@click.option("--max-epochs", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--val-every", type=click.IntRange(min=1), default=None,
+              help="Validate every N steps (default: every epoch).")
+@click.option("--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Run folder (default runs/<name>).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--devices", default="auto", show_default=True)
+@click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
+@click.option("--init-from", "init_from", default=None,
+              help="Start from the encoder of a pre-training checkpoint (musplit pretrain).")
+def train(config_path, preset_name, data_path, channel_files, split, axes, channels, critters,
+          kind, lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every,
+          precision, seed, out_dir, resume, devices, strategy, init_from=None):
+    """Train a model; the run folder gets the config, split, logs and checkpoints."""
+    from musplit.config_flags import train_config, train_overrides  # pydantic, torch
+    from musplit.training import train as run_training  # lightning
+
+    over = train_overrides(
+        data_path=data_path, split=split, channel_files=channel_files, critters=critters,
+        axes=axes, channels=int_list(channels, "--channels") if channels else None,
+        patch=patch, kind=kind, lc=lc, filters=filters, depth=depth, preset_name=preset_name,
+        max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
+        val_every=val_every, precision=precision, seed=seed, init_from=init_from)
+    cfg = train_config(over, config_path=config_path, preset_name=preset_name, resume=resume,
+                       out_dir=out_dir)
+    best = run_training(cfg, out_dir, resume=resume, devices=devices, strategy=strategy,
+                        echo=click.echo)
+    click.echo(f"best checkpoint: {best}")
+
+
+__all__ = ["train"]
