@@ -7,8 +7,6 @@ from pathlib import Path
 import click
 
 from musplit.cli.options import int_list
-from musplit.demo import run_demo
-from musplit.demo_real import run_real_demo
 from musplit.errors import InputError
 
 # Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
@@ -35,6 +33,9 @@ def demo(out_dir: Path | None, real: bool, channels: str, frames: int, size: int
     """The main job on built-in synthetic data: train Lean-LC and Vanilla HVAEs on
     SinosoidalCritters, predict the test split, evaluate, and write a report. With --real,
     the same on two channels of a real confocal image, against the linear baseline."""
+    from musplit.demo import run_demo  # torch, lightning: lazy (see above)
+    from musplit.demo_real import run_real_demo
+
     if real:
         chans = int_list(channels, "--channels") or []
         if len(chans) != 2 or len(set(chans)) != 2 or not all(0 <= c < 4 for c in chans):
