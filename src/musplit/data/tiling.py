@@ -41,7 +41,8 @@ def default_grid(config: Config) -> int:
     """Tile size ``G`` used when neither the call nor ``config.predict.grid`` chooses one.
 
     * Deep-LC: ``G = P`` (no padding). Its context makes padding nearly useless
-      (+0.02 dB, spec 11.4 Table S.1; spec 11.5 item 4), and the paper tiles it that way.
+      (+0.02 dB, Table S.1 in docs/evaluation.md, "Reference results"), and the paper tiles
+      it that way.
     * Every other variant: ``G = P/2`` (32 at ``P = 64``, the margin the reference notebooks
       use). Inner padding costs ``(P/G)**2`` patches per tile: 4x at ``G = P/2`` against 16x
       at the paper's grid-searched ``G = 16``, for most of the gain (Vanilla +0.33 dB,
@@ -69,7 +70,7 @@ def default_grid(config: Config) -> int:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Tile geometry of one prediction (spec 8.1).
+    """Tile geometry of one prediction (docs/tiling.md, "Padding schemes").
 
     Attributes
     ----------
@@ -82,11 +83,13 @@ class Tiling:
     margin : int
         ``p = (P_eval - G)/2``.
     halo : int
-        ``b``: with blending, each patch keeps ``G + 2b`` (spec 8.4); 0 without.
+        ``b``: with blending, each patch keeps ``G + 2b`` (docs/tiling.md, "Blending"); 0
+        without.
     blend : str
         ``"none"``, ``"linear"`` or ``"cosine"``.
     cover : bool
-        ``ceil`` tile counts (every pixel, spec 8.3) or ``floor`` (the reference, spec 8.2).
+        ``ceil`` tile counts (docs/tiling.md, "Every pixel once") or ``floor`` (the
+        reference, docs/tiling.md, "Reference geometry").
     """
 
     padding: str
@@ -113,14 +116,16 @@ class Tiling:
         return rnd(height / self.grid), rnd(width / self.grid)
 
     def corners(self, height: int, width: int) -> np.ndarray:
-        """Top-left patch corners ``(n_tiles, 2)``, row-major (spec 8.2 step 2)."""
+        """Top-left patch corners ``(n_tiles, 2)``, row-major (docs/tiling.md,
+        "Reference geometry")."""
         return tile_corners(height, width, self.patch, self.grid, cover=self.cover)
 
     def weights(self) -> np.ndarray:
         """Separable 1-D blending weights over the kept region, float32 ``(G + 2b,)``.
 
         A ramp of width ``2b`` at each end (the overlap of neighbouring kept regions), so that
-        neighbours' weights sum to 1 in the overlap; positive everywhere (spec 8.4).
+        neighbours' weights sum to 1 in the overlap; positive everywhere (docs/tiling.md,
+        "Blending").
         """
         k, b = self.keep, self.halo
         if b == 0 or self.blend == "none":
@@ -150,7 +155,7 @@ def make_tiling(
     blend_width: int | None = None,
     paper_geometry: bool = False,
 ) -> Tiling:
-    """Resolve the tile geometry of a prediction (spec 8.1-8.4).
+    """Resolve the tile geometry of a prediction (docs/tiling.md).
 
     Parameters
     ----------
@@ -164,9 +169,10 @@ def make_tiling(
     blend : {"none", "linear", "cosine"}, optional
         Default ``config.predict.blend``.
     blend_width : int, optional
-        ``b <= p``, default ``p // 2`` (spec 8.4).
+        ``b <= p``, default ``p // 2`` (docs/tiling.md, "Blending").
     paper_geometry : bool
-        The reference's floor tile counts (remainder left 0, spec 8.2); no blending.
+        The reference's floor tile counts (remainder left 0, docs/tiling.md,
+        "Reference geometry"); no blending.
 
     Returns
     -------
@@ -199,7 +205,7 @@ def make_tiling(
             f"an even difference (the margin (P - G)/2 must be a whole number of pixels)"
         )
     margin = (p_train - g) // 2
-    if padding == "outer":  # patches P + 2p, tiles P (spec 8.1)
+    if padding == "outer":  # patches P + 2p, tiles P (docs/tiling.md, "Padding schemes")
         patch, tile = p_train + 2 * margin, p_train
     else:
         patch, tile = p_train, g
@@ -224,7 +230,8 @@ def _block_halo(tiling: Tiling, scales: int) -> int:
     """Rows/columns of input a block needs beyond its tiles for exact context (any alignment).
 
     The scale-``s`` crop of a patch centred at ``c`` reads the full-resolution window
-    ``c +- P*2**(s-1)`` plus the filter support of ``s`` halvings (< 6*2**s px; spec 5.5-5.6).
+    ``c +- P*2**(s-1)`` plus the filter support of ``s`` halvings (< 6*2**s px; docs/data.md,
+    "Lateral context").
     With this much real data around the block, crops never touch the block's own border, and at
     a frame border the block border *is* the frame border, so padding acts identically.
     """

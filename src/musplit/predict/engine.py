@@ -39,7 +39,8 @@ class _Prepared:
     """Lazy ``(N, H, W)`` view of the input: frame ``i`` scaled and clipped, float32.
 
     :class:`ContextStack` reads frames through this one at a time, so the input is never copied
-    as a whole (spec 1.1: ``input_scale``; spec 5.3: clip before the pyramid).
+    as a whole (``input_scale``: docs/method.md, "Superposition"; clip before the pyramid:
+    docs/data.md, "Clipping and normalisation").
     """
 
     def __init__(self, frames, clip: float, scale: float):
@@ -114,7 +115,8 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _first(out) -> torch.Tensor:
-    """The likelihood parameters: the output itself or its first element (DESIGN contract)."""
+    """The likelihood parameters: the output itself or its first element (docs/design.md,
+    "Public names")."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
@@ -146,7 +148,8 @@ class _TileBatch:
 
 
 class _Engine:
-    """Runs batches of LC stacks through a model and returns MMSE tiles (spec 8.5)."""
+    """Runs batches of LC stacks through a model and returns MMSE tiles (docs/tiling.md,
+    "MMSE and uncertainty")."""
 
     def __init__(self, model: nn.Module, stats: NormStats, tiling: Tiling, *, samples: int,
                  seed: int, sample_mode: str | None, sample_batch: int | None,
@@ -163,7 +166,8 @@ class _Engine:
         self.channels_last = channels_last
         self.device = _device_of(model)
         # Noise for the latents: one generator on the model's device, seeded once, consumed
-        # batch after batch (spec ecosystem PRED-4: same seed, same hardware -> same output).
+        # batch after batch (same seed, same hardware -> same output: docs/tiling.md,
+        # "Reproducibility").
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
         self.has_encoder = _has_encoder(model)
@@ -198,8 +202,8 @@ class _Engine:
     def _draws(self, x: torch.Tensor, n: int) -> Iterable[torch.Tensor]:
         """Yield ``(k, B, 2C, H, W)`` float32 chunks of posterior samples, ``n`` in total.
 
-        The encoder runs once for all ``n`` (spec 8.5 "Efficiency"): the encoder state is
-        repeated ``k`` times along the batch axis and decoded; ``k`` is at most
+        The encoder runs once for all ``n`` (docs/tiling.md, "MMSE and uncertainty"): the
+        encoder state is repeated ``k`` times along the batch axis and decoded; ``k`` is at most
         ``sample_batch`` (default: as many as keep the decoder batch within ``batch_size``).
         """
         b = x.shape[0]
@@ -350,7 +354,8 @@ class _Engine:
         for a in range(0, len(corners), self.batch_size):
             f, c = frame_idx[a : a + self.batch_size], corners[a : a + self.batch_size]
             x = stack.crops(f, c)  # (B, S, P, P) in intensity units, padded as in training
-            # Normalise after the padding, which happened in intensity units (spec 5.4, 5.7).
+            # Normalise after the padding, which happened in intensity units (docs/data.md,
+            # "Input formation", "Padding modes").
             x -= self._in_mean
             x /= self._in_std
             sink(f, c, self.tiles(x))
@@ -365,8 +370,8 @@ class _Engine:
 # Setting up a call
 # ---------------------------------------------------------------------------------------------
 def _probe(model: nn.Module, tiling: Tiling, scales: int, device: torch.device) -> None:
-    """Outer padding runs the network at a size it was not trained at (spec 2.11): check once,
-    on one zero patch, that it can, and say so clearly if not."""
+    """Outer padding runs the network at a size it was not trained at (docs/method.md, "Other
+    input sizes"): check once, on one zero patch, that it can, and say so clearly if not."""
     x = torch.zeros(1, scales, tiling.patch, tiling.patch, device=device)
     try:
         p = _first(model(x))

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tifffile
+import zarr
 
 from musplit.data.io import _check_output, open_image, write_tiff, write_zarr
 from musplit.errors import InputError
@@ -25,7 +27,7 @@ __all__ = ["Prediction", "refuse_existing"]
 
 @dataclass
 class Prediction:
-    """A split image with its uncertainty and the settings that made it (ecosystem API-3).
+    """A split image with its uncertainty and the settings that made it (docs/design.md, "API").
 
     Attributes
     ----------
@@ -37,8 +39,8 @@ class Prediction:
         same units as ``mean``; None when ``samples == 1``.
     aleatoric_std : ndarray, float32, shape (N, H, W, C), or None
         ``s_k * sqrt(mean_K exp(l_k))``: the std of the model's Gaussian likelihood averaged over
-        samples (spec 8.5), same units. The total predictive variance is
-        ``std**2 + aleatoric_std**2`` (:attr:`total_std`).
+        samples (docs/tiling.md, "MMSE and uncertainty"), same units. The total predictive
+        variance is ``std**2 + aleatoric_std**2`` (:attr:`total_std`).
     samples : ndarray, float32, shape (K_keep, N, H, W, C), or None
         The first ``keep_samples`` individual samples' means, when asked for.
     channel_names : list of str
@@ -76,7 +78,8 @@ class Prediction:
 
     @property
     def total_std(self) -> np.ndarray | None:
-        """``sqrt(std**2 + aleatoric_std**2)`` (spec 8.5), or whichever of the two exists."""
+        """``sqrt(std**2 + aleatoric_std**2)`` (docs/tiling.md, "MMSE and uncertainty"), or
+        whichever of the two exists."""
         if self.aleatoric_std is None:
             return self.std
         if self.std is None:
@@ -208,8 +211,6 @@ def _jsonable(obj):
 
 
 def _set_zarr_meta(path: Path, meta: dict) -> None:
-    import zarr
-
     # The writer moved the finished store into place already; adding one attribute afterwards
     # cannot leave the image itself half-written.
     node = zarr.open(str(path), mode="r+")
@@ -218,11 +219,7 @@ def _set_zarr_meta(path: Path, meta: dict) -> None:
 
 def _read_meta(path: Path, kind: str) -> dict:
     if kind == "zarr":
-        import zarr
-
         return dict(zarr.open(str(path), mode="r").attrs.get("musplit", {}))
-    import tifffile
-
     with tifffile.TiffFile(path) as tf:
         xml = tf.ome_metadata
     if not xml:

@@ -20,14 +20,15 @@ class _Canvas:
     ``origin`` is the canvas position in frame coordinates (nonzero for the blocks of
     :func:`predict_to_zarr`). Without blending each batch is one fancy-indexed assignment per
     array; with blending, weighted values and weights are accumulated with ``index_add_`` and
-    divided at the end (spec 8.4).
+    divided at the end (docs/tiling.md, "Blending").
     """
 
     def __init__(self, n: int, height: int, width: int, widths: dict[str, int], tiling: Tiling,
                  origin: tuple[int, int] = (0, 0)):
         self.shape = (n, height, width)
         self.tiling, self.origin = tiling, origin
-        # np.zeros: the paper geometry's unpredicted remainder stays 0 (spec 8.2 step 4).
+        # np.zeros: the paper geometry's unpredicted remainder stays 0 (docs/tiling.md,
+        # "Reference geometry").
         self.arrays = {k: np.zeros((n, height, width, w), dtype=np.float32)
                        for k, w in widths.items()}
         self.blend = tiling.blend != "none"
