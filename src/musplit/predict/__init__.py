@@ -1,17 +1,9 @@
 """Tiled prediction: tiles, lateral context, MMSE over samples, stitching (docs/tiling.md).
 
 A frame is predicted with patches of size ``P_eval``; only the central region of each patch (the
-**tile**, ``G x G``) is kept, and tiles form a non-overlapping grid of stride ``G``
-(:mod:`musplit.data.tiling`; docs/tiling.md, "Padding schemes"):
-
-==============  ===============  ==========  ==================================================
-``padding``     ``P_eval``       tile ``G``  per-side margin ``p``
-==============  ===============  ==========  ==================================================
-``"inner"``     training ``P``   ``grid``    ``(P - G)/2`` (the paper's Inner Padding)
-``"outer"``     ``P + 2p``       ``P``       ``(P - grid)/2``: the margin inner padding would
-                                             have at the same ``grid`` (paper Fig. 4)
-``"none"``      ``P``            ``P``       0
-==============  ===============  ==========  ==================================================
+**tile**, ``G x G``) is kept, and tiles form a non-overlapping grid of stride ``G``. The three
+padding schemes (``"inner"``, ``"outer"``, ``"none"``) are tabled in :mod:`musplit.data.tiling`
+(docs/tiling.md, "Padding schemes").
 
 By default (docs/tiling.md, "Every pixel once") ``ceil(H/G) x ceil(W/G)`` tiles are predicted,
 so **every pixel is predicted exactly once**, frames smaller than a patch included; off-frame
@@ -98,14 +90,12 @@ from musplit.predict.result import (  # noqa: F401
     _sibling,
     refuse_existing,
 )
-from musplit.predict.run import (  # noqa: F401
+from musplit.predict.run import _progress, predict_image, predict_to_zarr  # noqa: F401
+from musplit.predict.settings import (  # noqa: F401
     _channel_names,
     _check_common,
     _pixel_size,
-    _progress,
     _settings,
-    predict_image,
-    predict_to_zarr,
 )
 from musplit.predict.stitch import _Canvas  # noqa: F401
 

@@ -1,7 +1,7 @@
 """Whole-image prediction: :func:`predict_image` (in memory) and :func:`predict_to_zarr` (block by
 block into OME-Zarr), with one implementation behind both.
 
-Both validate their arguments the same way (:func:`_check_common`, :func:`_resolve`), measure
+Both validate their arguments the same way (:mod:`musplit.predict.settings`), measure
 the brightness (:func:`_brightness`), build one :class:`~musplit.predict.engine._Engine`
 (:func:`_make_engine`) and run :func:`_predict_pieces`: the output is predicted piece by piece
 (the whole stack in memory, or one block of a frame with its context halo), each piece's tiles
@@ -12,7 +12,6 @@ stitched into a canvas (:class:`~musplit.predict.stitch._Canvas`) that is then h
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,15 +23,13 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from musplit import __version__
 from musplit.config import Config
 from musplit.data.context import ContextStack
-from musplit.data.io import ImageSource, ZarrWriter, _check_pixel_size, open_image
+from musplit.data.io import ImageSource, ZarrWriter, open_image
 from musplit.data.normalize import NormStats
-from musplit.data.tiling import Tiling, _block_halo, _is_int, make_tiling
-from musplit.errors import ConfigError, InputError
+from musplit.data.tiling import Tiling, _block_halo, _is_int
+from musplit.errors import InputError
 from musplit.predict.brightness import _sample_pixels, brightness_factor, input_clip
-from musplit.predict.contract import _predicts_variance, _sample_mode
 from musplit.predict.engine import (
     _as_frames,
     _Engine,
@@ -49,6 +46,7 @@ from musplit.predict.result import (
     _sibling,
     refuse_existing,
 )
+from musplit.predict.settings import _check_common, _pixel_size, _resolve, _settings
 from musplit.predict.stitch import _Canvas
 
 log = logging.getLogger(__name__)
@@ -60,58 +58,8 @@ Reader = Callable[[int, slice, slice], Any]
 
 
 # ---------------------------------------------------------------------------------------------
-# Arguments
+# Pieces of a call
 # ---------------------------------------------------------------------------------------------
-def _check_common(config, stats, samples, batch_size, seed, keep_samples, input_scale,
-                  sample_batch):
-    if not isinstance(config, Config):
-        raise ConfigError(f"config must be a musplit Config, got {type(config).__name__}")
-    if not isinstance(stats, NormStats):
-        raise ConfigError("prediction needs the training normalisation statistics (NormStats); "
-                          "the checkpoint carries none")
-    if stats.n_channels != config.model.out_channels:
-        raise ConfigError(f"the statistics describe {stats.n_channels} channels, the model "
-                          f"predicts {config.model.out_channels}")
-    for name, v, lo in (("samples", samples, 1), ("batch_size", batch_size, 1),
-                        ("keep_samples", keep_samples, 0)):
-        if not _is_int(v) or v < lo:
-            raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
-    if sample_batch is not None and (not _is_int(sample_batch) or sample_batch < 1):
-        raise InputError(f"sample_batch must be a positive integer or None, got {sample_batch!r}")
-    if keep_samples > samples:
-        raise InputError(f"keep_samples ({keep_samples}) cannot exceed samples ({samples})")
-    if not _is_int(seed):
-        raise InputError(f"seed must be an integer, got {seed!r}")
-    if not (isinstance(input_scale, (int, float, np.floating)) and math.isfinite(input_scale)
-            and input_scale > 0):
-        raise InputError(f"input_scale must be a positive number, got {input_scale!r}")
-
-
-def _channel_names(config: Config, stats: NormStats, names) -> list[str]:
-    c = stats.n_channels
-    if names is None:
-        names = config.data.channel_names or [f"channel_{k}" for k in range(c)]
-    names = [names] if isinstance(names, str) else [str(n) for n in names]
-    if len(names) != c:
-        raise InputError(f"{len(names)} channel names given for {c} channels: {names}")
-    return names
-
-
-def _pixel_size(pixel_size) -> tuple[float, float] | None:
-    """A validated ``(y, x)`` pixel size in micrometres, or None."""
-    return _check_pixel_size(pixel_size)
-
-
-def _resolve(model: nn.Module, config: Config, stats: NormStats, *, padding, grid, blend,
-             blend_width, paper_geometry, aleatoric, channel_names
-             ) -> tuple[Tiling, list[str], bool]:
-    """The tiling, the channel names, and whether the aleatoric std is computed."""
-    aleatoric = aleatoric and _predicts_variance(model)
-    tiling = make_tiling(config, padding, grid, blend=blend, blend_width=blend_width,
-                         paper_geometry=paper_geometry)
-    return tiling, _channel_names(config, stats, channel_names), aleatoric
-
-
 def _array_reader(frames) -> Reader:
     """:data:`Reader` of an ``(N, H, W)`` array-like."""
     def read(i, ys, xs):
@@ -147,30 +95,6 @@ def _widths(c: int, samples: int, aleatoric: bool, keep_samples: int = 0) -> dic
     if keep_samples:
         widths["samples"] = keep_samples * c
     return widths
-
-
-def _settings(config, stats, tiling, *, samples, seed, sample_mode, normalized, input_scale,
-              model, amp: str | None = None) -> dict:
-    mode = sample_mode or _sample_mode(model, None)
-    return {
-        **tiling.as_meta(),
-        "precision": "fp32" if amp in (None, "fp32") else amp,
-        "samples": int(samples),
-        "seed": int(seed),
-        "sample_mode": mode,
-        "std_ddof": 0,
-        "units": "normalised" if normalized else "intensity",
-        "patch": int(config.data.patch),
-        "scales": int(config.data.scales),
-        "pad": config.data.pad,
-        "lc_alignment": config.data.lc_alignment,
-        "input_scale": float(input_scale),
-        "consistent": bool(config.predict.consistent),
-        "clip": input_clip(stats),
-        "stats": stats.to_dict(),
-        "model": {"kind": config.model.kind, "lc": config.model.lc},
-        "musplit_version": __version__,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
