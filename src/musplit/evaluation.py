@@ -1,4 +1,4 @@
-"""Evaluation protocol (spec/usplit.md section 9): metrics on whole frames, a table, files."""
+"""Evaluation protocol (docs/evaluation.md): metrics on whole frames, a table, files."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def evaluate_arrays(target, prediction, *, stats: NormStats | None = None,
         Ground truth and prediction in intensity units.
     stats : NormStats, optional
         Training statistics: the ground truth is clipped at the training clip value and both
-        are normalised per channel before the metrics, as the paper does (spec 9). The
+        are normalised per channel before the metrics, as the paper does (docs/evaluation.md). The
         (range-invariant) PSNR and SSIM do not change under this per-channel affine map; the
         clip and RMSE do.
 

@@ -1,4 +1,4 @@
-"""Image quality metrics as the paper computes them (spec/usplit.md section 9).
+"""Image quality metrics as the paper computes them (docs/evaluation.md).
 
 All functions take 2-D frames ``(H, W)``: the ground truth first, the prediction second. They are
 computed in float64. The paper's "PSNR" is the range-invariant PSNR of CARE (Weigert et al.,
@@ -30,7 +30,7 @@ def _pair(target, prediction) -> tuple[np.ndarray, np.ndarray]:
 
 
 def range_invariant_psnr(target, prediction) -> float:
-    """Range-invariant PSNR in dB (spec 9.1).
+    """Range-invariant PSNR in dB (docs/evaluation.md, "Range-invariant PSNR").
 
     The ground truth is standardised (unbiased std), the prediction centred and scaled by the
     least-squares factor onto it; the peak is the standardised ground truth's range.
@@ -60,7 +60,7 @@ def range_invariant_psnr(target, prediction) -> float:
 
 
 def psnr(target, prediction, data_range: float | None = None) -> float:
-    """Plain PSNR in dB with the target's range as peak (spec 9.2)."""
+    """Plain PSNR in dB with the target's range as peak (docs/evaluation.md, "Other metrics")."""
     g, p = _pair(target, prediction)
     rng = float(g.max() - g.min()) if data_range is None else float(data_range)
     mse = np.mean((g - p) ** 2)
@@ -69,7 +69,8 @@ def psnr(target, prediction, data_range: float | None = None) -> float:
 
 def ssim(target, prediction, data_range: float | None = None) -> float:
     """SSIM with scikit-image's defaults (7x7 uniform window, K1 0.01, K2 0.03, sample
-    covariance) and ``data_range = max - min`` of the target frame (spec 9.2)."""
+    covariance) and ``data_range = max - min`` of the target frame (docs/evaluation.md,
+    "Other metrics")."""
     from skimage.metrics import structural_similarity
 
     g, p = _pair(target, prediction)

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import torch
 
+# The package, not its functions: predict_image / predict_to_zarr are looked up on it at call
+# time, so a patched ``musplit.predict.predict_image`` is the one called.
+import musplit.predict as _predict
 from musplit.checkpoint import load_checkpoint
 from musplit.config import Config
+from musplit.data.io import ImageSource
 from musplit.data.normalize import NormStats
-from musplit.errors import CheckpointError, ConfigError
+from musplit.errors import CheckpointError, ConfigError, InputError
+from musplit.models import build
 
 
 class Splitter:
@@ -44,8 +49,6 @@ class Splitter:
             If the file is missing, unsafe, not a musplit checkpoint, or its weights do not
             match the model its config describes.
         """
-        from musplit.models import build
-
         path = Path(checkpoint)
         payload = load_checkpoint(path)
         try:
@@ -79,15 +82,15 @@ class Splitter:
                  precision: str | None = None, normalized: bool = False,
                  progress: bool = False, pixel_size: tuple[float, float] | None = None,
                  input_scale: float = 1.0, brightness: str | None = None):
-        """Split ``image`` into its channels by tiled prediction (spec 8).
+        """Split ``image`` into its channels by tiled prediction (docs/tiling.md).
 
         Parameters
         ----------
         image : ndarray, shape (H, W) or (N, H, W), or ImageSource
             The superimposed input in intensity units, on the scale of the channel average the
-            model was trained on (spec 1.1); integer pixels give float32 output in the same
-            units. An :class:`~musplit.data.io.ImageSource` (:func:`musplit.data.io.open_image`)
-            must have one channel; it is read whole.
+            model was trained on (docs/method.md, "Superposition"); integer pixels give float32
+            output in the same units. An :class:`~musplit.data.io.ImageSource`
+            (:func:`musplit.data.io.open_image`) must have one channel; it is read whole.
         padding : {"inner", "outer", "none"}, optional
             Tiling scheme; default from the config ("inner").
         grid : int, optional
@@ -115,11 +118,6 @@ class Splitter:
         musplit.predict.Prediction
             ``.mean`` (N, H, W, C) and ``.std`` (or None) in input intensity units.
         """
-        from musplit.data.io import ImageSource
-        from musplit.errors import InputError
-        from musplit.predict import predict_image
-
-        pc = self.config.predict
         self._need_stats()
         if isinstance(image, ImageSource):
             if image.n_channels != 1:
@@ -128,13 +126,11 @@ class Splitter:
             if pixel_size is None:
                 pixel_size = image.pixel_size
             image = image.read()[..., 0]
-        return predict_image(
+        return _predict.predict_image(
             self.model, self.config, self.stats, image,
-            padding=padding or pc.padding, grid=grid if grid is not None else pc.grid,
-            samples=samples or pc.samples, batch_size=batch_size or pc.batch_size, seed=seed,
-            channel_names=self._names(), normalized=normalized, progress=progress,
-            amp=precision or pc.precision, pixel_size=pixel_size, input_scale=input_scale,
-            brightness=brightness,
+            **self._options(padding, grid, samples, batch_size, precision), seed=seed,
+            normalized=normalized, progress=progress, pixel_size=pixel_size,
+            input_scale=input_scale, brightness=brightness,
         )
 
     def predict_to_zarr(self, source, out_path: str | os.PathLike, *,
@@ -159,19 +155,21 @@ class Splitter:
         Path
             The mean's store.
         """
-        from musplit.predict import predict_to_zarr
-
-        pc = self.config.predict
         self._need_stats()
-        return predict_to_zarr(
+        return _predict.predict_to_zarr(
             self.model, self.config, self.stats, source, out_path,
-            padding=padding or pc.padding, grid=grid if grid is not None else pc.grid,
-            samples=samples or pc.samples, batch_size=batch_size or pc.batch_size, seed=seed,
-            channel_names=self._names(), progress=progress, std=std,
-            amp=precision or pc.precision, axes=axes, channel=channel, block=block,
+            **self._options(padding, grid, samples, batch_size, precision), seed=seed,
+            progress=progress, std=std, axes=axes, channel=channel, block=block,
             overwrite=overwrite, protect=protect, pixel_size=pixel_size,
             input_scale=input_scale, brightness=brightness,
         )
+
+    def _options(self, padding, grid, samples, batch_size, precision) -> dict:
+        """The tiling, sampling and precision arguments, defaults from ``config.predict``."""
+        pc = self.config.predict
+        return {"padding": padding or pc.padding, "grid": grid if grid is not None else pc.grid,
+                "samples": samples or pc.samples, "batch_size": batch_size or pc.batch_size,
+                "amp": precision or pc.precision, "channel_names": self._names()}
 
     def _need_stats(self) -> None:
         if self.stats is None:
