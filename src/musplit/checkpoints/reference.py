@@ -30,9 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from musplit.checkpoint import file_sha256
+from musplit.checkpoints.format import file_sha256, save_checkpoint
+from musplit.checkpoints.strict import load_strict
+from musplit.config import Config, DataConfig
+from musplit.data.normalize import NormStats
 from musplit.errors import CheckpointError
-from musplit.models.config import ModelConfig
+from musplit.models import build, count_parameters
+from musplit.models.config import LADDER_KINDS, ModelConfig
 
 __all__ = [
     "PAPER_PARAMETER_COUNTS",
@@ -59,29 +63,35 @@ PAPER_PARAMETER_COUNTS = {
 # {i}: level, {k}: LC branch, {j}: extra block. A residual block's inner names are mapped by
 # _RES_BN / _RES_NO_BN. Extra blocks (blocks_per_level > 1) follow the reference layout:
 # bottom-up same-size blocks live in `net.{j}`, top-down ones after the upsampling block.
-_MODULES: tuple[tuple[str, str, bool, int], ...] = (
-    ("encoder.stem.conv.", "first_bottom_up.0.", False, 0),
-    ("encoder.stem.res.", "first_bottom_up.2.res.", True, 0),
-    ("encoder.lc_stems.{k}.conv.", "lowres_first_bottom_ups.{k}.0.", False, 0),
-    ("encoder.lc_stems.{k}.res.", "lowres_first_bottom_ups.{k}.2.res.", True, 0),
+_Rule = tuple[str, str, bool, int]
+
+
+def _branch(mus: str, ref: str) -> tuple[_Rule, _Rule]:
+    """An input branch (:class:`~musplit.models.blocks.Stem`): its conv, then its res block."""
+    return (mus + "conv.", ref + "0.", False, 0), (mus + "res.", ref + "2.res.", True, 0)
+
+
+def _merge(mus: str, ref: str) -> tuple[_Rule, _Rule]:
+    """A :class:`~musplit.models.blocks.Merge`: its 1x1 ``proj``, then its res block."""
+    return (mus + "proj.", ref + "layer.0.", False, 0), (mus + "res.", ref + "layer.1.", True, 0)
+
+
+_MODULES: tuple[_Rule, ...] = (
+    *_branch("encoder.stem.", "first_bottom_up."),
+    *_branch("encoder.lc_stems.{k}.", "lowres_first_bottom_ups.{k}."),
     ("encoder.levels.{i}.down.", "bottom_up_layers.{i}.net_downsized.0.pre_conv.", False, 0),
     ("encoder.levels.{i}.res.", "bottom_up_layers.{i}.net_downsized.0.res.", True, 0),
     ("encoder.levels.{i}.extra.{j}.", "bottom_up_layers.{i}.net.{j}.res.", True, 0),
-    ("encoder.levels.{i}.lc_merge.proj.", "bottom_up_layers.{i}.lowres_merge.layer.0.", False, 0),
-    ("encoder.levels.{i}.lc_merge.res.", "bottom_up_layers.{i}.lowres_merge.layer.1.", True, 0),
+    *_merge("encoder.levels.{i}.lc_merge.", "bottom_up_layers.{i}.lowres_merge."),
     ("decoder.levels.{i}.top_prior", "top_down_layers.{i}.top_prior_params", False, 0),
-    ("decoder.levels.{i}.q_merge.proj.", "top_down_layers.{i}.merge.layer.0.", False, 0),
-    ("decoder.levels.{i}.q_merge.res.", "top_down_layers.{i}.merge.layer.1.", True, 0),
+    *_merge("decoder.levels.{i}.q_merge.", "top_down_layers.{i}.merge."),
     ("decoder.levels.{i}.stochastic.post_conv.", "top_down_layers.{i}.stochastic.conv_in_q.",
      False, 0),
     ("decoder.levels.{i}.stochastic.prior_conv.", "top_down_layers.{i}.stochastic.conv_in_p.",
      False, 0),
     ("decoder.levels.{i}.stochastic.out_conv.", "top_down_layers.{i}.stochastic.conv_out.",
      False, 0),
-    ("decoder.levels.{i}.skip_merge.proj.",
-     "top_down_layers.{i}.skip_connection_merger.layer.0.", False, 0),
-    ("decoder.levels.{i}.skip_merge.res.",
-     "top_down_layers.{i}.skip_connection_merger.layer.1.", True, 0),
+    *_merge("decoder.levels.{i}.skip_merge.", "top_down_layers.{i}.skip_connection_merger."),
     ("decoder.levels.{i}.up.", "top_down_layers.{i}.deterministic_block.0.pre_conv.", False, 0),
     ("decoder.levels.{i}.up_res.", "top_down_layers.{i}.deterministic_block.0.res.", True, 0),
     ("decoder.levels.{i}.extra.{j}.", "top_down_layers.{i}.deterministic_block.{j}.res.",
@@ -221,7 +231,7 @@ def infer_model_config(state_dict: Mapping[str, Tensor], *, kind: str, patch: in
         If a required key is missing, the levels are not contiguous, or the top prior does not
         fit ``patch``.
     """
-    if kind not in ("hvae", "hae"):
+    if kind not in LADDER_KINDS:
         raise CheckpointError(f"kind must be 'hvae' or 'hae', got {kind!r}")
     levels = _indices(state_dict, "top_down_layers.")
     if not levels or levels != list(range(len(levels))):
@@ -476,21 +486,15 @@ def load_reference_checkpoint(path: str | os.PathLike, *, stub_unknown_classes: 
 def _load_strict(model: torch.nn.Module, state_dict: Mapping[str, Tensor]) -> None:
     """``load_state_dict(strict=True)`` with errors that name keys in the reference layout."""
     own = model.state_dict()
-    to_ref = {k: v for k, v in zip(own, musplit_to_reference(dict.fromkeys(own)), strict=True)}
-    missing = [to_ref[k] for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{to_ref[k]} {tuple(state_dict[k].shape)} vs expected {tuple(v.shape)}"
-              for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"missing {', '.join(missing[:5])}")
-    if unexpected:
-        problems.append(f"unexpected {', '.join(musplit_to_reference(dict.fromkeys(unexpected)))}")
-    if shapes:
-        problems.append(f"shape mismatch {'; '.join(shapes[:5])}")
-    if problems:
-        raise CheckpointError("the weights do not fit the inferred model: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
+    to_ref = dict(zip(own, musplit_to_reference(dict.fromkeys(own)), strict=True))
+
+    def rename(keys: list[str]) -> list[str]:
+        if all(k in to_ref for k in keys):
+            return [to_ref[k] for k in keys]
+        return list(musplit_to_reference(dict.fromkeys(keys)))
+
+    load_strict(model, state_dict, what="the weights do not fit the inferred model",
+                rename=rename)
 
 
 def import_official(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *,
@@ -534,10 +538,6 @@ def import_official(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *
         Unreadable input, unknown keys, shape mismatches, undecidable kind, or an existing
         output without ``overwrite``.
     """
-    from musplit.checkpoint import save_checkpoint
-    from musplit.config import Config, DataConfig
-    from musplit.models import build, count_parameters
-
     ckpt_path, out_path = Path(ckpt_path), Path(out_path)
     if out_path.exists() and not overwrite:
         raise CheckpointError(f"{out_path} exists; choose another output or allow overwriting")
@@ -575,8 +575,6 @@ def import_official(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *
             f"{n_params} parameters, but the paper's {model_cfg.lc} variant has {expected}"
         )
     if isinstance(stats, Mapping):
-        from musplit.data.normalize import NormStats
-
         stats = NormStats.from_dict(dict(stats))
     if stats is not None and stats.n_channels != model_cfg.out_channels:
         raise CheckpointError(

@@ -116,6 +116,9 @@ class BraveNet(nn.Module):
         The main output.
     """
 
+    #: Capabilities (:mod:`musplit.models.protocol`): one pass gives every sample, and the
+    #: log-variance output is a constant. ``stochastic`` is the older name of the first.
+    is_stochastic = False
     stochastic = False
     predicts_variance = False
 

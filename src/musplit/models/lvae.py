@@ -1,8 +1,12 @@
 """The µSplit LadderVAE: HVAE / HAE with Vanilla, Lean-, Regular- or Deep-LC (spec 2).
 
-Readable top to bottom: :class:`Encoder` (the bottom-up pass, spec 2.3-2.4), the
-:class:`DecoderLevel` modules (spec 2.5-2.6) and :class:`LadderVAE`, whose :meth:`LadderVAE.decode`
-is the top-down pass. The bottom-up pass can be run once and the top-down pass many times
+Readable top to bottom: what the model returns (:class:`LadderOutput`, :class:`EncoderState`),
+its structure -- :class:`Encoder` (the bottom-up pass, spec 2.3-2.4), the :class:`DecoderLevel`
+modules of the top-down pass (spec 2.5-2.6), the likelihood :class:`Head` -- and then
+:class:`LadderVAE` itself: construction, :meth:`~LadderVAE.forward` (bottom-up then top-down),
+:meth:`~LadderVAE.encode`, :meth:`~LadderVAE.decode` and, last, sampling.
+
+The bottom-up pass can be run once and the top-down pass many times
 (:meth:`LadderVAE.encode`, :meth:`LadderVAE.decode`, :meth:`LadderVAE.sample_many`), which is how
 MMSE prediction avoids paying the encoder N times (spec 13.2 item 4).
 
@@ -33,7 +37,7 @@ from musplit.models.blocks import (
     centre_pad,
     fit_prior,
 )
-from musplit.models.config import ModelConfig
+from musplit.models.config import LADDER_KINDS, ModelConfig
 
 __all__ = ["EncoderState", "LadderOutput", "LadderVAE", "Noise"]
 
@@ -248,7 +252,7 @@ class LadderVAE(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.kind not in ("hvae", "hae"):
+        if config.kind not in LADDER_KINDS:
             raise ValueError(f"LadderVAE builds kind 'hvae' or 'hae', not {config.kind!r}")
         self.config = config
         self.stochastic = config.kind == "hvae"
@@ -271,6 +275,32 @@ class LadderVAE(nn.Module):
         if config.lc in ("regular", "deep"):
             return config.patch >> (config.levels + 1 - config.scales)
         return config.patch >> config.levels
+
+    @property
+    def is_stochastic(self) -> bool:
+        """True for the HVAE (latents are sampled), False for the HAE (:mod:`musplit.models.
+        protocol`). ``stochastic`` is the same flag under its older name."""
+        return bool(self.stochastic)
+
+    # -- the whole pass -------------------------------------------------------------------
+    def forward(self, x: Tensor, *, noise: Noise = None, sample_mode: str | None = None,
+                compute_kl: bool | None = None, kl_estimator: str = "mc") -> LadderOutput:
+        """Bottom-up then top-down pass.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, S, H, W)
+            Normalised LC stack.
+        noise, sample_mode, compute_kl, kl_estimator
+            See :meth:`decode`.
+
+        Returns
+        -------
+        LadderOutput
+            ``params (B, 2C, H, W)`` first, then ``kl (B, L)`` or None, then ``kl_elements``.
+        """
+        return self.decode(self.encode(x), noise=noise, sample_mode=sample_mode,
+                           compute_kl=compute_kl, kl_estimator=kl_estimator)
 
     # -- bottom-up ------------------------------------------------------------------------
     def _pad_multiple(self) -> int:
@@ -334,8 +364,8 @@ class LadderVAE(nn.Module):
             raise ValueError(f"sample_mode must be 'sample' or 'mean', got {mode!r}")
         if kl_estimator not in ("mc", "analytic"):
             raise ValueError(f"kl_estimator must be 'mc' or 'analytic', got {kl_estimator!r}")
-        sample = self.stochastic and (self.training or mode == "sample")
-        with_kl = self.stochastic and (self.training if compute_kl is None else compute_kl)
+        sample = self.is_stochastic and (self.training or mode == "sample")
+        with_kl = self.is_stochastic and (self.training if compute_kl is None else compute_kl)
         analytic = kl_estimator == "analytic"
         crop_to = (state.padded[0] // 2, state.padded[1] // 2)
 
@@ -349,7 +379,7 @@ class LadderVAE(nn.Module):
             if self.q_scale[i] != 1.0:
                 u = u * self.q_scale[i]
             stoch = level.stochastic
-            if self.stochastic and (sample or with_kl):
+            if self.is_stochastic and (sample or with_kl):
                 prior = None
                 if with_kl:
                     prior = (fit_prior(level.top_prior, u.shape[-2:]) if level.top
@@ -377,41 +407,7 @@ class LadderVAE(nn.Module):
         kl = torch.stack(kls, dim=1) if with_kl else None
         return LadderOutput(params, kl, tuple(elements))
 
-    @staticmethod
-    def _noise(noise: Noise, level: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        # Drawn in float32 (float64 for float64 models) whatever autocast does, so that a
-        # generator gives the same latents in every precision.
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        if isinstance(noise, torch.Generator):
-            return torch.empty(shape, device=like.device, dtype=dtype).normal_(generator=noise)
-        given = None if noise is None else noise[level]
-        if given is None:
-            return torch.randn(shape, device=like.device, dtype=dtype)
-        if tuple(given.shape) != tuple(shape):
-            raise ValueError(
-                f"noise for level {level} must have shape {tuple(shape)}, got {tuple(given.shape)}"
-            )
-        return given.to(device=like.device, dtype=dtype)
-
-    def forward(self, x: Tensor, *, noise: Noise = None, sample_mode: str | None = None,
-                compute_kl: bool | None = None, kl_estimator: str = "mc") -> LadderOutput:
-        """Bottom-up then top-down pass.
-
-        Parameters
-        ----------
-        x : Tensor, shape (B, S, H, W)
-            Normalised LC stack.
-        noise, sample_mode, compute_kl, kl_estimator
-            See :meth:`decode`.
-
-        Returns
-        -------
-        LadderOutput
-            ``params (B, 2C, H, W)`` first, then ``kl (B, L)`` or None, then ``kl_elements``.
-        """
-        return self.decode(self.encode(x), noise=noise, sample_mode=sample_mode,
-                           compute_kl=compute_kl, kl_estimator=kl_estimator)
-
+    # -- sampling -------------------------------------------------------------------------
     def sample_many(self, x: Tensor, n: int, *, noise: Noise = None, batch: int = 1
                     ) -> Tensor:
         """``n`` posterior samples of the likelihood parameters from one bottom-up pass.
@@ -446,3 +442,19 @@ class LadderVAE(nn.Module):
             out.append(params.reshape(k, b, *params.shape[1:]))
             done += k
         return torch.cat(out, dim=0)
+
+    @staticmethod
+    def _noise(noise: Noise, level: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        # Drawn in float32 (float64 for float64 models) whatever autocast does, so that a
+        # generator gives the same latents in every precision.
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        if isinstance(noise, torch.Generator):
+            return torch.empty(shape, device=like.device, dtype=dtype).normal_(generator=noise)
+        given = None if noise is None else noise[level]
+        if given is None:
+            return torch.randn(shape, device=like.device, dtype=dtype)
+        if tuple(given.shape) != tuple(shape):
+            raise ValueError(
+                f"noise for level {level} must have shape {tuple(shape)}, got {tuple(given.shape)}"
+            )
+        return given.to(device=like.device, dtype=dtype)

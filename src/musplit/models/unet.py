@@ -124,6 +124,9 @@ class UNet(nn.Module):
     double convolutions) and ``lc_merges``; of the context transfer ``context``.
     """
 
+    #: Capabilities (:mod:`musplit.models.protocol`): one pass gives every sample, and the
+    #: log-variance output is a constant. ``stochastic`` is the older name of the first.
+    is_stochastic = False
     stochastic = False
     predicts_variance = False
 

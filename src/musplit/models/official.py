@@ -1,0 +1,29 @@
+"""Old home of the reference µSplit checkpoint import, now :mod:`musplit.checkpoints.reference`.
+
+Re-exports its names so that ``from musplit.models.official import import_official`` (and the
+rest) keeps working.
+"""
+
+from musplit.checkpoints.reference import (  # noqa: F401 - re-exported
+    PAPER_PARAMETER_COUNTS,
+    _load_strict,
+    _map_keys,
+    _StubUnpickler,
+    _translate,
+    import_official,
+    infer_model_config,
+    load_reference_checkpoint,
+    musplit_to_reference,
+    read_reference_config,
+    reference_to_musplit,
+)
+
+__all__ = [
+    "PAPER_PARAMETER_COUNTS",
+    "import_official",
+    "infer_model_config",
+    "load_reference_checkpoint",
+    "musplit_to_reference",
+    "read_reference_config",
+    "reference_to_musplit",
+]
