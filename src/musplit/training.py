@@ -1,4 +1,5 @@
-"""Training with Lightning (spec/usplit.md sections 3.3, 4 and 9.4).
+"""Training with Lightning (docs/method.md, "Training recipe" and "Non-finite steps";
+docs/evaluation.md, "Validation PSNR").
 
 ``train(config, out_dir)`` runs a whole training: it loads the data the config names, computes
 the normalisation statistics on the training split, builds the patch datasets and the model,
@@ -111,7 +112,7 @@ class SplitModule(L.LightningModule):
             self._consecutive_bad = 0
         return kept
 
-    # -- validation (spec 9.4) -----------------------------------------------------------
+    # -- validation (docs/evaluation.md, "Validation PSNR") ----------------------------------------
     def on_validation_epoch_start(self):
         c = self.config.model.out_channels
         dev = self.device
@@ -170,7 +171,7 @@ class SplitModule(L.LightningModule):
             self.log("val_loss", (v["nll_sum"] / v["nll_n"]).float())
         self._val = None
 
-    # -- optimisation (spec 4) -----------------------------------------------------------
+    # -- optimisation (docs/method.md, "Training recipe") ------------------------------------------
     def configure_optimizers(self):
         tc = self.config.train
         opt = torch.optim.Adamax(self.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)

@@ -1,17 +1,18 @@
-"""Import reference µSplit checkpoints (spec/usplit.md section 12).
+"""Import reference µSplit checkpoints (docs/checkpoints.md, "Reference checkpoints").
 
 A reference checkpoint is a PyTorch Lightning ``.ckpt`` whose ``state_dict`` uses the reference
 module names. This module
 
 - reads its tensors without running code (``torch.load(weights_only=True)``; unknown classes are
   replaced by inert stubs only when the caller consents),
-- infers the variant from the keys and shapes (spec 12.4),
-- renames every key with an explicit, two-way map (spec 12.3), refusing keys it does not know and
-  shapes that do not fit,
+- infers the variant from the keys and shapes (docs/checkpoints.md, "Variant inference"),
+- renames every key with an explicit, two-way map (docs/checkpoints.md, "Canonical names"), refusing
+  keys it does not know and shapes that do not fit,
 - and writes a self-describing musplit checkpoint that :meth:`musplit.Splitter.load` opens.
 
-The reference does not store its normalisation statistics (spec 12.1), so they are passed in
-(``stats``), typically recomputed from the training data by the caller.
+The reference does not store its normalisation statistics (docs/checkpoints.md, "Container and
+statistics"), so they are passed in (``stats``), typically recomputed from the training data by
+the caller.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Parameter counts of the paper's variants (spec 2.8), by (lc, unused merges kept).
+#: Parameter counts of the paper's variants (docs/method.md, "Variants"), by (lc, unused merges
+#: kept).
 PAPER_PARAMETER_COUNTS = {
     ("none", True): 2_991_748, ("none", False): 2_991_748,
     ("lean", True): 3_657_604, ("lean", False): 3_657_604,
@@ -58,7 +60,7 @@ PAPER_PARAMETER_COUNTS = {
     ("deep", True): 7_177_604, ("deep", False): 6_814_852,
 }
 
-# -- the key map (spec 12.3) ---------------------------------------------------------------
+# -- the key map (docs/checkpoints.md, "Canonical names") ------------------------------------------
 # (musplit prefix, reference prefix, is a residual block, offset of {j} in the reference)
 # {i}: level, {k}: LC branch, {j}: extra block. A residual block's inner names are mapped by
 # _RES_BN / _RES_NO_BN. Extra blocks (blocks_per_level > 1) follow the reference layout:
@@ -101,8 +103,9 @@ _MODULES: tuple[_Rule, ...] = (
     ("head.conv.", "likelihood.parameter_net.", False, 0),
 )
 
-# Residual block internals: 'bacdbacd' = [BN, ELU, conv, dropout] x 2 + gate (spec 12.2).
-# Without batch norm the reference's Sequential has no BN entries and the indices shift.
+# Residual block internals: 'bacdbacd' = [BN, ELU, conv, dropout] x 2 + gate (docs/checkpoints.md,
+# "Reference key families"). Without batch norm the reference's Sequential has no BN entries and the
+# indices shift.
 _RES_BN = (("bn1.", "block.0."), ("conv1.", "block.2."), ("bn2.", "block.4."),
            ("conv2.", "block.6."), ("gate.conv.", "block.8.conv."))
 _RES_NO_BN = (("conv1.", "block.1."), ("conv2.", "block.4."), ("gate.conv.", "block.6.conv."))
@@ -171,7 +174,8 @@ def _map_keys(state_dict: Mapping[str, Any], to_reference: bool, batchnorm: bool
 
 
 def reference_to_musplit(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
-    """Rename a reference µSplit ``state_dict`` to musplit's canonical names (spec 12.3).
+    """Rename a reference µSplit ``state_dict`` to musplit's canonical names (docs/checkpoints.md,
+    "Canonical names").
 
     Raises
     ------
@@ -194,7 +198,7 @@ def musplit_to_reference(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, T
     return _map_keys(state_dict, to_reference=True, batchnorm=batchnorm)
 
 
-# -- variant inference (spec 12.4) ---------------------------------------------------------
+# -- variant inference (docs/checkpoints.md, "Variant inference") ----------------------------------
 def _indices(state_dict: Mapping[str, Any], prefix: str) -> list[int]:
     pat = re.compile("^" + re.escape(prefix) + r"(\d+)\.")
     found = set()
@@ -213,7 +217,8 @@ def _need(state_dict: Mapping[str, Tensor], key: str) -> Tensor:
 
 def infer_model_config(state_dict: Mapping[str, Tensor], *, kind: str, patch: int = 64
                        ) -> ModelConfig:
-    """The :class:`ModelConfig` of a reference ``state_dict`` (spec 12.4).
+    """The :class:`ModelConfig` of a reference ``state_dict`` (docs/checkpoints.md, "Variant
+    inference").
 
     Parameters
     ----------
@@ -513,9 +518,9 @@ def import_official(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *
         Needed unless ``config.pkl`` (next to the checkpoint, or ``config_pkl``) gives
         ``model.non_stochastic_version``; the two must agree when both are given.
     stats : NormStats or dict, optional
-        Normalisation statistics of the training data (spec 12.1: the reference does not
-        store them). Without them the checkpoint loads but cannot map predictions to
-        intensities; a warning says so.
+        Normalisation statistics of the training data (docs/checkpoints.md, "Container and
+        statistics": the reference does not store them). Without them the checkpoint loads but
+        cannot map predictions to intensities; a warning says so.
     patch : int, optional
         Training patch size; default ``data.image_size`` from ``config.pkl``, else 64.
     overwrite : bool

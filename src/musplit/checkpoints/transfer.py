@@ -73,7 +73,8 @@ def _source_state(source) -> tuple[dict, dict]:
 
 
 def load_pretrained_encoder(model: nn.Module, path_or_state) -> dict:
-    """Load pre-trained encoder weights into a µSplit network, strictly (spec 13.6).
+    """Load pre-trained encoder weights into a µSplit network, strictly (docs/pretraining.md,
+    "Transfer and fine-tuning").
 
     Every key of the transferred part (the encoder, or the whole network but its head for a
     ``scope="network"`` checkpoint) must be present with the same shape; the only keys allowed

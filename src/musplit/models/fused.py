@@ -40,9 +40,10 @@ __all__ = [
     "stable_variance",
 ]
 
-#: Upper clip of the latent "log-variance" ℓ before the stable variance (spec 2.6 step 1).
+#: Upper clip of the latent "log-variance" ℓ before the stable variance (docs/method.md, "Stochastic
+#: block" step 1).
 LATENT_LOGVAR_CLIP = 20.0
-#: Added to every latent variance (spec 2.6 step 3).
+#: Added to every latent variance (docs/method.md, "Stochastic block" step 3).
 VARIANCE_EPS = 1e-6
 
 
@@ -274,7 +275,7 @@ def bn_elu_conv(x: Tensor, bn: nn.Module, conv: nn.Conv2d) -> Tensor:
 
 # -- the latent layer ---------------------------------------------------------------------
 def stable_variance(ell: Tensor, clip: float = LATENT_LOGVAR_CLIP) -> Tensor:
-    """Stable variance of Dehaene & Brossard (2021), spec 2.6 steps 1-3.
+    """Stable variance of Dehaene & Brossard (2021), docs/method.md, "Stochastic block" steps 1-3.
 
     ``v(ℓ) = exp(ℓ)`` for ``ℓ <= 0`` and ``1 + ℓ`` above, after clipping ``ℓ <= clip``; the
     variance is ``v + 1e-6``. Written as ``exp(min(ℓ, 0)) + clamp(ℓ, 0, clip)``, which needs no

@@ -1,16 +1,19 @@
-"""PCMC as a label-free pre-training objective for µSplit (spec/pcmc.md section 13).
+"""PCMC as a label-free pre-training objective for µSplit (docs/pretraining.md, "Pre-training
+µSplit").
 
-* :class:`PretextHead` -- the light decoder of spec 13.3 over the bottom-up features.
+* :class:`PretextHead` -- the light decoder over the bottom-up features (docs/pretraining.md,
+  "Pretext head").
 * :class:`UsplitPretext` -- a µSplit network (LadderVAE or U-Net) with that head (``scope
   "encoder"``) or run whole and deterministically with a 3-channel head (``scope "network"``).
 * :class:`UsplitPretextData` -- batches of masked LC stacks and their targets. The mask is drawn
   in frame coordinates and applied to the full-resolution frame **before** the LC pyramid is
-  built, so no context level sees masked content (spec 13.4); the fill is the frame minimum
-  (black after normalisation). Targets are the colormap of the frame-level min-max normalised
-  input, cropped to the primary patch and computed before masking.
-* :func:`load_pretrained_encoder` -- the strict transfer of spec 13.6, now in
-  :mod:`musplit.checkpoints.transfer` (with :func:`encoder_keys`, :data:`HEAD_PREFIX` and
-  :func:`write_report`) and re-exported here.
+  built, so no context level sees masked content (docs/pretraining.md, "Inputs, targets,
+  loss"); the fill is the frame minimum (black after normalisation). Targets are the colormap
+  of the frame-level min-max normalised input, cropped to the primary patch and computed before
+  masking.
+* :func:`load_pretrained_encoder` -- the strict transfer (docs/pretraining.md, "Transfer and
+  fine-tuning"), now in :mod:`musplit.checkpoints.transfer` (with :func:`encoder_keys`,
+  :data:`HEAD_PREFIX` and :func:`write_report`) and re-exported here.
 
 The training loop itself is :func:`musplit.pretrain.train.pretrain` with
 ``PretrainConfig(model="usplit_encoder", ...)``.
@@ -75,7 +78,7 @@ def bottom_up_features(net: nn.Module, x: Tensor) -> tuple[list[Tensor], tuple[i
     return [captured[0], *state.bu_values], state.size
 
 
-# -- the pretext head (spec 13.3) ------------------------------------------------------------
+# -- the pretext head (docs/pretraining.md, "Pretext head") ----------------------------------------
 class _Level(nn.Module):
     def __init__(self, coarse: int, fine: int, width: int):
         super().__init__()
@@ -95,7 +98,7 @@ class _Level(nn.Module):
 
 
 class PretextHead(nn.Module):
-    """Light decoder over the bottom-up features (spec 13.3).
+    """Light decoder over the bottom-up features (docs/pretraining.md, "Pretext head").
 
     From the top level down: x2 transposed-conv upsampling (after a centre crop where LC
     levels keep the full size), concatenation with the level's bottom-up feature,
@@ -130,7 +133,8 @@ class PretextHead(nn.Module):
 
 
 class UsplitPretext(nn.Module):
-    """A µSplit network set up for a pretext task (spec 13.2-13.3).
+    """A µSplit network set up for a pretext task (docs/pretraining.md, "What is pre-trained" to
+    "Pretext head").
 
     Parameters
     ----------
@@ -166,7 +170,8 @@ class UsplitPretext(nn.Module):
             ladder = model_config.kind in LADDER_KINDS
             width = model_config.filters if ladder else self.net.head.in_channels
             # The output head is swapped for a pretext one, kept outside ``net`` so that the
-            # network's own head stays at its initialisation (spec 13.2: swapped afterwards).
+            # network's own head stays at its initialisation (docs/pretraining.md, "What is
+            # pre-trained": swapped afterwards).
             k = 3 if ladder else 1
             self.pretext_head = nn.Conv2d(width, out, k, padding=k // 2)
             self.sigmoid = sigmoid
@@ -219,7 +224,8 @@ class UsplitPretext(nn.Module):
         return torch.sigmoid(y) if self.sigmoid else y
 
     def transfer_state(self) -> dict[str, Tensor]:
-        """The transferred weights in the µSplit network's own key names (spec 13.6)."""
+        """The transferred weights in the µSplit network's own key names (docs/pretraining.md,
+        "Transfer and fine-tuning")."""
         sd = self.net.state_dict()
         return {k: sd[k].detach().clone() for k in encoder_keys(self.net, self.scope)}
 
@@ -235,7 +241,7 @@ class UsplitPretext(nn.Module):
         return {f"net.{k}": k for k in encoder_keys(self.net, self.scope)}
 
 
-# -- data (spec 13.4) --------------------------------------------------------------------------
+# -- data (docs/pretraining.md, "Inputs, targets, loss") -------------------------------------------
 class UsplitPretextData:
     """Random pre-training batches of masked LC stacks and their targets.
 
@@ -369,7 +375,8 @@ class UsplitPretextData:
         return out
 
     def _simclr(self, frames, corners, rng) -> dict[str, Tensor]:
-        """Two views per location (spec 13.5): ±8 px shift, D4, contrast and brightness."""
+        """Two views per location (docs/pretraining.md, "Competing objectives"): ±8 px shift, D4,
+        contrast and brightness."""
         views = []
         for _ in range(2):
             xs = []
