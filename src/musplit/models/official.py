@@ -4,6 +4,7 @@ Re-exports its names so that ``from musplit.models.official import import_offici
 rest) keeps working.
 """
 
+import musplit.checkpoints.reference as _reference
 from musplit.checkpoints.reference import (  # noqa: F401 - re-exported
     PAPER_PARAMETER_COUNTS,
     _load_strict,
@@ -18,12 +19,4 @@ from musplit.checkpoints.reference import (  # noqa: F401 - re-exported
     reference_to_musplit,
 )
 
-__all__ = [
-    "PAPER_PARAMETER_COUNTS",
-    "import_official",
-    "infer_model_config",
-    "load_reference_checkpoint",
-    "musplit_to_reference",
-    "read_reference_config",
-    "reference_to_musplit",
-]
+__all__ = list(_reference.__all__)
