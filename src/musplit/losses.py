@@ -1,4 +1,5 @@
-"""The split ELBO (spec/usplit.md section 3) and the non-finite-step guard (section 3.3).
+"""The split ELBO (docs/method.md, "Split ELBO") and the non-finite-step guard
+(docs/method.md, "Non-finite steps").
 
 The objective is ``distortion + β · rate``:
 
@@ -7,7 +8,7 @@ The objective is ``distortion + β · rate``:
   channels being independent given z);
 - **rate**: the KL between posterior and prior, summed over the hierarchy.
 
-Two normalisations of the rate exist (spec 3.2):
+Two normalisations of the rate exist (docs/method.md, "Reference normalisation"):
 
 ``"reference"`` (default, parity)
     per level, the per-element mean ``KL_i / (Z·H_i·W_i)``; averaged over the batch, then over
@@ -23,9 +24,9 @@ instead of moving their means, which makes the means learn slowly; β = 1 gives 
 gradient of the squared error while the variances are still fitted. Short CPU budgets (the
 ``cpu-small`` preset, ``make demo``) use it.
 
-The HAE has no rate: its loss is the distortion only. The supervised baselines (spec 10) are
-fitted by the mean squared error on normalised targets, :func:`deep_supervision_mse` (with
-BRAVE-NET's auxiliary outputs).
+The HAE has no rate: its loss is the distortion only. The supervised baselines (docs/evaluation.md,
+"Baselines") are fitted by the mean squared error on normalised targets,
+:func:`deep_supervision_mse` (with BRAVE-NET's auxiliary outputs).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_nll(params: Tensor, target: Tensor) -> Tensor:
-    """Elementwise Gaussian negative log-likelihood (spec 3.2).
+    """Elementwise Gaussian negative log-likelihood (docs/method.md, "Reference normalisation").
 
     Parameters
     ----------
@@ -179,7 +180,8 @@ def split_elbo(params: Tensor, target: Tensor, kl: Tensor | None = None,
 
 def deep_supervision_mse(mean: Tensor, target: Tensor, aux: Sequence[Tensor] = ()
                          ) -> tuple[Tensor, dict[str, Tensor]]:
-    """MSE loss of the baselines (spec 4 "Baselines", spec 10.4).
+    """MSE loss of the baselines (docs/method.md, "Training recipe"; docs/evaluation.md,
+    "BRAVE-NET").
 
     Parameters
     ----------
@@ -214,7 +216,7 @@ def kl_annealing_beta(epoch: int, *, start: int = -1, duration: int = 10) -> flo
     """KL weight under linear annealing: ``clip((epoch - start) / duration, 0, 1)``.
 
     The defaults give the reference's optional schedule ``clip((epoch + 1) / 10, 0, 1)``
-    (spec 3.2); without annealing β is 1.
+    (docs/method.md, "Reference normalisation"); without annealing β is 1.
     """
     if duration <= 0:
         raise ValueError(f"duration must be > 0, got {duration}")
@@ -222,7 +224,7 @@ def kl_annealing_beta(epoch: int, *, start: int = -1, duration: int = 10) -> flo
 
 
 def is_finite(loss: Tensor, *, nan_only: bool = False) -> bool:
-    """Whether ``loss`` allows an optimiser step (spec 3.3).
+    """Whether ``loss`` allows an optimiser step (docs/method.md, "Non-finite steps").
 
     ``nan_only=True`` is parity (only NaN skips); the default also refuses ±inf.
     """
@@ -231,7 +233,7 @@ def is_finite(loss: Tensor, *, nan_only: bool = False) -> bool:
 
 
 class NonFiniteGuard:
-    """Skip and count optimiser steps whose loss is not finite (spec 3.3).
+    """Skip and count optimiser steps whose loss is not finite (docs/method.md, "Non-finite steps").
 
     Call it on the loss in a Lightning ``training_step`` and return its result: a step whose
     loss is NaN (or ±inf unless ``nan_only``) returns None, which makes Lightning skip the

@@ -1,4 +1,5 @@
-"""Training with Lightning (spec/usplit.md sections 3.3, 4 and 9.4).
+"""Training with Lightning (docs/method.md, "Training recipe" and "Non-finite steps";
+docs/evaluation.md, "Validation PSNR").
 
 ``train(config, out_dir)`` runs a whole training: it loads the data the config names, computes
 the normalisation statistics on the training split, builds the patch datasets and the model,
@@ -23,17 +24,24 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
 from musplit import __version__
-from musplit.checkpoint import save_checkpoint
+from musplit.checkpoints.format import _atomic_write, save_checkpoint
+from musplit.checkpoints.transfer import load_pretrained_encoder, write_report
 from musplit.config import Config
+from musplit.data.dataset import GridPatches, TrainPatches, make_loader
 from musplit.data.normalize import NormStats, compute_stats
+from musplit.data.sources import load_targets
+from musplit.data.splits import save_split
 from musplit.errors import ConfigError, MusplitError
 from musplit.losses import (
     NonFiniteGuard,
     deep_supervision_mse,
+    gaussian_nll,
     kl_annealing_beta,
     split_elbo,
 )
 from musplit.models import build
+from musplit.models.config import LADDER_KINDS
+from musplit.models.protocol import aux_of, params_of
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,7 @@ class SplitModule(L.LightningModule):
         self.stats = stats
         self.model = build(config.model)
         self.guard = NonFiniteGuard()
-        self.probabilistic = config.model.kind in ("hvae", "hae")
+        self.probabilistic = config.model.kind in LADDER_KINDS
         self._val: dict[str, torch.Tensor] | None = None
         self._consecutive_bad = 0
         self.max_consecutive_nonfinite = 25
@@ -80,8 +88,7 @@ class SplitModule(L.LightningModule):
                               normalisation=tc.loss_normalisation, beta=beta,
                               free_bits=tc.free_bits, nll_beta=tc.nll_beta)
         out = self.model(x)
-        params = out[0] if isinstance(out, tuple) else out
-        return deep_supervision_mse(params[:, : y.shape[1]], y, getattr(out, "aux", ()))
+        return deep_supervision_mse(params_of(out)[:, : y.shape[1]], y, aux_of(out))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -105,7 +112,7 @@ class SplitModule(L.LightningModule):
             self._consecutive_bad = 0
         return kept
 
-    # -- validation (spec 9.4) -----------------------------------------------------------
+    # -- validation (docs/evaluation.md, "Validation PSNR") ----------------------------------------
     def on_validation_epoch_start(self):
         c = self.config.model.out_channels
         dev = self.device
@@ -120,8 +127,7 @@ class SplitModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        out = self.model(x)
-        params = out[0] if isinstance(out, tuple) else out
+        params = params_of(self.model(x))
         c = y.shape[1]
         mu = params[:, :c].float()
         y = y.float()
@@ -133,8 +139,6 @@ class SplitModule(L.LightningModule):
         v["mse_sum"] += torch.where(ok, mse, 0).sum(0)
         v["count"] += ok.sum(0)
         if self.probabilistic and params.shape[1] == 2 * c:
-            from musplit.losses import gaussian_nll
-
             nll = gaussian_nll(params, y)
             v["nll_sum"] += nll.double().sum()
             v["nll_n"] += nll.numel()
@@ -167,7 +171,7 @@ class SplitModule(L.LightningModule):
             self.log("val_loss", (v["nll_sum"] / v["nll_n"]).float())
         self._val = None
 
-    # -- optimisation (spec 4) -----------------------------------------------------------
+    # -- optimisation (docs/method.md, "Training recipe") ------------------------------------------
     def configure_optimizers(self):
         tc = self.config.train
         opt = torch.optim.Adamax(self.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)
@@ -218,10 +222,8 @@ class MusplitCheckpoints(Callback):
                         stats=module.stats.to_dict(), extra=extra)
 
     def _save_resume(self, trainer):
-        tmp = self.run_dir / f".{RESUME}.tmp"
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, self.run_dir / RESUME)
+        if trainer.is_global_zero:  # as every caller: only rank 0 writes
+            _atomic_write(self.run_dir / RESUME, trainer.save_checkpoint)
 
     def state_dict(self):
         return {"best": self.best}
@@ -298,9 +300,6 @@ def _seed_everything(seed: int) -> None:
 
 def prepare_data(config: Config, run_dir: Path | None = None):
     """Load targets, split and statistics for a config; save the split into ``run_dir``."""
-    from musplit.data.sources import load_targets
-    from musplit.data.splits import save_split
-
     data = load_targets(config.data)
     if not data.split.has_val:
         raise ConfigError(f"{data.source}: the split holds out nothing for validation "
@@ -316,8 +315,6 @@ def prepare_data(config: Config, run_dir: Path | None = None):
 
 def make_datasets(config: Config, data, stats: NormStats):
     """Training patches and the validation grid for a config."""
-    from musplit.data.dataset import GridPatches, TrainPatches
-
     d = config.data
     common = dict(patch=d.patch, scales=d.scales, pad=d.pad, alignment=d.lc_alignment)
     split = data.split
@@ -354,8 +351,6 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     echo : callable, optional
         Called with lines the user should see (the data and the split used).
     """
-    from musplit.data.dataset import make_loader
-
     tc = config.train
     if tc.max_steps is None and tc.max_epochs is None:
         raise ConfigError("give train.max_steps or train.max_epochs (--max-steps/--max-epochs)")
@@ -382,8 +377,6 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
 
     module = SplitModule(config, stats)
     if tc.init_from and not resume:  # resume restores the trained weights instead
-        from musplit.pretrain.usplit import load_pretrained_encoder, write_report
-
         report = load_pretrained_encoder(module.model, tc.init_from)
         write_report(report, run_dir / "init_report.json")
     description = data.split.describe(data.shapes)

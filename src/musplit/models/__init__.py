@@ -3,6 +3,9 @@ paper's supervised baselines (U-Net, U-Net + Regular-LC, Context-Aware U-Net, BR
 
 The one entry point is :func:`build`. The unsupervised Double-DIP baseline fits each image on
 its own and is not built from a config: see :mod:`musplit.doubledip`.
+
+What every built model provides, and how callers test its optional capabilities (``encode``,
+``sample_many``, ``is_stochastic``, ...), is written once in :mod:`musplit.models.protocol`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 from torch import nn
 
 from musplit.errors import ConfigError
-from musplit.models.config import ModelConfig
+from musplit.models.bravenet import BraveNet
+from musplit.models.config import LADDER_KINDS, ModelConfig
 from musplit.models.lvae import EncoderState, LadderOutput, LadderVAE
 from musplit.models.unet import BaselineOutput, UNet
 
@@ -41,13 +45,11 @@ def build(config: ModelConfig) -> nn.Module:
     """
     if not isinstance(config, ModelConfig):
         raise ConfigError(f"build() takes a ModelConfig, got {type(config).__name__}")
-    if config.kind in ("hvae", "hae"):
+    if config.kind in LADDER_KINDS:
         return LadderVAE(config)
     if config.kind in ("unet", "ca_unet"):
         return UNet(config)
     if config.kind == "bravenet":
-        from musplit.models.bravenet import BraveNet
-
         return BraveNet(config)
     raise ConfigError(f"model kind '{config.kind}' is not available in this version of musplit")
 

@@ -1,4 +1,5 @@
-"""BRAVE-NET (Hilbert et al. 2020) as the paper adapted it for splitting (spec 10.4).
+"""BRAVE-NET (Hilbert et al. 2020) as the paper adapted it for splitting (docs/evaluation.md,
+"BRAVE-NET").
 
 Two identical, separately weighted encoders read the primary patch and **one** lateral-context
 input (scale 1: the 2x downsampled crop with the same centre, a 2P field of view). Each input
@@ -116,6 +117,9 @@ class BraveNet(nn.Module):
         The main output.
     """
 
+    #: Capabilities (:mod:`musplit.models.protocol`): one pass gives every sample, and the
+    #: log-variance output is a constant. ``stochastic`` is the older name of the first.
+    is_stochastic = False
     stochastic = False
     predicts_variance = False
 

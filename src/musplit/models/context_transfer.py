@@ -1,4 +1,5 @@
-"""Directional context transfer of the Context-Aware U-Net (Leng et al. 2018; spec 10.3).
+"""Directional context transfer of the Context-Aware U-Net (Leng et al. 2018; docs/evaluation.md,
+"Context-Aware U-Net").
 
 A skip tensor ``X (B, C, H, W)`` is swept in four directions. The **up** sweep runs down the
 rows, ``X_up[i] = ReLU(σ(W[0, i-1]) * X_up[i-1] + X[i])`` for ``i = 1 .. H-1`` (row 0 is copied
@@ -9,8 +10,8 @@ is the one at the *source* row or column, as in the reference. The module's outp
 ``ReLU(Conv1x1_{4C -> C}(cat[left, right, up, down]))``.
 
 The reference runs these recurrences as Python loops, one row or column at a time, cloning
-rows under a full autograd graph (spec 13.1 item 18). Here each sweep is exact and runs without
-a per-row graph, as a **chunked scan**:
+rows under a full autograd graph (docs/method.md, "Defects avoided" item 18). Here each sweep is
+exact and runs without a per-row graph, as a **chunked scan**:
 
 * one step ``h ↦ max(0, a·h + x)`` with ``a >= 0`` is a function of the form
   ``h ↦ max(c, A·h + B)``, and that family is closed under composition:
@@ -30,7 +31,7 @@ outputs are kept for it, which the 1x1 convolution needs anyway.
 
 Any size works, at any patch size; at a size other than the gate's, the gate is
 centre-cropped or edge-padded (a documented musplit extension, as for the LadderVAE's top
-prior, spec 2.11).
+prior, docs/method.md, "Other input sizes").
 """
 
 from __future__ import annotations
@@ -247,7 +248,8 @@ class _DirectionalScan(torch.autograd.Function):
 
 
 def directional_scan(x: Tensor, w: Tensor, *, dim: int, reverse: bool) -> Tensor:
-    """One context-transfer sweep (spec 10.3), exact, as a chunked scan.
+    """One context-transfer sweep (docs/evaluation.md, "Context-Aware U-Net"), exact, as a chunked
+    scan.
 
     Parameters
     ----------
@@ -274,7 +276,8 @@ def directional_scan(x: Tensor, w: Tensor, *, dim: int, reverse: bool) -> Tensor
 
 
 class ContextTransfer(nn.Module):
-    """The context-transfer module on one skip connection (spec 10.3).
+    """The context-transfer module on one skip connection (docs/evaluation.md, "Context-Aware
+    U-Net").
 
     Parameters
     ----------

@@ -1,10 +1,16 @@
-"""The µSplit LadderVAE: HVAE / HAE with Vanilla, Lean-, Regular- or Deep-LC (spec 2).
+"""The µSplit LadderVAE: HVAE / HAE with Vanilla, Lean-, Regular- or Deep-LC (docs/method.md,
+"Architecture").
 
-Readable top to bottom: :class:`Encoder` (the bottom-up pass, spec 2.3-2.4), the
-:class:`DecoderLevel` modules (spec 2.5-2.6) and :class:`LadderVAE`, whose :meth:`LadderVAE.decode`
-is the top-down pass. The bottom-up pass can be run once and the top-down pass many times
+Readable top to bottom: what the model returns (:class:`LadderOutput`, :class:`EncoderState`),
+its structure -- :class:`Encoder` (the bottom-up pass, docs/method.md, "Input branches" to
+"Bottom-up levels"), the :class:`DecoderLevel` modules of the top-down pass (docs/method.md,
+"Top-down levels" to "Stochastic block"), the likelihood :class:`Head` -- and then
+:class:`LadderVAE` itself: construction, :meth:`~LadderVAE.forward` (bottom-up then top-down),
+:meth:`~LadderVAE.encode`, :meth:`~LadderVAE.decode` and, last, sampling.
+
+The bottom-up pass can be run once and the top-down pass many times
 (:meth:`LadderVAE.encode`, :meth:`LadderVAE.decode`, :meth:`LadderVAE.sample_many`), which is how
-MMSE prediction avoids paying the encoder N times (spec 13.2 item 4).
+MMSE prediction avoids paying the encoder N times (docs/method.md, "Defects avoided" item 4).
 
 Shapes: the input is ``(B, S, H, W)``, scale 0 the primary patch and scale ``s`` the LC input at
 resolution ``2^s`` centred on it; the output's first element is ``(B, 2C, H, W)``: ``C`` means then
@@ -33,7 +39,7 @@ from musplit.models.blocks import (
     centre_pad,
     fit_prior,
 )
-from musplit.models.config import ModelConfig
+from musplit.models.config import LADDER_KINDS, ModelConfig
 
 __all__ = ["EncoderState", "LadderOutput", "LadderVAE", "Noise"]
 
@@ -50,14 +56,14 @@ class LadderOutput(NamedTuple):
     ----------
     params : Tensor, shape (B, 2C, H, W)
         Likelihood parameters: channels ``[0, C)`` means, ``[C, 2C)`` log-variances (bounded
-        below, spec 2.7), normalised target units.
+        below, docs/method.md, "Likelihood head"), normalised target units.
     kl : Tensor of shape (B, L), or None
         Per-sample KL of each level summed over its latent elements, level 0 (bottom) first, in
         nats. None when not computed (eval mode by default) and always for the HAE, which has
         no KL term.
     kl_elements : tuple of int
         ``Z_i * H_i * W_i`` per level: the element counts the reference normalisation divides
-        by (spec 3.2).
+        by (docs/method.md, "Reference normalisation").
     """
 
     params: Tensor
@@ -103,7 +109,7 @@ class EncoderState:
 # -- bottom-up pass ------------------------------------------------------------------------
 class EncoderLevel(nn.Module):
     """One bottom-up level: stride-2 ``down`` conv, gated ``res`` (+ ``extra`` blocks), and
-    the LC merge ``lc_merge`` where the level has one (spec 2.4)."""
+    the LC merge ``lc_merge`` where the level has one (docs/method.md, "Bottom-up levels")."""
 
     def __init__(self, cfg: ModelConfig, *, lc_merge: bool):
         super().__init__()
@@ -122,7 +128,8 @@ class EncoderLevel(nn.Module):
 
 
 class Encoder(nn.Module):
-    """The bottom-up pass: primary ``stem``, ``lc_stems`` and ``levels`` (spec 2.3-2.4)."""
+    """The bottom-up pass: primary ``stem``, ``lc_stems`` and ``levels`` (docs/method.md, "Input
+    branches" to "Bottom-up levels")."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -133,13 +140,15 @@ class Encoder(nn.Module):
         self.stem = Stem(cfg.filters, kernel=3, **kw)
         self.lc_stems = nn.ModuleList(Stem(cfg.filters, kernel=5, **kw) for _ in range(scales - 1))
         # The reference creates an LC merge at every level once LC is on, also where no LC input
-        # arrives (Deep-LC levels 4-7): kept by default for parameter counts and keys (spec 2.4).
+        # arrives (Deep-LC levels 4-7): kept by default for parameter counts and keys
+        # (docs/method.md, "Bottom-up levels").
         self.levels = nn.ModuleList(
             EncoderLevel(cfg, lc_merge=scales > 1 and (i + 1 < scales or
                                                         cfg.parity_unused_modules))
             for i in range(levels)
         )
-        # Paper latent scaling (spec 2.10): BU level l (1-based) output times 1/sqrt(l), L > 4.
+        # Paper latent scaling (docs/method.md, "Latent scaling"): BU level l (1-based) output times
+        # 1/sqrt(l), L > 4.
         paper = cfg.latent_scaling == "paper" and levels > 4
         self.bu_scale = [1 / math.sqrt(i + 1) if paper else 1.0 for i in range(levels)]
 
@@ -152,8 +161,9 @@ class Encoder(nn.Module):
             h = level.same_size(level.res(level.down(h)))
             if i + 1 < self.scales:
                 # LC input i+1 has the resolution of h and is centred on the same point: pad h
-                # to its size and merge (spec 2.4 step 2). With several blocks per level the LC
-                # feature also passes the level's same-size blocks (shared, as the reference).
+                # to its size and merge (docs/method.md, "Bottom-up levels" step 2). With several
+                # blocks per level the LC feature also passes the level's same-size blocks (shared,
+                # as the reference).
                 e = level.same_size(self.lc_stems[i](x[:, i + 1 : i + 2]))
                 h = level.lc_merge(h, e, pad_a=True)
             if self.bu_scale[i] != 1.0:
@@ -167,8 +177,9 @@ class Encoder(nn.Module):
 
 # -- top-down pass -------------------------------------------------------------------------
 class DecoderLevel(nn.Module):
-    """One top-down level (spec 2.5): prior, posterior merge ``q_merge``, ``stochastic``,
-    ``skip_merge``, transposed-conv ``up`` and gated ``up_res`` (+ ``extra`` blocks).
+    """One top-down level (docs/method.md, "Top-down levels"): prior, posterior merge
+    ``q_merge``, ``stochastic``, ``skip_merge``, transposed-conv ``up`` and gated ``up_res``
+    (+ ``extra`` blocks).
 
     The top level has the learned ``top_prior`` ``(1, 2Z, h, w)`` (zero-initialised) instead of
     ``prior_conv``, ``q_merge`` and ``skip_merge``.
@@ -210,7 +221,8 @@ class Decoder(nn.Module):
 
 
 class Head(nn.Module):
-    """Likelihood head: Conv3x3 ``F -> 2C``, log-variance bounded below (spec 2.7)."""
+    """Likelihood head: Conv3x3 ``F -> 2C``, log-variance bounded below (docs/method.md, "Likelihood
+    head")."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -239,7 +251,7 @@ class LadderVAE(nn.Module):
     Notes
     -----
     With the paper's settings the parameter counts are 2,991,748 (Vanilla), 3,657,604
-    (Lean-LC), 4,702,084 (Regular-LC) and 7,177,604 (Deep-LC), spec 2.8.
+    (Lean-LC), 4,702,084 (Regular-LC) and 7,177,604 (Deep-LC), docs/method.md, "Variants".
 
     Sampling: in training mode z is always sampled from the posterior. In eval mode
     ``sample_mode`` decides: "sample" (parity: still sampled) or "mean" (``z = μ_q``,
@@ -248,7 +260,7 @@ class LadderVAE(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.kind not in ("hvae", "hae"):
+        if config.kind not in LADDER_KINDS:
             raise ValueError(f"LadderVAE builds kind 'hvae' or 'hae', not {config.kind!r}")
         self.config = config
         self.stochastic = config.kind == "hvae"
@@ -260,8 +272,8 @@ class LadderVAE(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config, self.top_prior_size(config))
         self.head = Head(config)
-        # Reference latent scaling (spec 2.10): the posterior input of level i is multiplied
-        # by sqrt(2(i+1)) when L > 4.
+        # Reference latent scaling (docs/method.md, "Latent scaling"): the posterior input of level
+        # i is multiplied by sqrt(2(i+1)) when L > 4.
         ref = config.latent_scaling == "reference" and self.levels > 4
         self.q_scale = [math.sqrt(2 * (i + 1)) if ref else 1.0 for i in range(self.levels)]
 
@@ -271,6 +283,32 @@ class LadderVAE(nn.Module):
         if config.lc in ("regular", "deep"):
             return config.patch >> (config.levels + 1 - config.scales)
         return config.patch >> config.levels
+
+    @property
+    def is_stochastic(self) -> bool:
+        """True for the HVAE (latents are sampled), False for the HAE (:mod:`musplit.models.
+        protocol`). ``stochastic`` is the same flag under its older name."""
+        return bool(self.stochastic)
+
+    # -- the whole pass -------------------------------------------------------------------
+    def forward(self, x: Tensor, *, noise: Noise = None, sample_mode: str | None = None,
+                compute_kl: bool | None = None, kl_estimator: str = "mc") -> LadderOutput:
+        """Bottom-up then top-down pass.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, S, H, W)
+            Normalised LC stack.
+        noise, sample_mode, compute_kl, kl_estimator
+            See :meth:`decode`.
+
+        Returns
+        -------
+        LadderOutput
+            ``params (B, 2C, H, W)`` first, then ``kl (B, L)`` or None, then ``kl_elements``.
+        """
+        return self.decode(self.encode(x), noise=noise, sample_mode=sample_mode,
+                           compute_kl=compute_kl, kl_estimator=kl_estimator)
 
     # -- bottom-up ------------------------------------------------------------------------
     def _pad_multiple(self) -> int:
@@ -334,8 +372,8 @@ class LadderVAE(nn.Module):
             raise ValueError(f"sample_mode must be 'sample' or 'mean', got {mode!r}")
         if kl_estimator not in ("mc", "analytic"):
             raise ValueError(f"kl_estimator must be 'mc' or 'analytic', got {kl_estimator!r}")
-        sample = self.stochastic and (self.training or mode == "sample")
-        with_kl = self.stochastic and (self.training if compute_kl is None else compute_kl)
+        sample = self.is_stochastic and (self.training or mode == "sample")
+        with_kl = self.is_stochastic and (self.training if compute_kl is None else compute_kl)
         analytic = kl_estimator == "analytic"
         crop_to = (state.padded[0] // 2, state.padded[1] // 2)
 
@@ -349,7 +387,7 @@ class LadderVAE(nn.Module):
             if self.q_scale[i] != 1.0:
                 u = u * self.q_scale[i]
             stoch = level.stochastic
-            if self.stochastic and (sample or with_kl):
+            if self.is_stochastic and (sample or with_kl):
                 prior = None
                 if with_kl:
                     prior = (fit_prior(level.top_prior, u.shape[-2:]) if level.top
@@ -364,7 +402,8 @@ class LadderVAE(nn.Module):
             elements[i] = stoch.z_dim * u.shape[-2] * u.shape[-1]
             if not level.top:
                 y = level.skip_merge(y, t)
-            if self.retain_spatial:  # spec 2.5 step 6: 64x64 latents are cropped to P/2
+            if self.retain_spatial:  # 64x64 latents are cropped to P/2 (docs/method.md,
+                # "Top-down levels" step 6)
                 y = centre_crop(y, crop_to)
             t = level.up_res(level.up(y))
             for block in level.extra:
@@ -377,41 +416,7 @@ class LadderVAE(nn.Module):
         kl = torch.stack(kls, dim=1) if with_kl else None
         return LadderOutput(params, kl, tuple(elements))
 
-    @staticmethod
-    def _noise(noise: Noise, level: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        # Drawn in float32 (float64 for float64 models) whatever autocast does, so that a
-        # generator gives the same latents in every precision.
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        if isinstance(noise, torch.Generator):
-            return torch.empty(shape, device=like.device, dtype=dtype).normal_(generator=noise)
-        given = None if noise is None else noise[level]
-        if given is None:
-            return torch.randn(shape, device=like.device, dtype=dtype)
-        if tuple(given.shape) != tuple(shape):
-            raise ValueError(
-                f"noise for level {level} must have shape {tuple(shape)}, got {tuple(given.shape)}"
-            )
-        return given.to(device=like.device, dtype=dtype)
-
-    def forward(self, x: Tensor, *, noise: Noise = None, sample_mode: str | None = None,
-                compute_kl: bool | None = None, kl_estimator: str = "mc") -> LadderOutput:
-        """Bottom-up then top-down pass.
-
-        Parameters
-        ----------
-        x : Tensor, shape (B, S, H, W)
-            Normalised LC stack.
-        noise, sample_mode, compute_kl, kl_estimator
-            See :meth:`decode`.
-
-        Returns
-        -------
-        LadderOutput
-            ``params (B, 2C, H, W)`` first, then ``kl (B, L)`` or None, then ``kl_elements``.
-        """
-        return self.decode(self.encode(x), noise=noise, sample_mode=sample_mode,
-                           compute_kl=compute_kl, kl_estimator=kl_estimator)
-
+    # -- sampling -------------------------------------------------------------------------
     def sample_many(self, x: Tensor, n: int, *, noise: Noise = None, batch: int = 1
                     ) -> Tensor:
         """``n`` posterior samples of the likelihood parameters from one bottom-up pass.
@@ -446,3 +451,19 @@ class LadderVAE(nn.Module):
             out.append(params.reshape(k, b, *params.shape[1:]))
             done += k
         return torch.cat(out, dim=0)
+
+    @staticmethod
+    def _noise(noise: Noise, level: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        # Drawn in float32 (float64 for float64 models) whatever autocast does, so that a
+        # generator gives the same latents in every precision.
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        if isinstance(noise, torch.Generator):
+            return torch.empty(shape, device=like.device, dtype=dtype).normal_(generator=noise)
+        given = None if noise is None else noise[level]
+        if given is None:
+            return torch.randn(shape, device=like.device, dtype=dtype)
+        if tuple(given.shape) != tuple(shape):
+            raise ValueError(
+                f"noise for level {level} must have shape {tuple(shape)}, got {tuple(given.shape)}"
+            )
+        return given.to(device=like.device, dtype=dtype)

@@ -1,4 +1,5 @@
-"""The U-Net baselines of the paper (spec/usplit.md sections 10.1-10.3).
+"""The U-Net baselines of the paper (docs/evaluation.md, "Baselines": U-Net, U-Net with
+Regular-LC, Context-Aware U-Net).
 
 * **U-Net** (``kind="unet"``, ``lc="none"``): the widely used U-Net layout with bilinear
   upsampling, ``depth`` ``Down`` blocks (the paper's "BU blocks") and width ``filters``; MSE on
@@ -7,8 +8,9 @@
   ``Conv5x5 -> ELU -> Res`` stem and a separately weighted copy of ``Down_i``'s double
   convolution (without the max-pool), and is merged with ``Down_i``'s output by an LC merge:
   the primary is centre zero-padded to the LC feature's size, so the two are pixel-aligned,
-  exactly as in the LadderVAE (spec 2.4). LC levels stay ``P x P``; in the decoder an upsampled
-  map larger than its skip is centre-cropped. With 5 scales: 31,252,834 parameters.
+  exactly as in the LadderVAE (docs/method.md, "Bottom-up levels"). LC levels stay ``P x P``; in the
+  decoder an upsampled map larger than its skip is centre-cropped. With 5 scales: 31,252,834
+  parameters.
 * **Context-Aware U-Net** (``kind="ca_unet"``): the plain U-Net with a
   :class:`~musplit.models.context_transfer.ContextTransfer` module on every skip tensor but the
   bottleneck (Leng et al. 2018).
@@ -46,7 +48,7 @@ class BaselineOutput(NamedTuple):
         normalised target units.
     aux : tuple of Tensor
         Further predictions of the means ``(B, C, H, W)`` that the loss also fits (BRAVE-NET's
-        deep supervision, spec 10.4); empty for the U-Nets.
+        deep supervision, docs/evaluation.md, "BRAVE-NET"); empty for the U-Nets.
     """
 
     params: Tensor
@@ -64,7 +66,8 @@ def with_unit_logvar(mean: Tensor) -> Tensor:
 
 
 class DoubleConv(nn.Module):
-    """``[Conv3x3 (no bias) -> BN -> ReLU] x 2``: ``in -> mid -> out`` (spec 10.1)."""
+    """``[Conv3x3 (no bias) -> BN -> ReLU] x 2``: ``in -> mid -> out`` (docs/evaluation.md,
+    "U-Net")."""
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
         super().__init__()
@@ -106,7 +109,8 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net, U-Net + Regular-LC or Context-Aware U-Net, as ``config`` says (spec 10.1-10.3).
+    """U-Net, U-Net + Regular-LC or Context-Aware U-Net, as ``config`` says (docs/evaluation.md,
+    "U-Net" to "Context-Aware U-Net").
 
     Parameters
     ----------
@@ -124,6 +128,9 @@ class UNet(nn.Module):
     double convolutions) and ``lc_merges``; of the context transfer ``context``.
     """
 
+    #: Capabilities (:mod:`musplit.models.protocol`): one pass gives every sample, and the
+    #: log-variance output is a constant. ``stochastic`` is the older name of the first.
+    is_stochastic = False
     stochastic = False
     predicts_variance = False
 
@@ -187,7 +194,8 @@ class UNet(nn.Module):
             h = down(h)
             if self.lc and i < self.scales:
                 # LC input i has the resolution of Down_i's output and the same centre: pad
-                # the primary to its size and merge (spec 10.2, as spec 2.4).
+                # the primary to its size and merge (docs/evaluation.md, "U-Net with Regular-LC", as
+                # docs/method.md, "Bottom-up levels").
                 e = self.lc_convs[i - 1](self.lc_stems[i - 1](x[:, i : i + 1]))
                 h = self.lc_merges[i - 1](h, e, pad_a=True)
             feats.append(h)

@@ -1,14 +1,19 @@
-"""PCMC as a label-free pre-training objective for µSplit (spec/pcmc.md section 13).
+"""PCMC as a label-free pre-training objective for µSplit (docs/pretraining.md, "Pre-training
+µSplit").
 
-* :class:`PretextHead` -- the light decoder of spec 13.3 over the bottom-up features.
+* :class:`PretextHead` -- the light decoder over the bottom-up features (docs/pretraining.md,
+  "Pretext head").
 * :class:`UsplitPretext` -- a µSplit network (LadderVAE or U-Net) with that head (``scope
   "encoder"``) or run whole and deterministically with a 3-channel head (``scope "network"``).
 * :class:`UsplitPretextData` -- batches of masked LC stacks and their targets. The mask is drawn
   in frame coordinates and applied to the full-resolution frame **before** the LC pyramid is
-  built, so no context level sees masked content (spec 13.4); the fill is the frame minimum
-  (black after normalisation). Targets are the colormap of the frame-level min-max normalised
-  input, cropped to the primary patch and computed before masking.
-* :func:`load_pretrained_encoder` -- the strict transfer of spec 13.6.
+  built, so no context level sees masked content (docs/pretraining.md, "Inputs, targets,
+  loss"); the fill is the frame minimum (black after normalisation). Targets are the colormap
+  of the frame-level min-max normalised input, cropped to the primary patch and computed before
+  masking.
+* :func:`load_pretrained_encoder` -- the strict transfer (docs/pretraining.md, "Transfer and
+  fine-tuning"), now in :mod:`musplit.checkpoints.transfer` (with :func:`encoder_keys`,
+  :data:`HEAD_PREFIX` and :func:`write_report`) and re-exported here.
 
 The training loop itself is :func:`musplit.pretrain.train.pretrain` with
 ``PretrainConfig(model="usplit_encoder", ...)``.
@@ -16,25 +21,34 @@ The training loop itself is :func:`musplit.pretrain.train.pretrain` with
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from musplit.checkpoints.transfer import (  # noqa: F401 - re-exported (moved there)
+    _UNET_ENCODER,
+    HEAD_PREFIX,
+    _source_state,
+    encoder_keys,
+    load_pretrained_encoder,
+    write_report,
+)
 from musplit.data.context import ContextStack, apply_d4
-from musplit.errors import CheckpointError, InputError
+from musplit.errors import InputError
 from musplit.models import build
 from musplit.models.blocks import centre_crop
-from musplit.models.config import ModelConfig
+from musplit.models.config import LADDER_KINDS, ModelConfig
+from musplit.models.protocol import params_of
 from musplit.pretrain.colormap import minmax_normalize
 from musplit.pretrain.masks import make_mask
-from musplit.pretrain.objectives import ProjectionHead, get_objective, make_target
-
-log = logging.getLogger(__name__)
+from musplit.pretrain.objectives import (
+    ProjectionHead,
+    edge_loss,
+    get_objective,
+    make_target,
+    nt_xent,
+    reconstruction_loss,
+)
 
 __all__ = [
     "HEAD_PREFIX",
@@ -48,36 +62,7 @@ __all__ = [
     "write_report",
 ]
 
-#: Prefix of the pretext-only parameters in a pre-training checkpoint (never transferred).
-HEAD_PREFIX = "pretext_head."
-_UNET_ENCODER = ("inc.", "downs.", "lc_stems.", "lc_convs.", "lc_merges.")
-
-
-def encoder_keys(model: nn.Module, scope: str = "encoder") -> list[str]:
-    """State-dict keys of a µSplit network that pre-training transfers (spec 13.2).
-
-    ``scope="encoder"``: the bottom-up path (LadderVAE ``encoder.*``; the U-Net's ``inc``,
-    ``downs`` and LC branches). ``scope="network"``: every key but the output head
-    (``head.*``).
-    """
-    keys = list(model.state_dict())
-    if scope == "network":
-        return [k for k in keys if not k.startswith("head.")]
-    if scope != "encoder":
-        raise InputError(f"scope must be 'encoder' or 'network', got {scope!r}")
-    kind = getattr(getattr(model, "config", None), "kind", None)
-    if kind in ("hvae", "hae"):
-        return [k for k in keys if k.startswith("encoder.")]
-    if kind == "unet":
-        return [k for k in keys if k.startswith(_UNET_ENCODER)]
-    raise InputError(f"encoder pre-training supports the LadderVAE (hvae, hae) and the U-Net, "
-                     f"not kind {kind!r}")
-
-
 # -- the bottom-up features ------------------------------------------------------------------
-
-
-
 def bottom_up_features(net: nn.Module, x: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
     """Bottom-up features of a µSplit network, finest first: the first input block's output
     (pixel spacing 1), then one per level (spacing 2, 4, ...); and the input size."""
@@ -93,7 +78,7 @@ def bottom_up_features(net: nn.Module, x: Tensor) -> tuple[list[Tensor], tuple[i
     return [captured[0], *state.bu_values], state.size
 
 
-# -- the pretext head (spec 13.3) ------------------------------------------------------------
+# -- the pretext head (docs/pretraining.md, "Pretext head") ----------------------------------------
 class _Level(nn.Module):
     def __init__(self, coarse: int, fine: int, width: int):
         super().__init__()
@@ -113,7 +98,7 @@ class _Level(nn.Module):
 
 
 class PretextHead(nn.Module):
-    """Light decoder over the bottom-up features (spec 13.3).
+    """Light decoder over the bottom-up features (docs/pretraining.md, "Pretext head").
 
     From the top level down: x2 transposed-conv upsampling (after a centre crop where LC
     levels keep the full size), concatenation with the level's bottom-up feature,
@@ -148,7 +133,8 @@ class PretextHead(nn.Module):
 
 
 class UsplitPretext(nn.Module):
-    """A µSplit network set up for a pretext task (spec 13.2-13.3).
+    """A µSplit network set up for a pretext task (docs/pretraining.md, "What is pre-trained" to
+    "Pretext head").
 
     Parameters
     ----------
@@ -181,12 +167,12 @@ class UsplitPretext(nn.Module):
         if scope == "network":
             if obj.loss == "ntxent":
                 raise InputError("scope 'network' needs a dense objective, not simclr")
-            kind = model_config.kind
-            width = model_config.filters if kind in ("hvae", "hae") else \
-                self.net.head.in_channels
+            ladder = model_config.kind in LADDER_KINDS
+            width = model_config.filters if ladder else self.net.head.in_channels
             # The output head is swapped for a pretext one, kept outside ``net`` so that the
-            # network's own head stays at its initialisation (spec 13.2: swapped afterwards).
-            k = 3 if kind in ("hvae", "hae") else 1
+            # network's own head stays at its initialisation (docs/pretraining.md, "What is
+            # pre-trained": swapped afterwards).
+            k = 3 if ladder else 1
             self.pretext_head = nn.Conv2d(width, out, k, padding=k // 2)
             self.sigmoid = sigmoid
             return
@@ -220,24 +206,26 @@ class UsplitPretext(nn.Module):
 
     def _network(self, x: Tensor) -> Tensor:
         net = self.net
-        head, stochastic = net.head, getattr(net, "stochastic", False)
+        head = net.head
         # Deterministic whole-network pass (posterior means, no KL: the HAE mode), with the
         # pretext head in place of the likelihood head for the duration of the call.
         net.head = self.pretext_head
         try:
-            if net.config.kind in ("hvae", "hae"):
-                net.stochastic = False
-                y = net.decode(net.encode(x), compute_kl=False).params
+            if net.config.kind in LADDER_KINDS:
+                stochastic, net.stochastic = net.stochastic, False
+                try:
+                    y = net.decode(net.encode(x), compute_kl=False).params
+                finally:
+                    net.stochastic = stochastic
             else:
-                y = net(x).params[:, : self.pretext_head.out_channels]
+                y = params_of(net(x))[:, : self.pretext_head.out_channels]
         finally:
             net.head = head
-            if hasattr(net, "stochastic"):
-                net.stochastic = stochastic
         return torch.sigmoid(y) if self.sigmoid else y
 
     def transfer_state(self) -> dict[str, Tensor]:
-        """The transferred weights in the µSplit network's own key names (spec 13.6)."""
+        """The transferred weights in the µSplit network's own key names (docs/pretraining.md,
+        "Transfer and fine-tuning")."""
         sd = self.net.state_dict()
         return {k: sd[k].detach().clone() for k in encoder_keys(self.net, self.scope)}
 
@@ -253,7 +241,7 @@ class UsplitPretext(nn.Module):
         return {f"net.{k}": k for k in encoder_keys(self.net, self.scope)}
 
 
-# -- data (spec 13.4) --------------------------------------------------------------------------
+# -- data (docs/pretraining.md, "Inputs, targets, loss") -------------------------------------------
 class UsplitPretextData:
     """Random pre-training batches of masked LC stacks and their targets.
 
@@ -387,7 +375,8 @@ class UsplitPretextData:
         return out
 
     def _simclr(self, frames, corners, rng) -> dict[str, Tensor]:
-        """Two views per location (spec 13.5): ±8 px shift, D4, contrast and brightness."""
+        """Two views per location (docs/pretraining.md, "Competing objectives"): ±8 px shift, D4,
+        contrast and brightness."""
         views = []
         for _ in range(2):
             xs = []
@@ -412,104 +401,8 @@ class UsplitPretextData:
         return {"x": views[0], "x2": views[1]}
 
 
-# -- transfer (spec 13.6) ------------------------------------------------------------------
-def _source_state(source) -> tuple[dict, dict]:
-    """``(state_dict, info)`` from a checkpoint path, a PretrainResult or a state dict."""
-    from musplit.pretrain.train import PretrainResult, load_pretrained
-
-    if isinstance(source, (str, os.PathLike)):
-        source = load_pretrained(source)
-    if isinstance(source, PretrainResult):
-        info = {"source": str(source.path) if source.path else "<in memory>",
-                "objective": source.config.pretext.objective, "scope": source.config.scope,
-                "model": source.config.model,
-                "data_manifest_sha256": source.data_manifest_sha256}
-        return source.state_dict, info
-    if isinstance(source, dict):
-        return source, {"source": "<state dict>"}
-    raise InputError(f"init-from needs a checkpoint path, a PretrainResult or a state dict, "
-                     f"got {type(source).__name__}")
-
-
-def load_pretrained_encoder(model: nn.Module, path_or_state) -> dict:
-    """Load pre-trained encoder weights into a µSplit network, strictly (spec 13.6).
-
-    Every key of the transferred part (the encoder, or the whole network but its head for a
-    ``scope="network"`` checkpoint) must be present with the same shape; the only keys allowed
-    to be left over are the pretext head's (:data:`HEAD_PREFIX`).
-
-    Parameters
-    ----------
-    model : nn.Module
-        A freshly built :class:`~musplit.models.LadderVAE` or U-Net.
-    path_or_state : path-like, PretrainResult or dict
-        A pre-training checkpoint (``musplit pretrain``), its loaded result, or a state dict in
-        the network's key names.
-
-    Returns
-    -------
-    dict
-        The load report: ``source``, ``objective``, ``scope``, ``loaded`` (count),
-        ``loaded_keys``, ``missing`` (empty), ``unused`` (the pretext-head keys),
-        ``data_manifest_sha256`` where known.
-
-    Raises
-    ------
-    CheckpointError
-        Missing encoder keys, shape mismatches, or keys that belong to neither the network nor
-        the pretext head; or a checkpoint pre-trained for another model family.
-    """
-    state, info = _source_state(path_or_state)
-    if info.get("model") not in (None, "usplit_encoder"):
-        raise CheckpointError(f"{info['source']} was pre-trained for {info['model']}, not for a "
-                              "µSplit network (pre-train with --model usplit_encoder)")
-    own = model.state_dict()
-    scope = info.get("scope")
-    if scope is None:
-        non_encoder = set(own) - set(encoder_keys(model, "encoder"))
-        scope = "network" if any(k in non_encoder for k in state) else "encoder"
-    expected = encoder_keys(model, scope)
-    missing = [k for k in expected if k not in state]
-    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in expected
-             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    unused = sorted(k for k in state if k not in expected)
-    foreign = [k for k in unused if not k.startswith(HEAD_PREFIX)]
-    where = info["source"]
-    if missing:
-        raise CheckpointError(f"{where} does not fit this network: {len(missing)} {scope} "
-                              f"key(s) missing, e.g. {missing[0]} (pre-train with the same "
-                              "model config)")
-    if shape:
-        raise CheckpointError(f"{where} does not fit this network: {len(shape)} shape "
-                              f"mismatch(es), e.g. {shape[0]} (pre-train with the same model "
-                              "config)")
-    if foreign:
-        raise CheckpointError(f"{where} holds {len(foreign)} key(s) that are neither in this "
-                              f"network's {scope} nor pretext-head keys, e.g. {foreign[0]}")
-    with torch.no_grad():
-        for k in expected:
-            own[k].copy_(state[k].to(own[k].dtype))
-    model.load_state_dict(own, strict=True)
-    report = dict(info, scope=scope, loaded=len(expected), loaded_keys=expected, missing=[],
-                  shape_mismatch=[], unused=unused)
-    log.info("init from %s: %d %s tensors loaded, %d pretext-head tensors unused", where,
-             len(expected), scope, len(unused))
-    return report
-
-
-def write_report(report: dict, path: str | os.PathLike) -> Path:
-    """Write a load report as JSON, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
-    return path
-
-
 def pretext_loss(module: UsplitPretext, batch: dict, config) -> Tensor:
     """The loss of one batch for ``module`` (dense objectives and SimCLR)."""
-    from musplit.pretrain.objectives import edge_loss, nt_xent, reconstruction_loss
-
     obj = module.objective
     if obj.loss == "ntxent":
         pt = config.pretext
