@@ -22,7 +22,7 @@ from musplit.data.context import lateral_context
 from musplit.data.sources import write_critters
 from musplit.data.synthetic import generate_critters
 from musplit.evaluation import evaluate_arrays, write_metrics
-from musplit.report import plot_context_stack, plot_prediction
+from musplit.figures import plot_context_stack, plot_prediction
 from musplit.splitter import Splitter
 
 log = logging.getLogger(__name__)

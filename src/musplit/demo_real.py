@@ -36,7 +36,7 @@ from musplit.data.splits import Region, Split, load_split, save_split, spatial_s
 from musplit.demo import finish_report, write_text_atomic
 from musplit.errors import MusplitError
 from musplit.evaluation import evaluate_arrays, write_metrics
-from musplit.report import _pyplot, plot_prediction, save_figure
+from musplit.figures import _pyplot, plot_prediction, save_figure
 from musplit.splitter import Splitter
 
 #: Where the stack lies inside the PartSegData package.

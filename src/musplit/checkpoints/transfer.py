@@ -55,8 +55,8 @@ def encoder_keys(model: nn.Module, scope: str = "encoder") -> list[str]:
 
 def _source_state(source) -> tuple[dict, dict]:
     """``(state_dict, info)`` from a checkpoint path, a PretrainResult or a state dict."""
-    # Lazy: musplit.pretrain.train is later in the flow and imports musplit.checkpoint(s).
-    from musplit.pretrain.train import PretrainResult, load_pretrained
+    # Lazy: a pre-training result comes from musplit.pretrain, which imports this module.
+    from musplit.pretrain.result import PretrainResult, load_pretrained
 
     if isinstance(source, (str, os.PathLike)):
         source = load_pretrained(source)

@@ -52,8 +52,8 @@ def synth() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset.")
 def synth_generate(preset, frames, seed, namespace, size, dtype, out_dir, overwrite):
     """Render frames and instance masks as TIFFs with a checksummed manifest."""
+    from musplit.detect.dataset import write_dataset  # scipy
     from musplit.pretrain.config import SynthDatasetConfig, validated  # pydantic
-    from musplit.pretrain.synth import write_dataset  # scipy
 
     cfg = validated(SynthDatasetConfig, {"preset": preset, "frames": frames, "seed": seed,
                                          "namespace": namespace, "size": size, "dtype": dtype},
@@ -66,7 +66,7 @@ def synth_generate(preset, frames, seed, namespace, size, dtype, out_dir, overwr
 @click.argument("folder", type=click.Path(path_type=Path))
 def synth_verify(folder):
     """Regenerate a dataset written by ``synth generate`` and compare checksums."""
-    from musplit.pretrain.synth import verify_dataset  # scipy
+    from musplit.detect.dataset import verify_dataset  # scipy
 
     problems = verify_dataset(folder)
     if problems:
@@ -109,8 +109,10 @@ def detect() -> None:
 def detect_train(data_dir, val_dir, out_dir, config_path, model, init_path, init_scope, steps,
                  batch, lr, label_fraction, seed, backbone_frozen, overwrite):
     """Fine-tune a detector on frames with instance masks."""
+    from musplit.detect.checkpoint import save_detector  # torch
+    from musplit.detect.evaluate import evaluate_detector
+    from musplit.detect.train import train_detector
     from musplit.pretrain.config import DetectionConfig, validated  # pydantic
-    from musplit.pretrain.detection import evaluate_detector, save_detector, train_detector  # torch
 
     data = _load_config(config_path)
     for k, v in (("model", model), ("steps", steps), ("batch", batch), ("lr", lr),
@@ -150,7 +152,8 @@ def detect_train(data_dir, val_dir, out_dir, config_path, model, init_path, init
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 def detect_predict(ckpt, inputs, out_dir, threshold, batch_size):
     """Detect cells in TIFF frames (files, stacks or folders); boxes in input pixels."""
-    from musplit.pretrain.detection import load_detector, predict  # torch
+    from musplit.detect.checkpoint import load_detector  # torch
+    from musplit.detect.evaluate import predict
 
     model, cfg, _ = load_detector(ckpt)
     frames, names = read_inputs(inputs)
@@ -177,7 +180,8 @@ def detect_predict(ckpt, inputs, out_dir, threshold, batch_size):
 
 
 def _evaluate(ckpt, data_dir, out, reference, batch_size):
-    from musplit.pretrain.detection import evaluate_detector, load_detector  # torch
+    from musplit.detect.checkpoint import load_detector  # torch
+    from musplit.detect.evaluate import evaluate_detector
 
     model, cfg, _ = load_detector(ckpt)
     images, labels, _ = read_pairs(data_dir, size=cfg.image_size)

@@ -32,11 +32,12 @@ def read_pairs(folder: str | os.PathLike, size: int | None = None
     (docs/pretraining.md, "Defects avoided").
 
     Layouts: ``images/NAME.tif`` + ``labels/NAME.tif`` (what ``musplit synth generate``
-    writes), or the Cell Tracking Challenge layout (see :func:`musplit.pretrain.synth.read_ctc`).
+    writes), or the Cell Tracking Challenge layout (see :func:`musplit.detect.ctc.read_ctc`).
     Returns images (N, H, W) float32, labels (N, H, W) int32 and the frame names.
     """
-    # musplit.pretrain.synth loads scipy; _resize_pair is its private name, used only here.
-    from musplit.pretrain.synth import _resize_pair, read_ctc
+    # musplit.detect loads scipy.
+    from musplit.detect.ctc import read_ctc
+    from musplit.detect.frames import _resize_pair
 
     root = Path(folder)
     if not root.is_dir():

@@ -41,7 +41,7 @@ from musplit.errors import InputError
 def import_official_cmd(ckpt, out_path, kind, stats_from, axes, channels, critters, stats_json,
                         patch, overwrite, allow_pickled_classes):
     """Convert a reference µSplit checkpoint CKPT into a musplit checkpoint."""
-    from musplit.models.official import import_official  # torch
+    from musplit.checkpoints.reference import import_official  # torch
 
     stats = _stats(stats_json, stats_from, critters, axes, channels)
     written = import_official(ckpt, out_path, kind=kind, stats=stats, patch=patch,

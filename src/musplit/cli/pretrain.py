@@ -43,7 +43,8 @@ def _load_images(data: str, axes: str | None, channel: int | None, mix: bool) ->
 def _synthetic_images(synthetic: str, frames: int, seed: int, size: int | None
                       ) -> tuple[np.ndarray, str]:
     """``(N, H, W)`` frames of a synthetic-cells preset and the data source recorded."""
-    from musplit.pretrain.synth import PRESETS, generate  # scipy
+    from musplit.detect.presets import PRESETS  # scipy
+    from musplit.detect.simulator import generate
 
     if synthetic not in PRESETS:
         raise InputError(f"unknown synthetic preset {synthetic!r}; choose one of: "

@@ -8,6 +8,8 @@ Re-exports every name that used to live here: the simulator (:mod:`musplit.detec
 
 from __future__ import annotations
 
+from musplit.config.presets import _pretrain_presets as _presets  # noqa: F401
+
 # The imports below (but _simulator) are re-exports for the old import path (hence noqa: F401).
 from musplit.detect import simulator as _simulator
 from musplit.detect.ctc import _frame_key, read_ctc  # noqa: F401
@@ -21,7 +23,7 @@ from musplit.detect.dataset import (  # noqa: F401
     write_dataset,
 )
 from musplit.detect.frames import _resize_pair  # noqa: F401
-from musplit.detect.presets import PRESETS, _presets, preset_config  # noqa: F401
+from musplit.detect.presets import PRESETS, preset_config  # noqa: F401
 from musplit.detect.shapes import (  # noqa: F401
     _Cell,
     _make_cell,
