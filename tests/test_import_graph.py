@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, ...]] = [
     ("musplit", "musplit.errors", "musplit.files", "musplit.native", "musplit.runtime"),
     ("musplit.config", "musplit.models.config", "musplit.pretrain.config",
-     "musplit.pretrain.pretext_config", "musplit.config_flags", "musplit.metrics"),
+     "musplit.pretrain.pretext_config", "musplit.metrics"),
     ("musplit.data",),
     ("musplit.data.context",),
     ("musplit.data.patches", "musplit.data.dataset", "musplit.data.tiling"),
@@ -49,6 +49,7 @@ COMPAT = {
     "musplit.pretrain.detection": "moved to musplit.detect",
     "musplit.models.official": "moved to musplit.checkpoints.reference",
     "musplit.report": "renamed musplit.figures",
+    "musplit.config_flags": "moved to musplit.config.flags",
 }
 
 #: Imports against the flow that stay, each for a stated reason.

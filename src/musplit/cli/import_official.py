@@ -62,7 +62,7 @@ def _stats(stats_json: Path | None, stats_from: str | None, critters: str | None
     if not (stats_from or critters):
         return None
     from musplit.config import DataConfig  # pydantic, torch
-    from musplit.config_flags import critters_data  # pydantic, torch
+    from musplit.config.flags import critters_data  # pydantic, torch
 
     if critters:
         dc = DataConfig(synthetic=critters_data(critters))

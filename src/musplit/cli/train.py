@@ -1,4 +1,4 @@
-"""``musplit train``: parse the flags, build the run config (musplit.config_flags), train."""
+"""``musplit train``: parse the flags, build the run config (musplit.config.flags), train."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def train(config_path, preset_name, data_path, channel_files, split, axes, chann
           kind, lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every,
           precision, seed, out_dir, resume, devices, strategy, init_from=None):
     """Train a model; the run folder gets the config, split, logs and checkpoints."""
-    from musplit.config_flags import train_config, train_overrides  # pydantic, torch
+    from musplit.config.flags import train_config, train_overrides  # pydantic, torch
     from musplit.training import train as run_training  # lightning
 
     over = train_overrides(
