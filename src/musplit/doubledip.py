@@ -21,7 +21,7 @@ saw the crop untransformed).
 
 The paper ran it on random crops of the test images (the crop size was lost; 256 by default).
 Its outputs have no channel identity, so evaluation picks, per crop, the order of the two layers
-that maximises the summed range-invariant PSNR (docs/evaluation.md, "Layer order",
+that maximises the summed range-invariant PSNR (docs/evaluation.md, "Double-DIP",
 :func:`match_layers`). It shows what supervision buys: in the paper's Table 1 it is 4-9 dB
 below every supervised method.
 
@@ -389,7 +389,7 @@ def separate_crops(frames, corners: np.ndarray, crop: int, *, seed: int = 0,
 
 
 def match_layers(target: np.ndarray, layers: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Order Double-DIP's layers like the target channels (docs/evaluation.md, "Layer order").
+    """Order Double-DIP's layers like the target channels (docs/evaluation.md, "Double-DIP").
 
     Parameters
     ----------
@@ -456,7 +456,7 @@ def split_crops(frames, corners: np.ndarray, crop: int, *, targets=None, seed: i
         Crop side.
     targets : array_like, shape (N, H, W, C), optional
         The separate channels (ground truth) of ``frames``: each crop's layers are ordered
-        like them (:func:`match_layers`, docs/evaluation.md, "Layer order").
+        like them (:func:`match_layers`, docs/evaluation.md, "Double-DIP").
     seed, progress, kwargs
         As :func:`separate_crops` (crop ``i`` is fitted with seed ``seed + i``).
 

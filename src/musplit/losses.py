@@ -1,5 +1,5 @@
 """The split ELBO (docs/method.md, "Split ELBO") and the non-finite-step guard
-(docs/method.md, "Non-finite steps").
+(docs/method.md, "Training recipe").
 
 The objective is ``distortion + β · rate``:
 
@@ -8,7 +8,7 @@ The objective is ``distortion + β · rate``:
   channels being independent given z);
 - **rate**: the KL between posterior and prior, summed over the hierarchy.
 
-Two normalisations of the rate exist (docs/method.md, "Reference normalisation"):
+Two normalisations of the rate exist (docs/data.md, "Normalisation"):
 
 ``"reference"`` (default, parity)
     per level, the per-element mean ``KL_i / (Z·H_i·W_i)``; averaged over the batch, then over
@@ -53,7 +53,7 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_nll(params: Tensor, target: Tensor) -> Tensor:
-    """Elementwise Gaussian negative log-likelihood (docs/method.md, "Reference normalisation").
+    """Elementwise Gaussian negative log-likelihood (docs/data.md, "Normalisation").
 
     Parameters
     ----------
@@ -180,8 +180,7 @@ def split_elbo(params: Tensor, target: Tensor, kl: Tensor | None = None,
 
 def deep_supervision_mse(mean: Tensor, target: Tensor, aux: Sequence[Tensor] = ()
                          ) -> tuple[Tensor, dict[str, Tensor]]:
-    """MSE loss of the baselines (docs/method.md, "Training recipe"; docs/evaluation.md,
-    "BRAVE-NET").
+    """MSE loss of the baselines (docs/method.md, "Training recipe"; docs/method.md, "Baselines").
 
     Parameters
     ----------
@@ -216,7 +215,7 @@ def kl_annealing_beta(epoch: int, *, start: int = -1, duration: int = 10) -> flo
     """KL weight under linear annealing: ``clip((epoch - start) / duration, 0, 1)``.
 
     The defaults give the reference's optional schedule ``clip((epoch + 1) / 10, 0, 1)``
-    (docs/method.md, "Reference normalisation"); without annealing β is 1.
+    (docs/data.md, "Normalisation"); without annealing β is 1.
     """
     if duration <= 0:
         raise ValueError(f"duration must be > 0, got {duration}")
@@ -224,7 +223,7 @@ def kl_annealing_beta(epoch: int, *, start: int = -1, duration: int = 10) -> flo
 
 
 def is_finite(loss: Tensor, *, nan_only: bool = False) -> bool:
-    """Whether ``loss`` allows an optimiser step (docs/method.md, "Non-finite steps").
+    """Whether ``loss`` allows an optimiser step (docs/method.md, "Training recipe").
 
     ``nan_only=True`` is parity (only NaN skips); the default also refuses ±inf.
     """
@@ -233,7 +232,7 @@ def is_finite(loss: Tensor, *, nan_only: bool = False) -> bool:
 
 
 class NonFiniteGuard:
-    """Skip and count optimiser steps whose loss is not finite (docs/method.md, "Non-finite steps").
+    """Skip and count optimiser steps whose loss is not finite (docs/method.md, "Training recipe").
 
     Call it on the loss in a Lightning ``training_step`` and return its result: a step whose
     loss is NaN (or ±inf unless ``nan_only``) returns None, which makes Lightning skip the

@@ -30,7 +30,7 @@ def _pair(target, prediction) -> tuple[np.ndarray, np.ndarray]:
 
 
 def range_invariant_psnr(target, prediction) -> float:
-    """Range-invariant PSNR in dB (docs/evaluation.md, "Range-invariant PSNR").
+    """Range-invariant PSNR in dB (docs/evaluation.md, "RI-PSNR").
 
     The ground truth is standardised (unbiased std), the prediction centred and scaled by the
     least-squares factor onto it; the peak is the standardised ground truth's range.
@@ -60,7 +60,8 @@ def range_invariant_psnr(target, prediction) -> float:
 
 
 def psnr(target, prediction, data_range: float | None = None) -> float:
-    """Plain PSNR in dB with the target's range as peak (docs/evaluation.md, "Other metrics")."""
+    """Plain PSNR in dB with the target's range as peak (docs/evaluation.md, "PSNR, SSIM and
+    RMSE")."""
     g, p = _pair(target, prediction)
     rng = float(g.max() - g.min()) if data_range is None else float(data_range)
     mse = np.mean((g - p) ** 2)
@@ -69,8 +70,8 @@ def psnr(target, prediction, data_range: float | None = None) -> float:
 
 def ssim(target, prediction, data_range: float | None = None) -> float:
     """SSIM with scikit-image's defaults (7x7 uniform window, K1 0.01, K2 0.03, sample
-    covariance) and ``data_range = max - min`` of the target frame (docs/evaluation.md,
-    "Other metrics")."""
+    covariance) and ``data_range = max - min`` of the target frame (docs/evaluation.md, "PSNR, SSIM
+    and RMSE")."""
     from skimage.metrics import structural_similarity
 
     g, p = _pair(target, prediction)

@@ -1,5 +1,5 @@
 """Self-describing checkpoints: the file format, saving and loading (docs/checkpoints.md,
-"Format").
+"Checkpoint layout").
 
 A musplit checkpoint is one file saved with ``torch.save`` that holds only tensors and plain
 Python data, so it loads with ``torch.load(weights_only=True)``: a checkpoint from a stranger

@@ -6,12 +6,13 @@ module names. This module
 - reads its tensors without running code (``torch.load(weights_only=True)``; unknown classes are
   replaced by inert stubs only when the caller consents),
 - infers the variant from the keys and shapes (docs/checkpoints.md, "Variant inference"),
-- renames every key with an explicit, two-way map (docs/checkpoints.md, "Canonical names"), refusing
+- renames every key with an explicit, two-way map (docs/checkpoints.md, "Checkpoint layout"),
+refusing
   keys it does not know and shapes that do not fit,
 - and writes a self-describing musplit checkpoint that :meth:`musplit.Splitter.load` opens.
 
-The reference does not store its normalisation statistics (docs/checkpoints.md, "Container and
-statistics"), so they are passed in (``stats``), typically recomputed from the training data by
+The reference does not store its normalisation statistics (docs/checkpoints.md, "Checkpoint
+layout"), so they are passed in (``stats``), typically recomputed from the training data by
 the caller.
 """
 
@@ -51,7 +52,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Parameter counts of the paper's variants (docs/method.md, "Variants"), by (lc, unused merges
+#: Parameter counts of the paper's variants (docs/method.md, "Lateral Contextualisation"), by (lc,
+#: unused merges
 #: kept).
 PAPER_PARAMETER_COUNTS = {
     ("none", True): 2_991_748, ("none", False): 2_991_748,
@@ -60,7 +62,8 @@ PAPER_PARAMETER_COUNTS = {
     ("deep", True): 7_177_604, ("deep", False): 6_814_852,
 }
 
-# -- the key map (docs/checkpoints.md, "Canonical names") ------------------------------------------
+# -- the key map (docs/checkpoints.md, "Checkpoint layout")
+# ------------------------------------------
 # (musplit prefix, reference prefix, is a residual block, offset of {j} in the reference)
 # {i}: level, {k}: LC branch, {j}: extra block. A residual block's inner names are mapped by
 # _RES_BN / _RES_NO_BN. Extra blocks (blocks_per_level > 1) follow the reference layout:
@@ -175,7 +178,7 @@ def _map_keys(state_dict: Mapping[str, Any], to_reference: bool, batchnorm: bool
 
 def reference_to_musplit(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
     """Rename a reference µSplit ``state_dict`` to musplit's canonical names (docs/checkpoints.md,
-    "Canonical names").
+    "Checkpoint layout").
 
     Raises
     ------
@@ -518,8 +521,8 @@ def import_official(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *
         Needed unless ``config.pkl`` (next to the checkpoint, or ``config_pkl``) gives
         ``model.non_stochastic_version``; the two must agree when both are given.
     stats : NormStats or dict, optional
-        Normalisation statistics of the training data (docs/checkpoints.md, "Container and
-        statistics": the reference does not store them). Without them the checkpoint loads but
+        Normalisation statistics of the training data (docs/checkpoints.md, "Checkpoint layout":
+        the reference does not store them). Without them the checkpoint loads but
         cannot map predictions to intensities; a warning says so.
     patch : int, optional
         Training patch size; default ``data.image_size`` from ``config.pkl``, else 64.

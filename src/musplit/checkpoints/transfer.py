@@ -1,5 +1,4 @@
-"""Transfer of pre-trained weights into a µSplit network (docs/pretraining.md, "Transfer and
-fine-tuning").
+"""Transfer of pre-trained weights into a µSplit network (docs/pretraining.md, "Encoder transfer").
 
 :func:`encoder_keys` says which state-dict keys of a LadderVAE or U-Net pre-training produces
 (the bottom-up path, or the whole network but its head); :func:`load_pretrained_encoder`
@@ -33,7 +32,7 @@ _UNET_ENCODER = ("inc.", "downs.", "lc_stems.", "lc_convs.", "lc_merges.")
 
 def encoder_keys(model: nn.Module, scope: str = "encoder") -> list[str]:
     """State-dict keys of a µSplit network that pre-training transfers (docs/pretraining.md,
-    "What is pre-trained").
+    "µSplit pre-training").
 
     ``scope="encoder"``: the bottom-up path (LadderVAE ``encoder.*``; the U-Net's ``inc``,
     ``downs`` and LC branches). ``scope="network"``: every key but the output head
@@ -74,7 +73,7 @@ def _source_state(source) -> tuple[dict, dict]:
 
 def load_pretrained_encoder(model: nn.Module, path_or_state) -> dict:
     """Load pre-trained encoder weights into a µSplit network, strictly (docs/pretraining.md,
-    "Transfer and fine-tuning").
+    "Encoder transfer").
 
     Every key of the transferred part (the encoder, or the whole network but its head for a
     ``scope="network"`` checkpoint) must be present with the same shape; the only keys allowed

@@ -29,7 +29,7 @@ def _tiffs(folder: Path) -> dict[str, Path]:
 def read_pairs(folder: str | os.PathLike, size: int | None = None
                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images and instance masks of a dataset folder, paired by file stem, never by sort order
-    (docs/pretraining.md, "Defects avoided").
+    (docs/pretraining.md, "Reference defects avoided").
 
     Layouts: ``images/NAME.tif`` + ``labels/NAME.tif`` (what ``musplit synth generate``
     writes), or the Cell Tracking Challenge layout (see :func:`musplit.detect.ctc.read_ctc`).

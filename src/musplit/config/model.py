@@ -125,7 +125,7 @@ class ModelConfig(Strict):
         if getattr(self, name) is None:
             object.__setattr__(self, name, value)
 
-    # -- the LadderVAE (docs/method.md, "Architecture") ------------------------------------
+    # -- the LadderVAE (docs/method.md, "LadderVAE") ------------------------------------
     def _check_ladder(self) -> None:
         self._fill("lc", "lean")
         self._fill("filters", 64)
@@ -163,7 +163,7 @@ class ModelConfig(Strict):
         if self.lc in ("regular", "deep") and (self.patch % 2 or self.patch % 2**halvings):
             # Regular/Deep-LC keep P x P through the LC levels and halve it on the
             # remaining L+1-S levels; the top prior is P/2^(L+1-S) on a side
-            # (docs/method.md, "Lateral contextualisation").
+            # (docs/method.md, "Lateral Contextualisation").
             raise ValueError(
                 f"patch {self.patch} must be even and divisible by 2^{halvings} = "
                 f"{2**halvings} for {self.lc}-LC with {levels} levels and {self.scales} "

@@ -1,5 +1,5 @@
 """Configs of the pretext side of PCMC: colormap, intensity normalisation, masks, objective
-and the pre-training run (docs/pretraining.md, "Configuration").
+and the pre-training run (docs/pretraining.md, "Pretext models").
 
 Strict pydantic v2 models (:class:`musplit.config.base.Strict`) with a ``version``. Settings
 left as None are filled from the objective and the model when the :class:`PretrainConfig` is
@@ -68,7 +68,7 @@ class ColormapConfig(_Versioned):
 
 
 class IntensityNormConfig(_Versioned):
-    """Min-max normalisation to [0, 1] (docs/pretraining.md, "Normalisation").
+    """Min-max normalisation to [0, 1] (docs/pretraining.md, "Pre-processing").
 
     ``method="percentile"`` clips to ``[p_lo, p_hi]`` percentiles first (both required; both
     must stay unset for plain min-max). ``scope``: over each ``image`` the model sees, or over
@@ -202,7 +202,7 @@ class PretextConfig(_Versioned):
 
 
 class PretrainConfig(_Versioned):
-    """One pre-training run (docs/pretraining.md, "Pre-training runs").
+    """One pre-training run (docs/pretraining.md, "Optimisation and augmentation").
 
     Attributes
     ----------

@@ -5,7 +5,7 @@ refused, assignments validated); every top-level config carries a ``version``. C
 checks run when a config is built, so a model that cannot take its image size is refused before
 any training starts. The synthetic-cell preset config is in :mod:`musplit.config.synth`, the
 pretext side (colormap, masks, objectives, pre-training run) in :mod:`musplit.config.pretext`
-(docs/pretraining.md, "Configuration"; docs/detection.md).
+(docs/pretraining.md, "Pretext models"; docs/detection.md).
 """
 
 from __future__ import annotations
@@ -163,13 +163,12 @@ class CellCentroidFormerConfig(Strict):
         return self
 
 
-# -- detection (docs/detection.md, "Fine-tuning and evaluation") -----------------------------
+# -- detection (docs/detection.md, "Fine-tuning") -----------------------------
 _REFERENCE_FORCED = {"threshold": 0.75, "nms_kernel": 3, "candidate_threshold": 0.75}
 
 
 class DetectionConfig(Strict):
-    """Detector fine-tuning, decoding and evaluation (docs/detection.md, "Fine-tuning and
-    evaluation").
+    """Detector fine-tuning, decoding and evaluation (docs/detection.md, "Fine-tuning").
 
     ``mode="reference"`` reproduces the reference evaluation (GT decoded from target maps,
     constant scores, max_dets [1, 10, 100], threshold 0.75, NMS 3); explicit conflicting

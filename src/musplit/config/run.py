@@ -38,7 +38,7 @@ __all__ = [
 
 
 class CrittersConfig(Strict):
-    """Built-in SinosoidalCritters data (docs/data.md, "Synthetic critters")."""
+    """Built-in SinosoidalCritters data (docs/data.md, "Synthetic data")."""
 
     frames: int = Field(1000, ge=3)
     size: int = Field(256, ge=16)

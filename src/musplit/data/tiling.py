@@ -2,7 +2,7 @@
 
 A frame is predicted with patches of size ``P_eval``; only the central region of each patch (the
 **tile**, ``G x G``) is kept, and tiles form a non-overlapping grid of stride ``G``
-(docs/tiling.md, "Padding schemes"):
+(docs/tiling.md, "Inner padding"):
 
 ==============  ===============  ==========  ==================================================
 ``padding``     ``P_eval``       tile ``G``  per-side margin ``p``
@@ -70,7 +70,7 @@ def default_grid(config: Config) -> int:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Tile geometry of one prediction (docs/tiling.md, "Padding schemes").
+    """Tile geometry of one prediction (docs/tiling.md, "Inner padding").
 
     Attributes
     ----------
@@ -88,8 +88,8 @@ class Tiling:
     blend : str
         ``"none"``, ``"linear"`` or ``"cosine"``.
     cover : bool
-        ``ceil`` tile counts (docs/tiling.md, "Every pixel once") or ``floor`` (the
-        reference, docs/tiling.md, "Reference geometry").
+        ``ceil`` tile counts (docs/tiling.md, "Covering the frame") or ``floor`` (the
+        reference, docs/tiling.md, "Reference tiling").
     """
 
     padding: str
@@ -116,8 +116,8 @@ class Tiling:
         return rnd(height / self.grid), rnd(width / self.grid)
 
     def corners(self, height: int, width: int) -> np.ndarray:
-        """Top-left patch corners ``(n_tiles, 2)``, row-major (docs/tiling.md,
-        "Reference geometry")."""
+        """Top-left patch corners ``(n_tiles, 2)``, row-major (docs/tiling.md, "Reference
+        tiling")."""
         return tile_corners(height, width, self.patch, self.grid, cover=self.cover)
 
     def weights(self) -> np.ndarray:
@@ -171,8 +171,8 @@ def make_tiling(
     blend_width : int, optional
         ``b <= p``, default ``p // 2`` (docs/tiling.md, "Blending").
     paper_geometry : bool
-        The reference's floor tile counts (remainder left 0, docs/tiling.md,
-        "Reference geometry"); no blending.
+        The reference's floor tile counts (remainder left 0, docs/tiling.md, "Reference tiling");
+        no blending.
 
     Returns
     -------
@@ -205,7 +205,7 @@ def make_tiling(
             f"an even difference (the margin (P - G)/2 must be a whole number of pixels)"
         )
     margin = (p_train - g) // 2
-    if padding == "outer":  # patches P + 2p, tiles P (docs/tiling.md, "Padding schemes")
+    if padding == "outer":  # patches P + 2p, tiles P (docs/tiling.md, "Inner padding")
         patch, tile = p_train + 2 * margin, p_train
     else:
         patch, tile = p_train, g
@@ -231,7 +231,7 @@ def _block_halo(tiling: Tiling, scales: int) -> int:
 
     The scale-``s`` crop of a patch centred at ``c`` reads the full-resolution window
     ``c +- P*2**(s-1)`` plus the filter support of ``s`` halvings (< 6*2**s px; docs/data.md,
-    "Lateral context").
+    "Lateral context crops").
     With this much real data around the block, crops never touch the block's own border, and at
     a frame border the block border *is* the frame border, so padding acts identically.
     """

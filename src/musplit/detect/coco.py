@@ -1,6 +1,7 @@
 """COCO-style box evaluation: mAP / mAR through pycocotools' ``COCOeval``, and F1 at one IoU.
 
-docs/detection.md, "Evaluation": COCOeval is set up as torchmetrics' ``MeanAveragePrecision``
+docs/detection.md, "Evaluation protocol": COCOeval is set up as torchmetrics'
+``MeanAveragePrecision``
 sets up its pycocotools backend (the torchmetrics wrapper itself needs torchvision, which has
 no CPU build here). pycocotools is imported only when an evaluation runs.
 """
@@ -59,7 +60,7 @@ def f1_at_iou(preds: list[dict], gts: list[np.ndarray], iou: float = 0.5) -> dic
 def evaluate_boxes(preds: list[dict], gts: list[np.ndarray], max_dets: list[int] | None = None,
                    float_labels: bool = False) -> dict[str, float]:
     """COCO box mAP over all images, accumulated into one evaluation (docs/detection.md,
-    "Evaluation").
+    "Evaluation protocol").
 
     The engine is pycocotools' ``COCOeval``, configured as torchmetrics
     ``MeanAveragePrecision(box_format="xywh", iou_type="bbox", backend="pycocotools")`` configures

@@ -1,7 +1,7 @@
 """Reading real images and instance masks in the Cell Tracking Challenge layout.
 
 Images and masks are paired by their frame number, never by sort order (docs/detection.md,
-"Reference defects"). tifffile is imported when a folder is read.
+"Experiment protocol"). tifffile is imported when a folder is read.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Synthetic datasets on disk: write (TIFF frames, JSON metadata, manifest) and verify.
 
-docs/detection.md, "Determinism, splits and storage". Every file is written under a temporary
+docs/detection.md, "Determinism and storage". Every file is written under a temporary
 name and renamed into place; the manifest records per-file and per-array checksums so that
 :func:`verify_dataset` can tell a changed file from a changed generator.
 """
@@ -63,7 +63,7 @@ def _file_record(root: Path, rel: str, arr: np.ndarray) -> dict:
 def write_dataset(out_dir: str | os.PathLike, config: SynthDatasetConfig,
                   overwrite: bool = False) -> Path:
     """Generate ``config`` into ``out_dir`` and return the manifest path (docs/detection.md,
-    "Determinism, splits and storage").
+    "Determinism and storage").
 
     Layout: ``images/000000.tif`` (uint16 or uint8), ``labels/000000.tif`` (uint16),
     ``meta/000000.json`` (per-cell metadata) and ``manifest.json`` (generator version, preset

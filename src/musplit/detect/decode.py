@@ -1,6 +1,6 @@
 """Decoding a predicted heatmap and size map into scored boxes.
 
-docs/detection.md, "Decoding to boxes": 3x3 max-pool NMS, threshold, 4-connected components,
+docs/detection.md, "Decoding": 3x3 max-pool NMS, threshold, 4-connected components,
 truncated centroids, sizes read at the centroid.
 """
 
@@ -20,7 +20,7 @@ __all__ = ["decode"]
 def decode(heatmap: np.ndarray | torch.Tensor, sizes: np.ndarray | torch.Tensor,
            threshold: float = 0.75, nms_kernel: int = 3, size_scale: tuple[float, float] = (1, 1),
            clip: bool = True, constant_score: bool = False) -> dict[str, np.ndarray]:
-    """Decode one heatmap and size map into boxes (docs/detection.md, "Decoding to boxes").
+    """Decode one heatmap and size map into boxes (docs/detection.md, "Decoding").
 
     Parameters
     ----------

@@ -1,6 +1,7 @@
 """Running a detector on raw frames: maps, decoded boxes, and scores against instance masks.
 
-docs/detection.md, "Evaluation": two modes share one API, ``clean`` (default: ground truth from
+docs/detection.md, "Evaluation protocol": two modes share one API, ``clean`` (default: ground truth
+from
 the instance masks, heatmap-peak scores, candidates above 0.3, max_dets [10, 100, 1000],
 clipped boxes) and ``reference`` (ground truth decoded from the target maps, every score 1,
 threshold 0.75, NMS 3, max_dets [1, 10, 100], no clipping, float labels).
@@ -61,7 +62,8 @@ def predict(model: nn.Module, images: np.ndarray, cfg: DetectionConfig | None = 
 def evaluate_detector(model: nn.Module, images: np.ndarray, labels: np.ndarray,
                       reference_mode: bool = False, cfg: DetectionConfig | None = None,
                       batch_size: int = 4) -> dict:
-    """Score a detector on frames with instance masks (docs/detection.md, "Evaluation"); returns a
+    """Score a detector on frames with instance masks (docs/detection.md, "Evaluation protocol");
+    returns a
     flat metrics dict.
 
     Clean mode (default): ground truth = every instance's box from the masks, predictions

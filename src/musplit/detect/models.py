@@ -1,6 +1,6 @@
 """Detector networks: CCFViT (ViT + MobileViT neck) and CellCentroidFormer (CNN + MobileViT neck).
 
-docs/detection.md, "Models". Both return a centroid ``heatmap`` and box ``sizes``; their
+docs/detection.md, "Detectors". Both return a centroid ``heatmap`` and box ``sizes``; their
 ``encoder`` (from :mod:`musplit.pretrain.backbones`) is what pre-training initialises.
 CellCentroidFormer with ``pretext=True`` is also the CNN variant's pretext model
 (docs/pretraining.md, "Pretext models").
@@ -43,7 +43,7 @@ def _conv_bn_silu(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 class MobileViTBlock(nn.Module):
-    """MobileViT block, vit-pytorch style (docs/detection.md, "Models", CCFViT).
+    """MobileViT block, vit-pytorch style (docs/detection.md, "Detectors", CCFViT).
 
     Conv3x3-BN-SiLU, Conv1x1-BN-SiLU to ``dim``, unfold into ``patch x patch`` patches as a
     batch of ``patch^2`` sequences (one per intra-patch position, one token per patch),
@@ -125,7 +125,7 @@ class _KerasTransformerBlock(nn.Module):
 
 
 class MobileViTKBlock(nn.Module):
-    """MobileViT block, Keras flavour of the TF CellCentroidFormer (docs/detection.md, "Models").
+    """MobileViT block, Keras flavour of the TF CellCentroidFormer (docs/detection.md, "Detectors").
 
     Conv3x3(d)+swish, Conv1x1(d)+swish, ``depth`` transformer blocks with **global** attention
     over all H*W positions (2 heads, key dim d, dropout 0.1), Conv1x1(C_in)+swish, concatenate
@@ -196,7 +196,7 @@ class _ViTHead(nn.Module):
 
 class CCFViT(nn.Module):
     """Hybrid detector: ContextBlock + ViT (all tokens) + MobileViT neck + two heads
-    (docs/detection.md, "Models").
+    (docs/detection.md, "Detectors").
 
     ``forward(x)`` returns a dict with ``heatmap`` (B, 1, H, W) and ``sizes`` (B, 2, H, W;
     channel 0 height, channel 1 width), and ``pcolor`` (B, 3, H, W) when ``aux_pcolor``.
@@ -282,7 +282,7 @@ class _CNNHead(nn.Module):
 
 class CellCentroidFormer(nn.Module):
     """CNN detector: ContextBlock + EfficientNetV2-S trunk + MobileViT-K neck + two heads
-    (docs/detection.md, "Models").
+    (docs/detection.md, "Detectors").
 
     Detection mode: ``forward`` returns ``heatmap`` (B, 1, H, W) and ``sizes`` (B, 2, H, W;
     relative h/H, w/W), both sigmoid. ``pretext=True`` (docs/pretraining.md, "Pretext models"):

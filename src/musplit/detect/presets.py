@@ -1,6 +1,6 @@
 """The six synthetic-cell presets and their scaling to other frame sizes.
 
-docs/detection.md, "The six presets": stand-ins for Cell Tracking Challenge datasets (all
+docs/detection.md, "Presets": stand-ins for Cell Tracking Challenge datasets (all
 numbers are our own choices). :func:`preset_config` applies overrides and rescales a preset.
 """
 

@@ -1,6 +1,6 @@
 """One synthetic cell rasterised in a local window: shape, protrusions and object intensity.
 
-docs/detection.md, "Frame renderer": star-convex shapes (optional elastic warp, protrusions,
+docs/detection.md, "Cell simulator": star-convex shapes (optional elastic warp, protrusions,
 filopodia, cytoplasm) and object intensity (log-normal brightness, texture, radial profile,
 sub-nuclear spots); plus the frame-level noise fields the renderer draws from.
 """

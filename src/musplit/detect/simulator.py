@@ -1,17 +1,17 @@
 """The cell simulator: synthetic fluorescence frames with exact instance masks.
 
-Stand-ins for the Cell Tracking Challenge data of the PCMC paper (docs/detection.md,
-"Synthetic data"). A frame is rendered from one rasterised support per cell, so the label image
+Stand-ins for the Cell Tracking Challenge data of the PCMC paper (docs/detection.md, "Cell
+simulator"). A frame is rendered from one rasterised support per cell, so the label image
 and the intensity image agree exactly: every object pixel belongs to one instance, instances
 never overlap (they may touch when the preset's ``gap`` is 0), and every labelled pixel carries
 its instance's signal.
 
-Renderer (docs/detection.md, "Frame renderer"), per frame: count → star-convex shapes
+Renderer (docs/detection.md, "Cell simulator"), per frame: count → star-convex shapes
 (:mod:`musplit.detect.shapes`) → placement with rejection → object intensity → Gaussian PSF →
 background (flat, ramp, smooth noise, haze) → Poisson photons with a nominal (not per-frame)
 reference → read noise, gain, offset → uint16.
 
-Determinism (docs/detection.md, "Determinism, splits and storage"): frame ``i`` of namespace
+Determinism (docs/detection.md, "Determinism and storage"): frame ``i`` of namespace
 ``ns`` draws from ``Generator(PCG64(SeedSequence([seed, namespace_id, preset_id, i])))``, so
 frames are independent, parallel generation is reproducible and namespaces never share a frame.
 
@@ -93,8 +93,8 @@ class SynthFrame:
 
 def render_frame(cfg: SynthPresetConfig, rng: np.random.Generator,
                  dtype: str = "uint16") -> SynthFrame:
-    """Render one frame of preset ``cfg`` with generator ``rng`` (docs/detection.md, "Frame
-    renderer").
+    """Render one frame of preset ``cfg`` with generator ``rng`` (docs/detection.md, "Cell
+    simulator").
 
     Parameters
     ----------

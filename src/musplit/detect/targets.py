@@ -1,6 +1,6 @@
 """Detection targets from instance masks: boxes, centroid heatmap and size maps.
 
-docs/detection.md, "Targets from instance masks": instance labels -> boxes (xywh, +1 widths)
+docs/detection.md, "Targets": instance labels -> boxes (xywh, +1 widths)
 -> centroid heatmap (ellipse + box filter, summed) and size maps (3x3 blocks, ViT; central half
 of the box, CNN).
 """
@@ -53,7 +53,7 @@ def _ellipse(h: int, w: int, cx: int, cy: int, ax: int, ay: int) -> np.ndarray:
     i.e. a diamond |x|/ax + |y|/ay <= 1 (a plus sign for (1, 1)); for larger axes a fine
     polygon whose filled pixels match ((x/(ax+0.5))^2 + (y/(ay+0.5))^2 <= 1), since boundary
     pixels are drawn. A zero axis degenerates to a line segment. Agrees with OpenCV within
-    +-1 px on the boundary (clean mode, docs/detection.md, "Targets from instance masks").
+    +-1 px on the boundary (clean mode, docs/detection.md, "Targets").
     """
     yy = (np.arange(h)[:, None] - cy).astype(np.float64)
     xx = (np.arange(w)[None, :] - cx).astype(np.float64)

@@ -1,6 +1,6 @@
 """Detection fine-tuning: label subsets, the augmented target dataset and the Lightning loop.
 
-docs/detection.md, "Optimiser and fine-tuning options" and "Fine-tuning" (protocol).
+docs/detection.md, "Fine-tuning" and "Fine-tuning" (protocol).
 :func:`train_detector` builds a detector, optionally loads pre-trained encoder weights
 (:func:`read_encoder_state`, :func:`musplit.pretrain.transfer.load_encoder`) and trains it with
 AdamW and a per-step cosine schedule. Lightning is imported only when training runs.
@@ -181,8 +181,8 @@ def train_detector(images: np.ndarray, labels: np.ndarray, config: DetectionConf
                    steps: int | None = None, label_fraction: float = 1.0,
                    seed: int | None = None, batch: int | None = None,
                    accelerator: str = "auto") -> tuple[nn.Module, dict]:
-    """Fine-tune a detector on frames with instance masks (docs/detection.md, "Optimiser and
-    fine-tuning options"; docs/detection.md, "Experiment protocol").
+    """Fine-tune a detector on frames with instance masks (docs/detection.md, "Fine-tuning";
+    docs/detection.md, "Experiment protocol").
 
     Parameters
     ----------

@@ -1,9 +1,9 @@
 """Plain building blocks of the LadderVAE: geometry, convolutions, residual blocks, merges and
-the stochastic layer (docs/method.md, "Architecture": building blocks, input branches,
+the stochastic layer (docs/method.md, "LadderVAE": building blocks, input branches,
 stochastic block).
 
-Module attribute names follow musplit's canonical names (docs/checkpoints.md, "Canonical
-names": ``bn1``, ``conv1``, ``bn2``, ``conv2``, ``gate.conv``, ``proj``, ``res``,
+Module attribute names follow musplit's canonical names (docs/checkpoints.md, "Checkpoint layout":
+``bn1``, ``conv1``, ``bn2``, ``conv2``, ``gate.conv``, ``proj``, ``res``,
 ``post_conv``, ...), so that the map to and from reference checkpoints
 (:mod:`musplit.checkpoints.reference`) is a pure renaming.
 
@@ -84,8 +84,8 @@ sys.modules[__name__].__class__ = _BlocksModule
 def centre_crop(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Centre crop the last two axes of ``x`` to ``size`` (a view, no copy).
 
-    The first kept index is ``(n - m) // 2``, the reference's convention (docs/method.md,
-    "Conventions"). Axes already no larger than the target are left alone.
+    The first kept index is ``(n - m) // 2``, the reference's convention (docs/method.md, "Building
+    blocks"). Axes already no larger than the target are left alone.
     """
     h, w = x.shape[-2:]
     th, tw = min(size[0], h), min(size[1], w)
@@ -99,7 +99,7 @@ def centre_pad(x: Tensor, size: tuple[int, int], mode: str = "constant") -> Tens
     """Centre pad the last two axes of ``x`` to ``size``: ``(m - n) // 2`` before, rest after.
 
     ``mode`` is ``"constant"`` (zeros; the LC merge and input padding) or ``"replicate"``
-    (edge padding of a top prior that is too small, docs/method.md, "Other input sizes").
+    (edge padding of a top prior that is too small, docs/method.md, "LadderVAE").
     """
     h, w = x.shape[-2:]
     dh, dw = max(size[0] - h, 0), max(size[1] - w, 0)
@@ -111,8 +111,9 @@ def centre_pad(x: Tensor, size: tuple[int, int], mode: str = "constant") -> Tens
 def fit_prior(prior: Tensor, size: tuple[int, int]) -> Tensor:
     """Fit the learned top prior ``(1, 2Z, h, w)`` to a latent of spatial ``size``.
 
-    Centre crop where it is larger (docs/method.md, "Stochastic block" step 4) and edge-pad where it
-    is smaller (docs/method.md, "Other input sizes": evaluation at another patch size, a
+    Centre crop where it is larger (docs/method.md, "Top-down pass and stochastic layer" step 4)
+    and edge-pad where it
+    is smaller (docs/method.md, "LadderVAE": evaluation at another patch size, a
     documented musplit extension).
     """
     prior = centre_crop(prior, size)
@@ -183,8 +184,8 @@ class ResBlock(nn.Module):
 
 
 class Stem(nn.Module):
-    """Input branch: ``Conv kxk 1 -> F``, ELU, ungated :class:`ResBlock` (docs/method.md, "Input
-    branches").
+    """Input branch: ``Conv kxk 1 -> F``, ELU, ungated :class:`ResBlock` (docs/method.md, "Lateral
+    Contextualisation").
 
     ``kernel`` is 3 for the primary branch and 5 for the LC branches (their residual blocks
     keep 3x3 kernels).
@@ -207,8 +208,8 @@ class Merge(nn.Module):
     The concatenation is never materialised: the 1x1 convolution is split into its two input
     halves, which is the same linear map and keeps neither a ``2F`` copy nor, for the LC merge,
     a zero-padded copy of ``a`` alive for the backward pass. With ``pad_a`` the first input is
-    centre zero-padded to the size of ``b`` first (the LC merge of docs/method.md, "Bottom-up
-    levels"); since a 1x1 convolution without bias maps zeros to zeros, padding its output is the
+    centre zero-padded to the size of ``b`` first (the LC merge of docs/method.md, "LadderVAE");
+    since a 1x1 convolution without bias maps zeros to zeros, padding its output is the
     same thing.
     """
 
@@ -232,8 +233,8 @@ class Merge(nn.Module):
 def gaussian_latent(q: Tensor, p: Tensor | None, eps: Tensor | None, *, kl: bool,
                     analytic: bool = False, clip: float = LATENT_LOGVAR_CLIP
                     ) -> tuple[Tensor, Tensor | None]:
-    """Sample ``z ~ q`` and compute the per-sample KL of one level (docs/method.md, "Stochastic
-    block").
+    """Sample ``z ~ q`` and compute the per-sample KL of one level (docs/method.md, "Top-down pass
+    and stochastic layer").
 
     Parameters
     ----------
@@ -273,7 +274,8 @@ def gaussian_latent(q: Tensor, p: Tensor | None, eps: Tensor | None, *, kl: bool
 
 
 class StochasticLayer(nn.Module):
-    """The convolutions of one latent level (docs/method.md, "Stochastic block"): ``post_conv``,
+    """The convolutions of one latent level (docs/method.md, "Top-down pass and stochastic layer"):
+    ``post_conv``,
     ``prior_conv``, ``out_conv``.
 
     Parameters
@@ -295,7 +297,7 @@ class StochasticLayer(nn.Module):
 
     def posterior_mean(self, u: Tensor) -> Tensor:
         """``μ_q`` only: the first ``Z`` output channels of ``post_conv`` (HAE, docs/method.md,
-        "Stochastic block")."""
+        "Top-down pass and stochastic layer")."""
         w, b = self.post_conv.weight, self.post_conv.bias
         return conv2d(u, w[: self.z_dim], b[: self.z_dim], padding=1)
 

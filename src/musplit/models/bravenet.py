@@ -1,5 +1,5 @@
-"""BRAVE-NET (Hilbert et al. 2020) as the paper adapted it for splitting (docs/evaluation.md,
-"BRAVE-NET").
+"""BRAVE-NET (Hilbert et al. 2020) as the paper adapted it for splitting (docs/method.md,
+"Baselines").
 
 Two identical, separately weighted encoders read the primary patch and **one** lateral-context
 input (scale 1: the 2x downsampled crop with the same centre, a 2P field of view). Each input

@@ -1,5 +1,5 @@
-"""Directional context transfer of the Context-Aware U-Net (Leng et al. 2018; docs/evaluation.md,
-"Context-Aware U-Net").
+"""Directional context transfer of the Context-Aware U-Net (Leng et al. 2018; docs/method.md,
+"Baselines").
 
 A skip tensor ``X (B, C, H, W)`` is swept in four directions. The **up** sweep runs down the
 rows, ``X_up[i] = ReLU(σ(W[0, i-1]) * X_up[i-1] + X[i])`` for ``i = 1 .. H-1`` (row 0 is copied
@@ -10,7 +10,8 @@ is the one at the *source* row or column, as in the reference. The module's outp
 ``ReLU(Conv1x1_{4C -> C}(cat[left, right, up, down]))``.
 
 The reference runs these recurrences as Python loops, one row or column at a time, cloning
-rows under a full autograd graph (docs/method.md, "Defects avoided" item 18). Here each sweep is
+rows under a full autograd graph (docs/method.md, "Reference defects avoided" item 18). Here each
+sweep is
 exact and runs without a per-row graph, as a **chunked scan**:
 
 * one step ``h ↦ max(0, a·h + x)`` with ``a >= 0`` is a function of the form
@@ -31,7 +32,7 @@ outputs are kept for it, which the 1x1 convolution needs anyway.
 
 Any size works, at any patch size; at a size other than the gate's, the gate is
 centre-cropped or edge-padded (a documented musplit extension, as for the LadderVAE's top
-prior, docs/method.md, "Other input sizes").
+prior, docs/method.md, "LadderVAE").
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ class _DirectionalScan(torch.autograd.Function):
 
 
 def directional_scan(x: Tensor, w: Tensor, *, dim: int, reverse: bool) -> Tensor:
-    """One context-transfer sweep (docs/evaluation.md, "Context-Aware U-Net"), exact, as a chunked
+    """One context-transfer sweep (docs/method.md, "Baselines"), exact, as a chunked
     scan.
 
     Parameters
@@ -276,8 +277,7 @@ def directional_scan(x: Tensor, w: Tensor, *, dim: int, reverse: bool) -> Tensor
 
 
 class ContextTransfer(nn.Module):
-    """The context-transfer module on one skip connection (docs/evaluation.md, "Context-Aware
-    U-Net").
+    """The context-transfer module on one skip connection (docs/method.md, "Baselines").
 
     Parameters
     ----------

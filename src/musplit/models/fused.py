@@ -12,7 +12,7 @@ work that autograd does not do well on its own:
   half fewer (32 MB each at batch 32, 64 channels, 64²).
 - :class:`GaussianLatent`: the reparameterised sample and per-sample KL of one latent level,
   keeping only its three inputs for backward (in Regular- and Deep-LC this layer used to
-  dominate memory, docs/method.md, "Defects avoided").
+  dominate memory, docs/method.md, "Reference defects avoided").
 
 On CPU the elementwise chains run in the compiled kernels of :mod:`musplit.native` where those
 build. Each function computes the same values and gradients as the composition of plain
@@ -40,10 +40,10 @@ __all__ = [
     "stable_variance",
 ]
 
-#: Upper clip of the latent "log-variance" ℓ before the stable variance (docs/method.md, "Stochastic
-#: block" step 1).
+#: Upper clip of the latent "log-variance" ℓ before the stable variance (docs/method.md, "Top-down
+#: pass and stochastic layer" step 1).
 LATENT_LOGVAR_CLIP = 20.0
-#: Added to every latent variance (docs/method.md, "Stochastic block" step 3).
+#: Added to every latent variance (docs/method.md, "Top-down pass and stochastic layer" step 3).
 VARIANCE_EPS = 1e-6
 
 
@@ -275,7 +275,8 @@ def bn_elu_conv(x: Tensor, bn: nn.Module, conv: nn.Conv2d) -> Tensor:
 
 # -- the latent layer ---------------------------------------------------------------------
 def stable_variance(ell: Tensor, clip: float = LATENT_LOGVAR_CLIP) -> Tensor:
-    """Stable variance of Dehaene & Brossard (2021), docs/method.md, "Stochastic block" steps 1-3.
+    """Stable variance of Dehaene & Brossard (2021), docs/method.md, "Top-down pass and stochastic
+    layer" steps 1-3.
 
     ``v(ℓ) = exp(ℓ)`` for ``ℓ <= 0`` and ``1 + ℓ`` above, after clipping ``ℓ <= clip``; the
     variance is ``v + 1e-6``. Written as ``exp(min(ℓ, 0)) + clamp(ℓ, 0, clip)``, which needs no

@@ -1,16 +1,17 @@
 """The µSplit LadderVAE: HVAE / HAE with Vanilla, Lean-, Regular- or Deep-LC (docs/method.md,
-"Architecture").
+"LadderVAE").
 
 Readable top to bottom: what the model returns (:class:`LadderOutput`, :class:`EncoderState`),
-its structure -- :class:`Encoder` (the bottom-up pass, docs/method.md, "Input branches" to
-"Bottom-up levels"), the :class:`DecoderLevel` modules of the top-down pass (docs/method.md,
-"Top-down levels" to "Stochastic block"), the likelihood :class:`Head` -- and then
-:class:`LadderVAE` itself: construction, :meth:`~LadderVAE.forward` (bottom-up then top-down),
+its structure -- :class:`Encoder` (the bottom-up pass with its lateral-context inputs,
+docs/method.md, "Lateral Contextualisation"), the :class:`DecoderLevel` modules of the top-down
+pass (docs/method.md, "Top-down pass and stochastic layer"), the likelihood :class:`Head` -- and
+then :class:`LadderVAE` itself: construction, :meth:`~LadderVAE.forward` (bottom-up then top-down),
 :meth:`~LadderVAE.encode`, :meth:`~LadderVAE.decode` and, last, sampling.
 
 The bottom-up pass can be run once and the top-down pass many times
 (:meth:`LadderVAE.encode`, :meth:`LadderVAE.decode`, :meth:`LadderVAE.sample_many`), which is how
-MMSE prediction avoids paying the encoder N times (docs/method.md, "Defects avoided" item 4).
+MMSE prediction avoids paying the encoder N times (docs/method.md, "Reference defects avoided" item
+4).
 
 Shapes: the input is ``(B, S, H, W)``, scale 0 the primary patch and scale ``s`` the LC input at
 resolution ``2^s`` centred on it; the output's first element is ``(B, 2C, H, W)``: ``C`` means then
@@ -63,7 +64,7 @@ class LadderOutput(NamedTuple):
         no KL term.
     kl_elements : tuple of int
         ``Z_i * H_i * W_i`` per level: the element counts the reference normalisation divides
-        by (docs/method.md, "Reference normalisation").
+        by (docs/data.md, "Normalisation").
     """
 
     params: Tensor
@@ -109,7 +110,7 @@ class EncoderState:
 # -- bottom-up pass ------------------------------------------------------------------------
 class EncoderLevel(nn.Module):
     """One bottom-up level: stride-2 ``down`` conv, gated ``res`` (+ ``extra`` blocks), and
-    the LC merge ``lc_merge`` where the level has one (docs/method.md, "Bottom-up levels")."""
+    the LC merge ``lc_merge`` where the level has one (docs/method.md, "LadderVAE")."""
 
     def __init__(self, cfg: ModelConfig, *, lc_merge: bool):
         super().__init__()
@@ -128,8 +129,8 @@ class EncoderLevel(nn.Module):
 
 
 class Encoder(nn.Module):
-    """The bottom-up pass: primary ``stem``, ``lc_stems`` and ``levels`` (docs/method.md, "Input
-    branches" to "Bottom-up levels")."""
+    """The bottom-up pass: primary ``stem``, ``lc_stems`` and ``levels`` (docs/method.md, "Lateral
+    Contextualisation" to "Bottom-up levels")."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -141,13 +142,14 @@ class Encoder(nn.Module):
         self.lc_stems = nn.ModuleList(Stem(cfg.filters, kernel=5, **kw) for _ in range(scales - 1))
         # The reference creates an LC merge at every level once LC is on, also where no LC input
         # arrives (Deep-LC levels 4-7): kept by default for parameter counts and keys
-        # (docs/method.md, "Bottom-up levels").
+        # (docs/method.md, "LadderVAE").
         self.levels = nn.ModuleList(
             EncoderLevel(cfg, lc_merge=scales > 1 and (i + 1 < scales or
                                                         cfg.parity_unused_modules))
             for i in range(levels)
         )
-        # Paper latent scaling (docs/method.md, "Latent scaling"): BU level l (1-based) output times
+        # Paper latent scaling (docs/method.md, "Deep-LC latent scaling"): BU level l (1-based)
+        # output times
         # 1/sqrt(l), L > 4.
         paper = cfg.latent_scaling == "paper" and levels > 4
         self.bu_scale = [1 / math.sqrt(i + 1) if paper else 1.0 for i in range(levels)]
@@ -161,7 +163,7 @@ class Encoder(nn.Module):
             h = level.same_size(level.res(level.down(h)))
             if i + 1 < self.scales:
                 # LC input i+1 has the resolution of h and is centred on the same point: pad h
-                # to its size and merge (docs/method.md, "Bottom-up levels" step 2). With several
+                # to its size and merge (docs/method.md, "LadderVAE" step 2). With several
                 # blocks per level the LC feature also passes the level's same-size blocks (shared,
                 # as the reference).
                 e = level.same_size(self.lc_stems[i](x[:, i + 1 : i + 2]))
@@ -177,7 +179,8 @@ class Encoder(nn.Module):
 
 # -- top-down pass -------------------------------------------------------------------------
 class DecoderLevel(nn.Module):
-    """One top-down level (docs/method.md, "Top-down levels"): prior, posterior merge
+    """One top-down level (docs/method.md, "Top-down pass and stochastic layer"): prior, posterior
+    merge
     ``q_merge``, ``stochastic``, ``skip_merge``, transposed-conv ``up`` and gated ``up_res``
     (+ ``extra`` blocks).
 
@@ -221,8 +224,8 @@ class Decoder(nn.Module):
 
 
 class Head(nn.Module):
-    """Likelihood head: Conv3x3 ``F -> 2C``, log-variance bounded below (docs/method.md, "Likelihood
-    head")."""
+    """Likelihood head: Conv3x3 ``F -> 2C``, log-variance bounded below (docs/method.md,
+    "Likelihood head")."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -251,7 +254,8 @@ class LadderVAE(nn.Module):
     Notes
     -----
     With the paper's settings the parameter counts are 2,991,748 (Vanilla), 3,657,604
-    (Lean-LC), 4,702,084 (Regular-LC) and 7,177,604 (Deep-LC), docs/method.md, "Variants".
+    (Lean-LC), 4,702,084 (Regular-LC) and 7,177,604 (Deep-LC), docs/method.md, "Lateral
+    Contextualisation".
 
     Sampling: in training mode z is always sampled from the posterior. In eval mode
     ``sample_mode`` decides: "sample" (parity: still sampled) or "mean" (``z = μ_q``,
@@ -272,7 +276,8 @@ class LadderVAE(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config, self.top_prior_size(config))
         self.head = Head(config)
-        # Reference latent scaling (docs/method.md, "Latent scaling"): the posterior input of level
+        # Reference latent scaling (docs/method.md, "Deep-LC latent scaling"): the posterior input
+        # of level
         # i is multiplied by sqrt(2(i+1)) when L > 4.
         ref = config.latent_scaling == "reference" and self.levels > 4
         self.q_scale = [math.sqrt(2 * (i + 1)) if ref else 1.0 for i in range(self.levels)]

@@ -4,7 +4,7 @@ Every model that :func:`musplit.models.build` returns is a :class:`SplittingMode
 normalised lateral-context stack ``x (B, S, P, P)`` (scale 0 the primary patch), it returns the
 likelihood parameters ``(B, 2C, P, P)`` (``[0:C]`` means, ``[C:2C]`` log-variances, normalised
 units), either as a tensor or as the first element of a tuple (a named tuple with ``params``,
-and ``aux`` for deep supervision, for musplit's own models). See docs/design.md, "Public names".
+and ``aux`` for deep supervision, for musplit's own models). See docs/design.md, "Public API".
 
 Besides that, a model may offer capabilities, which callers must test through the functions
 here and nowhere else:

@@ -8,7 +8,7 @@ Regular-LC, Context-Aware U-Net).
   ``Conv5x5 -> ELU -> Res`` stem and a separately weighted copy of ``Down_i``'s double
   convolution (without the max-pool), and is merged with ``Down_i``'s output by an LC merge:
   the primary is centre zero-padded to the LC feature's size, so the two are pixel-aligned,
-  exactly as in the LadderVAE (docs/method.md, "Bottom-up levels"). LC levels stay ``P x P``; in the
+  exactly as in the LadderVAE (docs/method.md, "LadderVAE"). LC levels stay ``P x P``; in the
   decoder an upsampled map larger than its skip is centre-cropped. With 5 scales: 31,252,834
   parameters.
 * **Context-Aware U-Net** (``kind="ca_unet"``): the plain U-Net with a
@@ -48,7 +48,7 @@ class BaselineOutput(NamedTuple):
         normalised target units.
     aux : tuple of Tensor
         Further predictions of the means ``(B, C, H, W)`` that the loss also fits (BRAVE-NET's
-        deep supervision, docs/evaluation.md, "BRAVE-NET"); empty for the U-Nets.
+        deep supervision, docs/method.md, "Baselines"); empty for the U-Nets.
     """
 
     params: Tensor
@@ -66,8 +66,8 @@ def with_unit_logvar(mean: Tensor) -> Tensor:
 
 
 class DoubleConv(nn.Module):
-    """``[Conv3x3 (no bias) -> BN -> ReLU] x 2``: ``in -> mid -> out`` (docs/evaluation.md,
-    "U-Net")."""
+    """``[Conv3x3 (no bias) -> BN -> ReLU] x 2``: ``in -> mid -> out`` (docs/method.md,
+    "Baselines")."""
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
         super().__init__()
@@ -109,8 +109,8 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net, U-Net + Regular-LC or Context-Aware U-Net, as ``config`` says (docs/evaluation.md,
-    "U-Net" to "Context-Aware U-Net").
+    """U-Net, U-Net + Regular-LC or Context-Aware U-Net, as ``config`` says (docs/method.md,
+    "Baselines" to "Context-Aware U-Net").
 
     Parameters
     ----------
@@ -194,8 +194,8 @@ class UNet(nn.Module):
             h = down(h)
             if self.lc and i < self.scales:
                 # LC input i has the resolution of Down_i's output and the same centre: pad
-                # the primary to its size and merge (docs/evaluation.md, "U-Net with Regular-LC", as
-                # docs/method.md, "Bottom-up levels").
+                # the primary to its size and merge (docs/method.md, "Baselines", as
+                # docs/method.md, "LadderVAE").
                 e = self.lc_convs[i - 1](self.lc_stems[i - 1](x[:, i : i + 1]))
                 h = self.lc_merges[i - 1](h, e, pad_a=True)
             feats.append(h)

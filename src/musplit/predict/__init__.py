@@ -3,18 +3,18 @@
 A frame is predicted with patches of size ``P_eval``; only the central region of each patch (the
 **tile**, ``G x G``) is kept, and tiles form a non-overlapping grid of stride ``G``. The three
 padding schemes (``"inner"``, ``"outer"``, ``"none"``) are tabled in :mod:`musplit.data.tiling`
-(docs/tiling.md, "Padding schemes").
+(docs/tiling.md, "Inner padding").
 
-By default (docs/tiling.md, "Every pixel once") ``ceil(H/G) x ceil(W/G)`` tiles are predicted,
+By default (docs/tiling.md, "Covering the frame") ``ceil(H/G) x ceil(W/G)`` tiles are predicted,
 so **every pixel is predicted exactly once**, frames smaller than a patch included; off-frame
 context comes from the training padding mode, on the fly. ``paper_geometry=True`` reproduces the
-reference instead (docs/tiling.md, "Reference geometry"): ``floor(H/G) x floor(W/G)`` tiles, the
+reference instead (docs/tiling.md, "Reference tiling"): ``floor(H/G) x floor(W/G)`` tiles, the
 remainder left 0.
 
 Each patch's input is built exactly as in training: the image is clipped at the training clip
 value, its lateral-context (LC) stack is cut around the patch centre with the configured padding
 mode and alignment (:class:`~musplit.data.context.ContextStack`, padding in intensity units),
-then normalised with the training input statistics (docs/data.md, "Clipping and normalisation",
+then normalised with the training input statistics (docs/data.md, "Normalisation",
 "Lateral context", "Padding modes").
 
 MMSE (docs/tiling.md, "MMSE and uncertainty"): for ``samples = K`` the bottom-up pass runs once
@@ -22,14 +22,14 @@ per patch and the top-down pass ``K`` times; per pixel a running mean and sum of
 deviations (Welford/Chan) are kept, so memory does not grow with ``K``. The std is the sample
 std with ``ddof = 0``. The aleatoric std is ``sqrt(mean_K exp(l))`` (the model's predicted
 variance averaged over samples). All are returned in input intensity units (mean
-``mu*s_k + m_k``, stds ``std*s_k``; docs/method.md, "What is predicted"), or in normalised target
+``mu*s_k + m_k``, stds ``std*s_k``; docs/method.md, "Predicted quantities"), or in normalised target
 units with ``normalized=True`` (what the metrics of docs/evaluation.md use).
 
 Everything is batched: LC crops of ``batch_size`` patches are one gather, the network runs on the
 batch under :func:`torch.inference_mode`, and each batch's tiles are placed into the output
 canvas by one fancy-indexed assignment before the next batch is built, so the patches of a frame
 are never all in memory. :func:`predict_to_zarr` streams frames larger than memory block by
-block into OME-Zarr (docs/tiling.md, "Streaming to disk").
+block into OME-Zarr (docs/tiling.md, "Streaming to Zarr").
 
 The package, one job a module:
 

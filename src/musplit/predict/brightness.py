@@ -109,8 +109,8 @@ def brightness_factor(pixels, stats: NormStats, mode: str = "check") -> float:
 
 
 def input_clip(stats: NormStats) -> float:
-    """Upper clip for a superimposed input (docs/method.md, "Superposition";
-    docs/data.md, "Clipping and normalisation").
+    """Upper clip for a superimposed input (docs/method.md, "Superposition model";
+    docs/data.md, "Normalisation").
 
     A per-channel clip gives its maximum; a summed input (``input_is_sum``) is bounded by the
     sum of the channels' clips, as the mix of clipped training targets is.

@@ -1,7 +1,7 @@
 """What prediction asks of a model beyond ``model(x)``: the optional parts, probed in one place.
 
 Every model maps ``x (B, S, P, P)`` to likelihood parameters ``(B, 2C, P, P)`` (or a tuple that
-starts with them; docs/design.md, "Public names"). A model may offer more, and prediction uses
+starts with them; docs/design.md, "Public API"). A model may offer more, and prediction uses
 it when it is there:
 
 * ``encode(x)`` and ``decode(state, noise=, compute_kl=, sample_mode=)``: the bottom-up pass

@@ -39,8 +39,8 @@ class _Prepared:
     """Lazy ``(N, H, W)`` view of the input: frame ``i`` scaled and clipped, float32.
 
     :class:`ContextStack` reads frames through this one at a time, so the input is never copied
-    as a whole (``input_scale``: docs/method.md, "Superposition"; clip before the pyramid:
-    docs/data.md, "Clipping and normalisation").
+    as a whole (``input_scale``: docs/method.md, "Superposition model"; clip before the pyramid:
+    docs/data.md, "Normalisation").
     """
 
     def __init__(self, frames, clip: float, scale: float):
@@ -115,8 +115,8 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _first(out) -> torch.Tensor:
-    """The likelihood parameters: the output itself or its first element (docs/design.md,
-    "Public names")."""
+    """The likelihood parameters: the output itself or its first element (docs/design.md, "Public
+    API")."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
@@ -370,8 +370,8 @@ class _Engine:
 # Setting up a call
 # ---------------------------------------------------------------------------------------------
 def _probe(model: nn.Module, tiling: Tiling, scales: int, device: torch.device) -> None:
-    """Outer padding runs the network at a size it was not trained at (docs/method.md, "Other
-    input sizes"): check once, on one zero patch, that it can, and say so clearly if not."""
+    """Outer padding runs the network at a size it was not trained at (docs/method.md,
+    "LadderVAE"): check once, on one zero patch, that it can, and say so clearly if not."""
     x = torch.zeros(1, scales, tiling.patch, tiling.patch, device=device)
     try:
         p = _first(model(x))

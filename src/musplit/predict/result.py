@@ -27,7 +27,8 @@ __all__ = ["Prediction", "refuse_existing"]
 
 @dataclass
 class Prediction:
-    """A split image with its uncertainty and the settings that made it (docs/design.md, "API").
+    """A split image with its uncertainty and the settings that made it (docs/design.md, "Public
+    API").
 
     Attributes
     ----------

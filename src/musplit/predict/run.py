@@ -192,11 +192,11 @@ def predict_image(
         Training clip value and normalisation statistics.
     image : array-like, shape (H, W) or (N, H, W)
         The superimposed input, in intensity units **on the scale of the channel average**
-        ``(x1 + x2)/2`` (docs/method.md, "Superposition"; the sum for a model trained with
+        ``(x1 + x2)/2`` (docs/method.md, "Superposition model"; the sum for a model trained with
         ``input_is_sum``). For a real single-channel acquisition pass ``input_scale`` if its
         scale differs. Arrays read lazily per frame (zarr, memory maps) work.
     padding : {"inner", "outer", "none"}
-        Tiling scheme (:mod:`musplit.data.tiling`; docs/tiling.md, "Padding schemes").
+        Tiling scheme (:mod:`musplit.data.tiling`; docs/tiling.md, "Inner padding").
     grid : int, optional
         Tile size ``G`` (inner) or, for outer padding, the grid whose margin ``(P - G)/2`` is
         added around the patch. Default ``config.predict.grid``, else :func:`default_grid`.
@@ -215,7 +215,7 @@ def predict_image(
         A tqdm bar over batches.
     paper_geometry : bool
         The reference tiling, ``floor(H/G) x floor(W/G)`` tiles, remainder 0 (docs/tiling.md,
-        "Reference geometry").
+        "Reference tiling").
     blend : {"none", "linear", "cosine"}, optional
         Blend overlapping tile borders (docs/tiling.md, "Blending"); default
         ``config.predict.blend``. With blending the std is the weighted blend of per-tile stds
@@ -234,7 +234,7 @@ def predict_image(
         Compute :attr:`Prediction.aleatoric_std` (never for a model with
         ``predicts_variance = False``, such as the MSE baselines: it would be a constant).
     input_scale : float
-        Multiplies the image before clipping (docs/method.md, "Superposition").
+        Multiplies the image before clipping (docs/method.md, "Superposition model").
     brightness : {"check", "match", "off"}, optional
         Compare the image's brightness with the training mixes' (:func:`brightness_factor`);
         default ``config.predict.brightness``. With ``"match"`` the image is rescaled to the
@@ -287,7 +287,7 @@ def predict_image(
         log.warning("paper geometry: a %dx%d frame holds no %d-px tile; the output is all 0",
                     h, w, tiling.grid)
     # Tiles frame-major, row-major inside a frame (the reference orders frames minor,
-    # docs/tiling.md "Reference geometry"; the order does not change the result and
+    # docs/tiling.md "Reference tiling"; the order does not change the result and
     # frame-major keeps few frames' context in memory).
     corners1 = tiling.corners(h, w)
     total = n * per_frame
@@ -389,7 +389,7 @@ def predict_to_zarr(
     brightness: str | None = None,
 ) -> Path:
     """Predict an image larger than memory, block by block, into OME-Zarr (docs/tiling.md,
-    "Streaming to disk").
+    "Streaming to Zarr").
 
     The input is read one block (plus the context halo its lateral context needs) at a time;
     each block's tiles are predicted and written before the next block is read, so memory is

@@ -1,5 +1,5 @@
-"""Joint geometric augmentation and SimCLR views (docs/pretraining.md, "Pre-training optimisation
-and joint augmentation"; docs/pretraining.md, "Baselines").
+"""Joint geometric augmentation and SimCLR views (docs/pretraining.md, "Optimisation and
+augmentation"; docs/pretraining.md, "Objectives").
 
 One parameter draw (:func:`draw_params`) is applied identically to everything that belongs to
 a sample -- the image, its label image, its target -- so they stay aligned (the reference's
@@ -147,7 +147,7 @@ def augment_with_target(u: Tensor, params: AugmentParams, *, colormap: str = "ni
                         quantize: bool = True, mode: str = "clean",
                         target_fn=None) -> tuple[Tensor, Tensor]:
     """Augment normalised images ``u (B, H, W)`` and build their target (docs/pretraining.md,
-    "Pre-training optimisation and joint augmentation").
+    "Optimisation and augmentation").
 
     Parameters
     ----------

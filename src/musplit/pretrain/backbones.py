@@ -2,7 +2,7 @@
 
 The ContextBlock stem, the ViT encoder (patchify, fixed sin-cos positions, pre-norm
 Transformer) and the truncated EfficientNetV2-S trunk of the CNN variant (docs/pretraining.md,
-"ContextBlock stem" and "Pretext models"; docs/detection.md, "Models"). Everything is
+"ContextBlock" and "Pretext models"; docs/detection.md, "Detectors"). Everything is
 channels-first: images are ``(B, C, H, W)``, token sequences ``(B, N, D)`` in row-major (h, w)
 order, patch vectors laid out as (p1, p2, c).
 """
@@ -290,7 +290,8 @@ EFFNETV2_S_STAGES = (
 
 
 class EfficientNetV2STrunk(nn.Module):
-    """EfficientNetV2-S truncated after ``block6a_expand_activation`` (docs/detection.md, "Models").
+    """EfficientNetV2-S truncated after ``block6a_expand_activation`` (docs/detection.md,
+    "Detectors").
 
     Stem Conv3x3/2 (24) + stages 1-5 (24, 48, 64, 128, 160 channels; stride 16 in all), then the
     1x1 expansion conv + BN + SiLU of the first block of the 256-channel stage (160 -> 960). At

@@ -1,4 +1,4 @@
-"""The pseudo-spectral target of PCMC (docs/pretraining.md, "The pseudo-spectral target").
+"""The pseudo-spectral target of PCMC (docs/pretraining.md, "Colormap").
 
 ``pcolor(u)`` maps a min-max normalised grayscale image ``u`` in [0, 1] to the RGB part of
 matplotlib's ``nipy_spectral`` colormap, bit-compatible with matplotlib's 256-entry lookup table
@@ -148,8 +148,7 @@ def _check_input(u) -> None:
 
 
 def pcolor(u, name: str = "nipy_spectral", *, quantize: bool = True):
-    """Pseudo-colour a normalised grayscale image (docs/pretraining.md, "The pseudo-spectral
-    target").
+    """Pseudo-colour a normalised grayscale image (docs/pretraining.md, "Colormap").
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Masking schemes of PCMC and its baselines (docs/pretraining.md, "Masking schemes").
+"""Masking schemes of PCMC and its baselines (docs/pretraining.md, "Masks").
 
 * :func:`padded_mask` -- the paper's padded masks (4.1): a grid of ``P x P`` candidate patches
   with a gap of ``P // 2`` between and around them, each zeroed with probability ``p``.
@@ -10,7 +10,7 @@
 Pixel masks are boolean arrays, ``True`` where the pixel is masked, drawn from a
 ``numpy.random.Generator`` (the data pipeline runs in numpy). Grids are anchored at pixel
 ``(0, 0)`` of the array they are drawn for, so a mask drawn for a whole frame is anchored in frame
-coordinates (docs/pretraining.md, "PCMC for µSplit").
+coordinates (docs/pretraining.md, "µSplit pre-training").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The pretext objectives, one registry for detection and decomposition pre-training
-(docs/pretraining.md, "Pretext models"; docs/pretraining.md, "Baselines"; docs/pretraining.md,
-"PCMC for µSplit").
+(docs/pretraining.md, "Pretext models"; docs/pretraining.md, "Objectives"; docs/pretraining.md,
+"µSplit pre-training").
 
 =============  =========================  ==================================  ================
 objective      target                     loss                                default region
@@ -95,7 +95,7 @@ def get_objective(name: str) -> Objective:
 
 def default_mask(objective: str, model: str) -> dict:
     """The default :class:`MaskConfig` data of an objective on a model (docs/pretraining.md,
-    "Masking schemes").
+    "Masks").
 
     ``model`` is ``ccf_vit`` (token masks), ``ccf_cnn`` (pixel masks at 384 px) or
     ``usplit_encoder`` (pixel masks on 64-px patches).

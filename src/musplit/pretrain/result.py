@@ -2,7 +2,7 @@
 
 A pre-training checkpoint is a musplit checkpoint (weights-only loadable, written atomically)
 of kind ``musplit-pretrain``; it carries the pre-training config, the data-manifest hash, the
-loss log and the key map used for transfer (docs/pretraining.md, "Pre-training optimisation").
+loss log and the key map used for transfer (docs/pretraining.md, "Optimisation and augmentation").
 This module sits below both the training loop (:mod:`musplit.pretrain.train`) and the code that
 reads its checkpoints (:mod:`musplit.pretrain.usplit`, :mod:`musplit.detect.train`).
 """

@@ -1,5 +1,5 @@
-"""The pre-training loop (docs/pretraining.md, "Pre-training optimisation and joint augmentation";
-docs/pretraining.md, "PCMC for µSplit").
+"""The pre-training loop (docs/pretraining.md, "Optimisation and augmentation";
+docs/pretraining.md, "µSplit pre-training").
 
 :func:`pretrain` trains one pretext model on unlabelled frames for a fixed number of optimiser
 steps and returns a :class:`PretrainResult` whose ``encoder_state`` is ready for transfer:
@@ -82,7 +82,7 @@ __all__ = ["PretrainResult", "data_manifest_sha256", "load_pretrained", "lr_fact
 # -- schedule ------------------------------------------------------------------------------
 def lr_factor(step: int, total: int, config: PretrainConfig, steps_per_epoch: int = 1) -> float:
     """Learning rate at ``step`` (0-based) as a fraction of the peak (docs/pretraining.md,
-    "Pre-training optimisation and joint augmentation").
+    "Optimisation and augmentation").
 
     Cosine from the peak to ``lr_min`` over ``total`` steps (``schedule="cosine"``), over
     whole epochs (``"cosine_epoch"``: the rate changes once per epoch), or constant; a linear
@@ -275,7 +275,7 @@ class _ImageTask(_Task):
 
 
 class _UsplitTask(_Task):
-    """usplit_encoder (docs/pretraining.md, "PCMC for µSplit")."""
+    """usplit_encoder (docs/pretraining.md, "µSplit pre-training")."""
 
     def __init__(self, config: PretrainConfig, images: np.ndarray, device: torch.device):
         self.config, self.device = config, device

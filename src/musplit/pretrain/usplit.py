@@ -1,18 +1,18 @@
-"""PCMC as a label-free pre-training objective for µSplit (docs/pretraining.md, "Pre-training
-µSplit").
+"""PCMC as a label-free pre-training objective for µSplit (docs/pretraining.md, "µSplit
+pre-training").
 
 * :class:`PretextHead` -- the light decoder over the bottom-up features (docs/pretraining.md,
-  "Pretext head").
+"Pretext models").
 * :class:`UsplitPretext` -- a µSplit network (LadderVAE or U-Net) with that head (``scope
   "encoder"``) or run whole and deterministically with a 3-channel head (``scope "network"``).
 * :class:`UsplitPretextData` -- batches of masked LC stacks and their targets. The mask is drawn
   in frame coordinates and applied to the full-resolution frame **before** the LC pyramid is
-  built, so no context level sees masked content (docs/pretraining.md, "Inputs, targets,
-  loss"); the fill is the frame minimum (black after normalisation). Targets are the colormap
+  built, so no context level sees masked content (docs/pretraining.md, "Objectives"); the fill is
+  the frame minimum (black after normalisation). Targets are the colormap
   of the frame-level min-max normalised input, cropped to the primary patch and computed before
   masking.
-* :func:`load_pretrained_encoder` -- the strict transfer (docs/pretraining.md, "Transfer and
-  fine-tuning"), now in :mod:`musplit.checkpoints.transfer` (with :func:`encoder_keys`,
+* :func:`load_pretrained_encoder` -- the strict transfer (docs/pretraining.md, "Encoder transfer"),
+now in :mod:`musplit.checkpoints.transfer` (with :func:`encoder_keys`,
   :data:`HEAD_PREFIX` and :func:`write_report`) and re-exported here.
 
 The training loop itself is :func:`musplit.pretrain.train.pretrain` with
@@ -78,7 +78,8 @@ def bottom_up_features(net: nn.Module, x: Tensor) -> tuple[list[Tensor], tuple[i
     return [captured[0], *state.bu_values], state.size
 
 
-# -- the pretext head (docs/pretraining.md, "Pretext head") ----------------------------------------
+# -- the pretext head (docs/pretraining.md, "Pretext models")
+# ----------------------------------------
 class _Level(nn.Module):
     def __init__(self, coarse: int, fine: int, width: int):
         super().__init__()
@@ -98,7 +99,7 @@ class _Level(nn.Module):
 
 
 class PretextHead(nn.Module):
-    """Light decoder over the bottom-up features (docs/pretraining.md, "Pretext head").
+    """Light decoder over the bottom-up features (docs/pretraining.md, "Pretext models").
 
     From the top level down: x2 transposed-conv upsampling (after a centre crop where LC
     levels keep the full size), concatenation with the level's bottom-up feature,
@@ -133,7 +134,7 @@ class PretextHead(nn.Module):
 
 
 class UsplitPretext(nn.Module):
-    """A µSplit network set up for a pretext task (docs/pretraining.md, "What is pre-trained" to
+    """A µSplit network set up for a pretext task (docs/pretraining.md, "µSplit pre-training" to
     "Pretext head").
 
     Parameters
@@ -170,8 +171,8 @@ class UsplitPretext(nn.Module):
             ladder = model_config.kind in LADDER_KINDS
             width = model_config.filters if ladder else self.net.head.in_channels
             # The output head is swapped for a pretext one, kept outside ``net`` so that the
-            # network's own head stays at its initialisation (docs/pretraining.md, "What is
-            # pre-trained": swapped afterwards).
+            # network's own head stays at its initialisation (docs/pretraining.md, "µSplit
+            # pre-training": swapped afterwards).
             k = 3 if ladder else 1
             self.pretext_head = nn.Conv2d(width, out, k, padding=k // 2)
             self.sigmoid = sigmoid
@@ -225,7 +226,7 @@ class UsplitPretext(nn.Module):
 
     def transfer_state(self) -> dict[str, Tensor]:
         """The transferred weights in the µSplit network's own key names (docs/pretraining.md,
-        "Transfer and fine-tuning")."""
+        "Encoder transfer")."""
         sd = self.net.state_dict()
         return {k: sd[k].detach().clone() for k in encoder_keys(self.net, self.scope)}
 
@@ -241,7 +242,7 @@ class UsplitPretext(nn.Module):
         return {f"net.{k}": k for k in encoder_keys(self.net, self.scope)}
 
 
-# -- data (docs/pretraining.md, "Inputs, targets, loss") -------------------------------------------
+# -- data (docs/pretraining.md, "Objectives") -------------------------------------------
 class UsplitPretextData:
     """Random pre-training batches of masked LC stacks and their targets.
 
@@ -375,7 +376,7 @@ class UsplitPretextData:
         return out
 
     def _simclr(self, frames, corners, rng) -> dict[str, Tensor]:
-        """Two views per location (docs/pretraining.md, "Competing objectives"): ±8 px shift, D4,
+        """Two views per location (docs/pretraining.md, "Objectives"): ±8 px shift, D4,
         contrast and brightness."""
         views = []
         for _ in range(2):

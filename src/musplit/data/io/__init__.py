@@ -3,7 +3,7 @@
 Every reader returns an :class:`ImageSource`: a lazily read N-D image together with its axes
 string (letters from ``STCZYX``, see :func:`parse_axes`). Whatever the order on disk, a source is
 seen through one canonical view, ``(N, H, W, C)`` (axes ``"SYXC"``), and only the frames and
-channels asked for are read (docs/data.md, "Reading files"):
+channels asked for are read (docs/data.md, "Files and axes"):
 
 - a TIFF whose pixels are stored contiguously is memory-mapped; any other TIFF (compressed, tiled,
   interleaved) is read page by page, and only the pages of the requested frames;
