@@ -21,6 +21,8 @@ import zarr
 
 from musplit.data.io import _check_output, open_image, write_tiff, write_zarr
 from musplit.errors import InputError
+from musplit.files import refuse_existing
+from musplit.files import sibling as _sibling
 
 __all__ = ["Prediction", "refuse_existing"]
 
@@ -181,27 +183,6 @@ def _file_kind(path) -> str:
         return "tiff"
     if name.endswith(".zarr"):
         return "zarr"
-    raise InputError(f"{path}: a prediction is saved as .tif/.tiff or .zarr")
-
-
-def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
-    """:class:`InputError` for the first of ``paths`` that exists, unless ``overwrite``."""
-    if overwrite:
-        return
-    for p in map(Path, paths):
-        if p.exists() or p.is_symlink():
-            raise InputError(f"{p} already exists; choose another output path or overwrite it "
-                             "(overwrite=True, --overwrite)")
-
-
-def _sibling(path, tag: str) -> Path:
-    """``pred.ome.tif`` -> ``pred_std.ome.tif``; ``pred.zarr`` -> ``pred_std.zarr``."""
-    p = Path(path)
-    name = p.name.rstrip("/\\")
-    low = name.lower()
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr"):
-        if low.endswith(suffix):
-            return p.with_name(name[: -len(suffix)] + tag + name[-len(suffix):])
     raise InputError(f"{path}: a prediction is saved as .tif/.tiff or .zarr")
 
 
