@@ -72,31 +72,32 @@ def mismatch_report(mismatch: StateMismatch, *,
         keys = keys[:limit]
         return rename(keys) if rename is not None and keys else keys
 
-    problems = []
-    if mismatch.missing:
-        problems.append(f"missing {', '.join(names(mismatch.missing))}")
-    if mismatch.unexpected:
-        problems.append(f"unexpected {', '.join(names(mismatch.unexpected))}")
-    if mismatch.shapes:
-        shown = mismatch.shapes[:limit]
-        keys = names([k for k, _, _ in shown])
-        problems.append("shape mismatch " + "; ".join(
-            f"{k} {g} vs expected {e}" for k, (_, g, e) in zip(keys, shown, strict=True)))
-    return "; ".join(problems)
+    shown = mismatch.shapes[:limit]
+    shapes = "; ".join(f"{k} {g} vs expected {e}"
+                       for k, (_, g, e) in zip(names([k for k, _, _ in shown]), shown,
+                                               strict=True))
+    return _join([
+        (mismatch.missing, lambda: f"missing {', '.join(names(mismatch.missing))}"),
+        (mismatch.unexpected, lambda: f"unexpected {', '.join(names(mismatch.unexpected))}"),
+        (mismatch.shapes, lambda: f"shape mismatch {shapes}"),
+    ])
 
 
 def mismatch_summary(mismatch: StateMismatch) -> str:
     """``"2 missing (e.g. a); 1 unexpected (e.g. b); 1 shape mismatches (e.g. k: (1,) vs (2,))"``:
     counts with the first key of each kind."""
-    parts = []
-    if mismatch.missing:
-        parts.append(f"{len(mismatch.missing)} missing (e.g. {mismatch.missing[0]})")
-    if mismatch.unexpected:
-        parts.append(f"{len(mismatch.unexpected)} unexpected (e.g. {mismatch.unexpected[0]})")
-    if mismatch.shapes:
-        k, g, e = mismatch.shapes[0]
-        parts.append(f"{len(mismatch.shapes)} shape mismatches (e.g. {k}: {g} vs {e})")
-    return "; ".join(parts)
+    m = mismatch
+    return _join([
+        (m.missing, lambda: f"{len(m.missing)} missing (e.g. {m.missing[0]})"),
+        (m.unexpected, lambda: f"{len(m.unexpected)} unexpected (e.g. {m.unexpected[0]})"),
+        (m.shapes, lambda: "{} shape mismatches (e.g. {}: {} vs {})".format(
+            len(m.shapes), *m.shapes[0])),
+    ])
+
+
+def _join(kinds: list[tuple[list, Callable[[], str]]]) -> str:
+    """The words of each non-empty kind, joined by ``"; "``."""
+    return "; ".join(words() for found, words in kinds if found)
 
 
 def load_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *, what: str,
