@@ -72,8 +72,8 @@ def test_detect_train_predict_evaluate_with_pretrained_init(data, capsys, tmp_pa
     torch.save({"encoder_state_dict": encoder_state_dict(mae)}, init)
     run_dir = tmp_path / "run"
     rc, out, err = run(["detect", "train", "--data", data / "detect-train", "--val",
-                        data / "detect-test", "--out", run_dir, "--config", cfg, "--steps", 20,
-                        "--init", init, "--seed", 1], capsys)
+                        data / "detect-test", "--out", run_dir, "--config", cfg, "--max-steps", 20,
+                        "--init-from", init, "--seed", 1], capsys)
     assert rc == 0, err
     assert (run_dir / "detector.ckpt").is_file() and "wrote" in out
     assert not list(run_dir.glob(".*tmp*"))  # atomic writes leave no temporaries
@@ -130,7 +130,7 @@ def test_detect_user_errors_are_one_line(data, capsys, tmp_path):
     init = tmp_path / "other.pt"
     torch.save({"state_dict": {"stem.h_r.0.weight": torch.zeros(3)}}, init)
     rc, _, err = run(["detect", "train", "--data", data / "detect-train", "--out",
-                      tmp_path / "r", "--config", good, "--init", init], capsys)
+                      tmp_path / "r", "--config", good, "--init-from", init], capsys)
     assert rc == 2 and "do not match" in err
     # images without labels of the same name
     (tmp_path / "unpaired" / "images").mkdir(parents=True)

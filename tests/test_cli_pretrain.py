@@ -35,7 +35,7 @@ def test_pretrain_then_train_init_from(tmp_path, capsys):
     cfg = _tiny_config(tmp_path / "cfg.yaml", data / "critters.tif")
     pre = tmp_path / "pre"
     args = ["pretrain", "--usplit-config", cfg, "--data", data / "critters.tif",
-            "--mix-channels", "--steps", "20", "--batch-size", "4", "--lr", "0.02",
+            "--mix-channels", "--max-steps", "20", "--batch-size", "4", "--lr", "0.02",
             "--no-progress", "--out", pre]
     code, out, err = run(args, capsys)
     assert code == 0, err
@@ -69,12 +69,12 @@ def test_pretrain_then_train_init_from(tmp_path, capsys):
 def test_user_errors_are_one_line(tmp_path, capsys):
     out = tmp_path / "o"
     cases = [
-        (["pretrain", "--steps", "2", "--out", out], "exactly one of --data"),
-        (["pretrain", "--synthetic", "nope", "--steps", "2", "--out", out], "unknown synthetic"),
+        (["pretrain", "--max-steps", "2", "--out", out], "exactly one of --data"),
+        (["pretrain", "--synthetic", "nope", "--max-steps", "2", "--out", out], "unknown synthetic"),
         (["pretrain", "--model", "ccf_vit", "--synthetic", "sim_nuclei", "--mask-p", "0.7",
-          "--steps", "2", "--out", out], "padded masks"),
-        (["pretrain", "--data", tmp_path / "missing.tif", "--steps", "2", "--out", out], ""),
-        (["pretrain", "--synthetic", "sim_nuclei", "--out", out], "--steps"),
+          "--max-steps", "2", "--out", out], "padded masks"),
+        (["pretrain", "--data", tmp_path / "missing.tif", "--max-steps", "2", "--out", out], ""),
+        (["pretrain", "--synthetic", "sim_nuclei", "--out", out], "--max-steps"),
     ]
     for args, msg in cases:
         code, _, err = run(args, capsys)
@@ -85,7 +85,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 def test_pretrain_synthetic_vit(tmp_path, capsys):
     code, out, err = run(["pretrain", "--model", "ccf_vit", "--synthetic", "sim_nuclei",
                           "--frames", "2", "--size", "64", "--image-size", "64",
-                          "--config", _vit_yaml(tmp_path / "vit.yaml"), "--steps", "2",
+                          "--config", _vit_yaml(tmp_path / "vit.yaml"), "--max-steps", "2",
                           "--out", tmp_path / "v"], capsys)
     assert code == 0, err
     res = load_pretrained(tmp_path / "v" / "pretrained.ckpt")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from musplit.cli.aliases import renamed
 from musplit.cli.options import int_list
 from musplit.errors import InputError
 
@@ -14,6 +15,7 @@ from musplit.errors import InputError
 
 
 @click.command("demo")
+@renamed("--steps", "--max-steps", type=click.IntRange(min=1))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Output folder.  [default: runs/demo, or runs/demo-real]")
 @click.option("--real", is_flag=True,
@@ -23,8 +25,8 @@ from musplit.errors import InputError
               help="With --real: the two channels of the stack to split.")
 @click.option("--frames", type=click.IntRange(min=10), default=100, show_default=True)
 @click.option("--size", type=click.IntRange(min=64), default=256, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Training steps per model.")
+@click.option("--max-steps", "steps", type=click.IntRange(min=1), default=1000,
+              show_default=True, help="Training steps per model.")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Posterior samples.  [default: 5, or 3 with --real]")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from musplit.cli.aliases import renamed
 from musplit.cli.detect_data import read_inputs, read_pairs
 from musplit.cli.outputs import write_json, write_text
 from musplit.errors import InputError
@@ -65,7 +66,7 @@ def synth_generate(preset, frames, seed, namespace, size, dtype, out_dir, overwr
 @synth.command("verify")
 @click.argument("folder", type=click.Path(path_type=Path))
 def synth_verify(folder):
-    """Regenerate a dataset written by ``synth generate`` and compare checksums."""
+    """Regenerate a dataset written by synth generate and compare checksums."""
     from musplit.detect.dataset import verify_dataset  # scipy
 
     problems = verify_dataset(folder)
@@ -83,26 +84,35 @@ def detect() -> None:
 
 
 @detect.command("train")
+@renamed("--steps", "--max-steps", type=click.IntRange(min=1))
+@renamed("--batch", "--batch-size", type=click.IntRange(min=1))
+@renamed("--init", "--init-from", type=click.Path(path_type=Path))
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
-              help="Training frames: images/ + labels/ (as `synth generate` writes) or a Cell "
+              help="Training frames: images/ + labels/ (as synth generate writes) or a Cell "
                    "Tracking Challenge folder.")
 @click.option("--val", "val_dir", type=click.Path(path_type=Path), default=None,
-              help="Optional frames scored (clean mode) after training, for monitoring.")
+              help="Frames scored (clean mode) after training, for monitoring (default: none).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True, help="Run folder: detector.ckpt, train_log.json, config.json.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="DetectionConfig as YAML/JSON (model sizes, loss, optimiser, decoding).")
-@click.option("--model", type=click.Choice(["ccf_vit", "ccf_cnn"]), default=None)
-@click.option("--init", "init_path", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint with pre-trained encoder weights (strict load).")
+              help="DetectionConfig as YAML/JSON (model sizes, loss, optimiser, decoding; "
+                   "default: the built-in one).")
+@click.option("--model", type=click.Choice(["ccf_vit", "ccf_cnn"]), default=None,
+              help="Detector architecture (default: the config's, ccf_vit).")
+@click.option("--init-from", "init_path", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint with pre-trained encoder weights (strict load; default: none, "
+                   "train from scratch).")
 @click.option("--init-scope", type=click.Choice(["auto", "encoder", "all"]), default="auto",
               show_default=True, help="'all': a CNN pretext model minus its final convs.")
-@click.option("--steps", type=click.IntRange(min=1), default=None)
-@click.option("--batch", type=click.IntRange(min=1), default=None)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--max-steps", "steps", type=click.IntRange(min=1), default=None,
+              help="Training steps (default: the config's, 4000).")
+@click.option("--batch-size", "batch", type=click.IntRange(min=1), default=None,
+              help="Batch size (default: the config's, 8).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate (default: the config's, 1e-4).")
 @click.option("--label-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
               show_default=True)
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Random seed (default: the config's, 0).")
 @click.option("--backbone-frozen", is_flag=True, default=None,
               help="Stem and backbone frozen (linear-probe-like protocol).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
@@ -143,7 +153,7 @@ def detect_train(data_dir, val_dir, out_dir, config_path, model, init_path, init
 
 @detect.command("predict")
 @click.option("--model", "ckpt", type=click.Path(path_type=Path), required=True,
-              help="Detector checkpoint from `detect train`.")
+              help="Detector checkpoint from musplit detect train.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True, help="Folder for boxes.csv and boxes.json.")
@@ -197,9 +207,9 @@ def _evaluate(ckpt, data_dir, out, reference, batch_size):
 _EVAL_OPTIONS = [
     click.option("--model", "ckpt", type=click.Path(path_type=Path), required=True),
     click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
-                 help="Test frames with instance masks (same layouts as `detect train`)."),
+                 help="Test frames with instance masks (same layouts as detect train)."),
     click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                 help="Write the metrics as JSON."),
+                 help="Write the metrics as JSON (default: print them only)."),
     click.option("--reference-mode", "--reference", "reference", is_flag=True,
                  help="Reference-compatible evaluation (GT decoded from target maps, scores "
                       "1, max_dets 1/10/100) instead of the clean protocol."),
@@ -223,7 +233,7 @@ def detect_evaluate(ckpt, data_dir, out, reference, batch_size):
 @detect.command("eval")
 @_with_eval_options
 def detect_eval(ckpt, data_dir, out, reference, batch_size):
-    """Same as ``detect evaluate`` (the spec's name)."""
+    """Same as detect evaluate (the shorter name)."""
     _evaluate(ckpt, data_dir, out, reference, batch_size)
 
 

@@ -25,7 +25,8 @@ from musplit.evaluation import evaluate_arrays
 @click.option("--axes", default=None, help="Axes of INPUT (default: metadata).")
 @click.option("--mix-channels", default=None,
               help="INPUT holds the separate channels: split their average (e.g. 0,1) and "
-                   "evaluate the layers against them (layer order resolved per crop).")
+                   "evaluate the layers against them (layer order resolved per crop; default: "
+                   "INPUT is already the superimposed image).")
 @click.option("--frames", "frame_list", default=None,
               help="Frame indices to take crops from, e.g. 0,3 (default: all).")
 @click.option("--crop", type=click.IntRange(min=96), default=256, show_default=True,
@@ -39,7 +40,8 @@ from musplit.evaluation import evaluate_arrays
               show_default=True, help="Mixing mask: the channel average (1/2) or fitted per crop.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--metrics", "metrics_path", type=click.Path(path_type=Path), default=None,
-              help="With --mix-channels: also write the metrics as .json (and .csv).")
+              help="With --mix-channels: also write the metrics as .json (and .csv; default: "
+                   "print them only).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def double_dip(input_path, out_path, axes, mix_channels, frame_list, crop, per_frame,
                iterations, lr, mix, seed, metrics_path, overwrite):

@@ -11,6 +11,9 @@ from musplit.data.sources import write_critters
 # Lazy-import policy (musplit.cli): modules that load torch, pydantic configs, tifffile/zarr or
 # scipy are imported inside the commands, so that ``musplit --help`` starts fast.
 
+#: The keys of :data:`musplit.data.synthetic.PAIRINGS` (spelled out here: that module loads scipy).
+PAIRING_NAMES = ("paper", "shared-low", "shared-high")
+
 
 @click.group("generate")
 def generate() -> None:
@@ -23,13 +26,17 @@ def generate() -> None:
               help="Frame side in pixels (the paper uses 128 and 256).")
 @click.option("--connector", type=click.IntRange(min=0), default=25, show_default=True,
               help="Connector length in pixels: 0 ('N0') or 25 ('N25').")
+@click.option("--pairing", type=click.Choice(PAIRING_NAMES), default="paper", show_default=True,
+              help="Which curve frequencies make a channel: 'paper' (the paper's pairing) or "
+                   "'shared-low' / 'shared-high' (what musplit demo uses: half of each critter "
+                   "is shared, the other half names its channel).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True, help="Output folder.")
 @click.option("--format", "fmt", type=click.Choice(["tiff", "zarr"]), default="tiff",
               show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def generate_critters_cmd(frames, size, connector, seed, out_dir, fmt, overwrite):
+def generate_critters_cmd(frames, size, connector, pairing, seed, out_dir, fmt, overwrite):
     """SinosoidalCritters: two channels of sinusoidal curves told apart only by context.
 
     Writes the two channels as one (N, H, W, 2) float32 image with axes metadata, the split
@@ -37,10 +44,10 @@ def generate_critters_cmd(frames, size, connector, seed, out_dir, fmt, overwrite
     """
     from musplit.data.synthetic import generate_critters  # scipy
 
-    data = generate_critters(frames, size=size, connector=connector, seed=seed)
+    data = generate_critters(frames, size=size, connector=connector, seed=seed, pairing=pairing)
     paths = write_critters(out_dir, data, fmt=fmt, overwrite=overwrite,
                            params={"frames": frames, "size": size, "connector": connector,
-                                   "seed": seed})
+                                   "seed": seed, "pairing": pairing})
     for p in paths:
         click.echo(f"wrote {p}")
 

@@ -23,18 +23,20 @@ from musplit.errors import InputError
 # The choices are musplit.models.config.LADDER_KINDS, spelled out because importing
 # musplit.models loads torch (tests/test_cli_layout.py checks that they agree).
 @click.option("--kind", type=click.Choice(["hvae", "hae"]), default=None,
-              help="Needed unless the run's config.pkl says it.")
+              help="Needed unless the run's config.pkl says it (default: from config.pkl).")
 @click.option("--stats-from", "stats_from", default=None,
               help="Training data to recompute the normalisation statistics from "
-                   "(one multi-channel file, or comma-separated files one per channel).")
-@click.option("--axes", default=None, help="Axes of --stats-from.")
-@click.option("--channels", default=None, help="Channels of --stats-from, e.g. 2,3.")
+                   "(one multi-channel file, or comma-separated files one per channel; default: "
+                   "none, give one of --stats-from, --critters, --stats-json).")
+@click.option("--axes", default=None, help="Axes of --stats-from (default: metadata).")
+@click.option("--channels", default=None, help="Channels of --stats-from, e.g. 2,3 (default: all).")
 @click.option("--critters", type=click.Choice(["n0", "n25"]), default=None,
-              help="Statistics from built-in SinosoidalCritters (1000 frames of 256²).")
+              help="Statistics from built-in SinosoidalCritters (1000 frames of 256²; default: "
+                   "none).")
 @click.option("--stats-json", type=click.Path(path_type=Path), default=None,
-              help="Explicit statistics (JSON of clip_max, input_mean, ... ).")
+              help="Explicit statistics (JSON of clip_max, input_mean, ... ; default: none).")
 @click.option("--patch", type=int, default=None, help="Training patch size (default 64).")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at --out.")
 @click.option("--allow-pickled-classes", is_flag=True,
               help="Read a checkpoint that weights-only loading refuses, with inert stubs for "
                    "unknown classes (never runs code from the file).")

@@ -15,7 +15,9 @@ CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 @click.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--axes", default=None, help="Axes of the file if its metadata has none.")
+@click.option("--axes", default=None,
+              help="Axes of the file if its metadata has none (default: the metadata's, or a "
+                   "guess).")
 @click.option("--series", type=click.IntRange(min=0), default=None,
               help="Image series of a TIFF file (default: the first full-resolution one).")
 @click.option("--level", type=click.IntRange(min=0), default=0, show_default=True,

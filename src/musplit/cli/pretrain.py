@@ -13,6 +13,7 @@ import click
 import numpy as np
 import yaml
 
+from musplit.cli.aliases import renamed
 from musplit.cli.outputs import write_text
 from musplit.errors import InputError
 
@@ -105,11 +106,13 @@ def _pretrain_config(config_path: Path | None, *, model_name, objective, colorma
         raise InputError("--patch and --usplit-config apply to --model usplit_encoder")
     config = validated(PretrainConfig, cfg, source="pretrain config")
     if config.steps is None and config.epochs is None and objective != "random":
-        raise InputError("give --steps N or --epochs N")
+        raise InputError("give --max-steps N or --epochs N")
     return config
 
 
 @click.command("pretrain")
+@renamed("--steps", "--max-steps", type=click.IntRange(min=1))
+@renamed("--device", "--devices")
 @click.option("--objective", type=click.Choice(["pcolor", "masked_gray", "mae", "edge",
                                                 "simclr", "random"]),
               default="pcolor", show_default=True, help="Pretext objective.")
@@ -118,41 +121,48 @@ def _pretrain_config(config_path: Path | None, *, model_name, objective, colorma
 @click.option("--model", "model_name",
               type=click.Choice(["ccf_vit", "ccf_cnn", "usplit_encoder"]),
               default="usplit_encoder", show_default=True)
-@click.option("--data", "data_path", default=None, help="Unlabelled frames (TIFF, Zarr, npy).")
+@click.option("--data", "data_path", default=None,
+              help="Unlabelled frames (TIFF, Zarr, npy; default: none, give --data or "
+                   "--synthetic).")
 @click.option("--axes", default=None, help="Axes of --data (default: metadata).")
 @click.option("--channel", type=click.IntRange(min=0), default=None,
-              help="Channel of --data to use.")
+              help="Channel of --data to use (default: the only one).")
 @click.option("--mix-channels", is_flag=True, help="Use the average of all channels of --data.")
 @click.option("--synthetic", "synthetic", default=None,
-              help="Synthetic preset instead of --data (e.g. sim_nuclei).")
+              help="Synthetic preset instead of --data (e.g. sim_nuclei; default: none).")
 @click.option("--frames", type=click.IntRange(min=1), default=32, show_default=True,
               help="Frames of --synthetic.")
 @click.option("--size", type=click.IntRange(min=16), default=None,
               help="Frame side of --synthetic (default: the preset's).")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Optimiser steps (or --epochs).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--max-steps", "steps", type=click.IntRange(min=1), default=None,
+              help="Optimiser steps (or --epochs; default: the config's).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Passes over the data (instead of --max-steps; default: none).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Batch size (default: the model's, 16 for the ccf models).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="AdamW learning rate at batch 16 (scaled with the batch).")
+              help="AdamW learning rate at batch 16 (scaled with the batch; default: 1e-4).")
 @click.option("--image-size", type=click.IntRange(min=8), default=None,
               help="ccf models: frame side (default 384).")
 @click.option("--preset", "preset_name", default="cpu-small", show_default=True,
               help="usplit_encoder: the musplit training preset whose model is pre-trained.")
 @click.option("--usplit-config", type=click.Path(path_type=Path), default=None,
-              help="usplit_encoder: a musplit training config (YAML) whose model is used.")
+              help="usplit_encoder: a musplit training config (YAML) whose model is used "
+                   "(default: the --preset's).")
 @click.option("--patch", type=click.IntRange(min=4), default=None,
               help="usplit_encoder: patch size (default: the preset's).")
 @click.option("--colormap", type=click.Choice(["nipy_spectral", "rainbow", "seismic", "viridis",
-                                               "gray"]), default=None)
+                                               "gray"]), default=None,
+              help="Pseudo-colour map of pcolor (default: nipy_spectral).")
 @click.option("--mask-p", type=click.FloatRange(0, 1), default=None,
-              help="Padded-mask probability p (0.5; 0.766 gives 33 %% coverage).")
+              help="Padded-mask probability p (default 0.5; 0.766 covers a third of the frame).")
 @click.option("--mode", type=click.Choice(["clean", "reference"]), default="clean",
               show_default=True)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="A PretrainConfig YAML; the flags above override it.")
+              help="A PretrainConfig YAML; the flags above override it (default: none).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, ... (default: CUDA when available).")
+@click.option("--devices", "device", default=None,
+              help="cpu, cuda, cuda:1, ... (default: CUDA when available).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True, help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint in --out.")
