@@ -19,7 +19,7 @@ from torch import nn
 from musplit.checkpoints.format import _atomic_write
 from musplit.checkpoints.strict import compare_state
 from musplit.errors import CheckpointError, InputError
-from musplit.models.config import LADDER_KINDS
+from musplit.kinds import LADDER_KINDS
 
 log = logging.getLogger(__name__)
 

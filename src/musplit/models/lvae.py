@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from musplit.config.model import ModelConfig
 from musplit.errors import InputError
+from musplit.kinds import LADDER_KINDS
 from musplit.models.blocks import (
     Conv2d,
     Merge,
@@ -40,7 +42,6 @@ from musplit.models.blocks import (
     centre_pad,
     fit_prior,
 )
-from musplit.models.config import LADDER_KINDS, ModelConfig
 
 __all__ = ["EncoderState", "LadderOutput", "LadderVAE", "Noise"]
 
@@ -249,7 +250,8 @@ class LadderVAE(nn.Module):
     Parameters
     ----------
     config : ModelConfig
-        ``kind`` in {"hvae", "hae"}; ``lc`` in {"none", "lean", "regular", "deep"}.
+        ``kind`` in :data:`~musplit.kinds.LADDER_KINDS`; ``lc`` in {"none", "lean", "regular",
+        "deep"}.
 
     Notes
     -----
