@@ -82,8 +82,7 @@ class Splitter:
         image : ndarray, shape (H, W) or (N, H, W), or ImageSource
             The superimposed input in intensity units, on the scale of the channel average the
             model was trained on (docs/method.md, "Superposition model"); integer pixels give
-            float32
-            output in the same units. An :class:`~musplit.data.io.ImageSource`
+            float32 output in the same units. An :class:`~musplit.data.io.ImageSource`
             (:func:`musplit.data.io.open_image`) must have one channel; it is read whole.
         padding : {"inner", "outer", "none"}, optional
             Tiling scheme; default from the config ("inner").

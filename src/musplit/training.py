@@ -340,8 +340,7 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     out_dir : path-like, optional
         The run folder (default ``runs/<config.name>``).
     resume : bool
-        Continue an interrupted run from ``out_dir/resume.ckpt`` to the same total number of
-        steps.
+        Continue an interrupted run from ``out_dir/resume.ckpt`` to the same total number of steps.
     devices, strategy, accelerator
         Passed to Lightning (e.g. ``devices=2, strategy="ddp"`` for data parallel training).
     overwrite : bool

@@ -53,9 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Parameter counts of the paper's variants (docs/method.md, "Lateral Contextualisation"), by (lc,
-#: unused merges
-#: kept).
+#: Parameter counts of the paper's variants (docs/method.md, "Lateral Contextualisation"), by
+#: (lc, unused merges kept).
 PAPER_PARAMETER_COUNTS = {
     ("none", True): 2_991_748, ("none", False): 2_991_748,
     ("lean", True): 3_657_604, ("lean", False): 3_657_604,
@@ -229,8 +228,7 @@ def infer_model_config(state_dict: Mapping[str, Tensor], *, kind: str, patch: in
     state_dict : mapping of str to Tensor
         In the reference layout.
     kind : str
-        One of :data:`~musplit.kinds.LADDER_KINDS`: the weights cannot tell an HVAE from an
-        HAE.
+        One of :data:`~musplit.kinds.LADDER_KINDS`: the weights cannot tell an HVAE from an HAE.
     patch : int
         Training patch size ``P`` (``data.image_size`` of the reference config); it fixes
         which variant a top-prior size means.

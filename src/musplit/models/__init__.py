@@ -30,8 +30,7 @@ def build(config: ModelConfig) -> nn.Module:
     ----------
     config : ModelConfig
         ``kind`` "hvae" or "hae" gives a :class:`LadderVAE`; "unet" and "ca_unet" a
-        :class:`~musplit.models.unet.UNet`; "bravenet" a
-        :class:`~musplit.models.bravenet.BraveNet`.
+        :class:`~musplit.models.unet.UNet`; "bravenet" a :class:`~musplit.models.bravenet.BraveNet`.
 
     Returns
     -------

@@ -94,8 +94,7 @@ class EncoderState:
     size : tuple of int
         ``(H, W)`` of the input, to which the output is cropped back.
     padded : tuple of int
-        ``(H', W')`` after the centre zero-padding of Vanilla/Lean-LC (equal to ``size``
-        otherwise).
+        ``(H', W')`` after the centre zero-padding of Vanilla/Lean-LC (equal to ``size`` otherwise).
     """
 
     bu_values: tuple[Tensor, ...]
@@ -150,8 +149,7 @@ class Encoder(nn.Module):
             for i in range(levels)
         )
         # Paper latent scaling (docs/method.md, "Deep-LC latent scaling"): BU level l (1-based)
-        # output times
-        # 1/sqrt(l), L > 4.
+        # output times 1/sqrt(l), L > 4.
         paper = cfg.latent_scaling == "paper" and levels > 4
         self.bu_scale = [1 / math.sqrt(i + 1) if paper else 1.0 for i in range(levels)]
 
@@ -181,8 +179,7 @@ class Encoder(nn.Module):
 # -- top-down pass -------------------------------------------------------------------------
 class DecoderLevel(nn.Module):
     """One top-down level (docs/method.md, "Top-down pass and stochastic layer"): prior, posterior
-    merge
-    ``q_merge``, ``stochastic``, ``skip_merge``, transposed-conv ``up`` and gated ``up_res``
+    merge ``q_merge``, ``stochastic``, ``skip_merge``, transposed-conv ``up`` and gated ``up_res``
     (+ ``extra`` blocks).
 
     The top level has the learned ``top_prior`` ``(1, 2Z, h, w)`` (zero-initialised) instead of
@@ -279,8 +276,7 @@ class LadderVAE(nn.Module):
         self.decoder = Decoder(config, self.top_prior_size(config))
         self.head = Head(config)
         # Reference latent scaling (docs/method.md, "Deep-LC latent scaling"): the posterior input
-        # of level
-        # i is multiplied by sqrt(2(i+1)) when L > 4.
+        # of level i is multiplied by sqrt(2(i+1)) when L > 4.
         ref = config.latent_scaling == "reference" and self.levels > 4
         self.q_scale = [math.sqrt(2 * (i + 1)) if ref else 1.0 for i in range(self.levels)]
 

@@ -1,11 +1,10 @@
 """Old home of prediction's model probes; the contract is :mod:`musplit.models.protocol`.
 
 Prediction (:mod:`musplit.predict.engine`, :mod:`musplit.predict.settings`) asks a model what it
-offers beyond ``model(x)`` through the functions of :mod:`musplit.models.protocol`
-(:func:`~musplit.models.protocol.can_encode`, :func:`~musplit.models.protocol.can_sample_many`,
-:func:`~musplit.models.protocol.sample_mode_of`, :func:`~musplit.models.protocol.is_deterministic`,
-:func:`~musplit.models.protocol.predicts_variance`). The private names below are kept for code
-written against this module; each is that function under its old name and signature.
+offers beyond ``model(x)`` through the functions of that module: ``can_encode``,
+``can_sample_many``, ``sample_mode_of``, ``is_deterministic`` and ``predicts_variance``. The
+private names below are kept for code written against this module; each is one of those
+functions under its old name and signature.
 """
 
 from __future__ import annotations
