@@ -61,3 +61,60 @@ def test_atomic_write_leaves_nothing_behind(tmp_path):
         _atomic_write(tmp_path / "sub" / "r.json", fail)
     assert out.read_text() == "{}"
     assert sorted(x.name for x in (tmp_path / "sub").iterdir()) == ["r.json"]
+
+
+# -- the two other users of the one report: Splitter.load and the encoder transfer ---------
+def _checkpoint(tmp_path, edit):
+    from musplit.checkpoints.format import save_checkpoint
+    from musplit.config import Config
+    from musplit.models import build
+
+    config = Config.validated({"model": dict(kind="hvae", lc="lean", filters=8, z_dims=[4, 4],
+                                             scales=2, patch=16, dropout=0.0),
+                               "data": {"patch": 16}})
+    state = build(config.model).state_dict()
+    edit(state)
+    return save_checkpoint(tmp_path / "m.ckpt", state_dict=state,
+                           config=config.model_dump(mode="json"), stats=None)
+
+
+def test_splitter_load_names_every_kind_of_mismatch(tmp_path):
+    from musplit.splitter import Splitter
+
+    def edit(state):
+        first, second = list(state)[:2]
+        edit.seen = first, second, tuple(state[second].shape)
+        state.pop(first)
+        state["extra.weight"] = torch.zeros(1)
+        state[second] = torch.zeros(7)
+
+    path = _checkpoint(tmp_path, edit)
+    first, second, shape = edit.seen
+    with pytest.raises(CheckpointError) as err:
+        Splitter.load(path)
+    assert str(err.value) == (
+        f"checkpoint {path} does not match its model (missing {first}; unexpected "
+        f"extra.weight; shape mismatch {second} (7,) vs expected {shape})")
+    assert Splitter.load(_checkpoint(tmp_path, lambda state: None)).model is not None
+
+
+def test_load_encoder_summarises_the_mismatch():
+    from musplit.pretrain.transfer import load_encoder
+
+    class Net(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Linear(2, n), nn.Linear(n, 1))
+
+    net = Net(3)
+    state = {k: v.clone() for k, v in Net(4).encoder.state_dict().items()}
+    state.pop("1.bias")
+    state["9.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as err:
+        load_encoder(net, state)
+    assert str(err.value) == (
+        "encoder weights do not match the model: 1 missing (e.g. 1.bias); 1 unexpected "
+        "(e.g. 9.weight); 3 shape mismatches (e.g. 0.bias: (4,) vs (3,))")
+    report = load_encoder(net, state, strict=False)
+    assert report.missing == ["1.bias"] and report.unexpected == ["9.weight"]
+    assert report.shape_mismatch == ["0.bias", "0.weight", "1.weight"] and report.loaded == []

@@ -26,6 +26,18 @@ def test_spelled_out_ladder_kinds_agree_with_the_model_config():
     assert _choices(import_official_cmd, "kind") == LADDER_KINDS
 
 
+def test_the_kinds_are_defined_once():
+    from typing import get_args
+
+    import musplit.config.model as config_model
+    from musplit.kinds import BASELINE_KINDS, KINDS
+
+    assert set(get_args(config_model.Kind)) == set(KINDS) and len(KINDS) == 5
+    assert config_model.LADDER_KINDS is LADDER_KINDS
+    assert config_model.BASELINE_KINDS is BASELINE_KINDS
+    assert _choices(train, "kind") == KINDS
+
+
 def test_the_cli_and_its_help_load_no_torch():
     code = ("import sys, musplit.cli; "
             "print(sorted(m for m in ('torch', 'lightning', 'scipy', 'tifffile', 'zarr') "

@@ -70,7 +70,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     out = tmp_path / "o"
     cases = [
         (["pretrain", "--max-steps", "2", "--out", out], "exactly one of --data"),
-        (["pretrain", "--synthetic", "nope", "--max-steps", "2", "--out", out], "unknown synthetic"),
+        (["pretrain", "--synthetic", "nope", "--max-steps", "2", "--out", out],
+         "unknown synthetic"),
         (["pretrain", "--model", "ccf_vit", "--synthetic", "sim_nuclei", "--mask-p", "0.7",
           "--max-steps", "2", "--out", out], "padded masks"),
         (["pretrain", "--data", tmp_path / "missing.tif", "--max-steps", "2", "--out", out], ""),

@@ -99,3 +99,53 @@ def test_old_private_names_still_import():
     assert io._check_output is check_output
     assert io._temp_path is temp_path
     assert io._move_into_place is move_into_place
+
+
+# -- the writers of reports, configs, metrics and figures go through musplit.files ----------
+def _text_writers():
+    from musplit.cli.outputs import write_text
+    from musplit.demo import write_text_atomic
+
+    return {"demo.write_text_atomic": write_text_atomic, "cli.outputs.write_text": write_text}
+
+
+@pytest.mark.parametrize("name", ["demo.write_text_atomic", "cli.outputs.write_text"])
+def test_text_writers_keep_the_old_file_and_no_temporary_when_writing_fails(tmp_path, name):
+    write = _text_writers()[name]
+    out = tmp_path / "report.md"
+    write(out, "old")
+    before = out.read_bytes()
+    # A lone surrogate cannot be encoded: the write fails after the file was opened.
+    with pytest.raises(UnicodeEncodeError):
+        write(out, "new \ud800")
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_save_figure_leaves_no_temporary_when_drawing_fails(tmp_path):
+    from musplit.figures import save_figure
+
+    class BrokenFigure:
+        def savefig(self, path, **kwargs):
+            Path(path).write_bytes(b"half a png")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(BrokenFigure(), tmp_path / "fig.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_figure_keeps_the_format_of_the_final_name(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from musplit.figures import save_figure
+
+    for name, magic in (("f.png", b"\x89PNG"), ("f.pdf", b"%PDF"), ("f", b"\x89PNG")):
+        fig, ax = plt.subplots(figsize=(1, 1))
+        ax.plot([0, 1])
+        out = save_figure(fig, tmp_path / name, dpi=20)
+        assert out.read_bytes().startswith(magic)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "f.pdf", "f.png"]

@@ -50,6 +50,7 @@ COMPAT = {
     "musplit.models.official": "moved to musplit.checkpoints.reference",
     "musplit.report": "renamed musplit.figures",
     "musplit.config_flags": "moved to musplit.config.flags",
+    "musplit.predict.contract": "prediction asks models through musplit.models.protocol",
 }
 
 #: Imports against the flow that stay, each for a stated reason.

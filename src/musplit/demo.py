@@ -23,6 +23,7 @@ from musplit.data.sources import write_critters
 from musplit.data.synthetic import generate_critters
 from musplit.evaluation import evaluate_arrays, write_metrics
 from musplit.figures import plot_context_stack, plot_prediction
+from musplit.files import atomic_write
 from musplit.splitter import Splitter
 
 log = logging.getLogger(__name__)
@@ -192,10 +193,10 @@ def _write_report(out_dir: Path, results: dict, *, frames, size, steps, samples,
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary name (``.<name>.tmp``), then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a temporary name, then rename
+    (:func:`musplit.files.atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

@@ -27,8 +27,7 @@ below every supervised method.
 
 Entry points: :func:`separate` (one crop), :func:`separate_crops` (random crops of a stack),
 :func:`split_crops` (those crops, their layers put in the order of the ground truth when there
-is one: the pipeline of ``musplit double-dip INPUT --out OUT`` and of
-bench/compare_methods.py).
+is one: the pipeline of ``musplit double-dip INPUT --out OUT`` and of bench/compare_methods.py).
 """
 
 from __future__ import annotations
@@ -239,8 +238,7 @@ def separate(crop, *, iterations: int = 8000, lr: float = 5e-4, mix: str = "fixe
     Parameters
     ----------
     crop : array_like, shape (H, W)
-        The superimposed crop, intensity units; sides multiples of 32, at least 96; not
-        constant.
+        The superimposed crop, intensity units; sides multiples of 32, at least 96; not constant.
     iterations : int
         Adam steps (8000 in the recipe).
     lr : float

@@ -13,6 +13,7 @@ import numpy as np
 
 from musplit.data.normalize import NormStats
 from musplit.errors import InputError
+from musplit.files import atomic_write
 from musplit.metrics import evaluate
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,8 @@ def write_metrics(res: dict, path: str | os.PathLike) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {k: v for k, v in res.items() if k != "table"}
     out = []
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
     out.append(path)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -118,8 +118,7 @@ def write_metrics(res: dict, path: str | os.PathLike) -> list[Path]:
         for k, ch in enumerate(res["channels"]):
             w.writerow([i, ch, *(res["per_frame"][m][i][k] for m in metrics)])
     csv_path = path.with_suffix(".csv")
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, csv_path)
+    with atomic_write(csv_path) as tmp:
+        tmp.write_text(buf.getvalue())
     out.append(csv_path)
     return out

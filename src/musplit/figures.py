@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from musplit.files import atomic_write
+
 
 def _pyplot():
     import matplotlib
@@ -29,9 +31,10 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save a matplotlib figure to PNG under a temporary name, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    # The temporary name has no image suffix: the format comes from the final name's.
+    fmt = path.suffix[1:].lower() or "png"
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
     _pyplot().close(fig)
     return path
 

@@ -60,8 +60,8 @@ def range_invariant_psnr(target, prediction) -> float:
 
 
 def psnr(target, prediction, data_range: float | None = None) -> float:
-    """Plain PSNR in dB with the target's range as peak (docs/evaluation.md, "PSNR, SSIM and
-    RMSE")."""
+    """Plain PSNR in dB with the target's range as peak (docs/evaluation.md,
+    "PSNR, SSIM and RMSE")."""
     g, p = _pair(target, prediction)
     rng = float(g.max() - g.min()) if data_range is None else float(data_range)
     mse = np.mean((g - p) ** 2)

@@ -10,7 +10,8 @@ import torch
 # The package, not its functions: predict_image / predict_to_zarr are looked up on it at call
 # time, so a patched ``musplit.predict.predict_image`` is the one called.
 import musplit.predict as _predict
-from musplit.checkpoint import load_checkpoint
+from musplit.checkpoints.format import load_checkpoint
+from musplit.checkpoints.strict import compare_state, mismatch_report
 from musplit.config import Config
 from musplit.data.io import ImageSource
 from musplit.data.normalize import NormStats
@@ -56,23 +57,15 @@ class Splitter:
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
         model = build(config.model)
-        try:
-            result = model.load_state_dict(payload["state_dict"], strict=False)
-        except RuntimeError as e:  # shape mismatches
-            first = str(e).strip().splitlines()
-            detail = first[1].strip() if len(first) > 1 else first[0]
+        state = payload["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in state.values()):
+            raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+        mismatch = compare_state(model.state_dict(), state)
+        if mismatch:
             raise CheckpointError(
-                f"checkpoint {path} does not match its model ({detail})"
-            ) from None
-        if result.missing_keys or result.unexpected_keys:
-            parts = []
-            if result.missing_keys:
-                parts.append(f"missing {', '.join(result.missing_keys[:5])}")
-            if result.unexpected_keys:
-                parts.append(f"unexpected {', '.join(result.unexpected_keys[:5])}")
-            raise CheckpointError(
-                f"checkpoint {path} does not match its model ({'; '.join(parts)})"
-            )
+                f"checkpoint {path} does not match its model ({mismatch_report(mismatch)})")
+        model.load_state_dict(state, strict=True)
         stats = NormStats.from_dict(payload["stats"]) if payload.get("stats") else None
         model.to(map_location)
         return cls(model, config, stats, payload.get("extra"))
@@ -89,8 +82,7 @@ class Splitter:
         image : ndarray, shape (H, W) or (N, H, W), or ImageSource
             The superimposed input in intensity units, on the scale of the channel average the
             model was trained on (docs/method.md, "Superposition model"); integer pixels give
-            float32
-            output in the same units. An :class:`~musplit.data.io.ImageSource`
+            float32 output in the same units. An :class:`~musplit.data.io.ImageSource`
             (:func:`musplit.data.io.open_image`) must have one channel; it is read whole.
         padding : {"inner", "outer", "none"}, optional
             Tiling scheme; default from the config ("inner").

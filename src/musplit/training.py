@@ -32,6 +32,7 @@ from musplit.data.normalize import NormStats, compute_stats
 from musplit.data.sources import load_targets
 from musplit.data.splits import save_split
 from musplit.errors import ConfigError, MusplitError
+from musplit.kinds import LADDER_KINDS
 from musplit.losses import (
     NonFiniteGuard,
     deep_supervision_mse,
@@ -40,7 +41,6 @@ from musplit.losses import (
     split_elbo,
 )
 from musplit.models import build
-from musplit.models.config import LADDER_KINDS
 from musplit.models.protocol import aux_of, params_of
 
 log = logging.getLogger(__name__)
@@ -340,8 +340,7 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     out_dir : path-like, optional
         The run folder (default ``runs/<config.name>``).
     resume : bool
-        Continue an interrupted run from ``out_dir/resume.ckpt`` to the same total number of
-        steps.
+        Continue an interrupted run from ``out_dir/resume.ckpt`` to the same total number of steps.
     devices, strategy, accelerator
         Passed to Lightning (e.g. ``devices=2, strategy="ddp"`` for data parallel training).
     overwrite : bool

@@ -27,6 +27,7 @@ import torch
 
 from musplit import __version__
 from musplit.errors import CheckpointError
+from musplit.files import atomic_write
 
 __all__ = ["FORMAT_VERSION", "atomic_torch_save", "file_sha256", "load_checkpoint",
            "save_checkpoint", "weights_sha256"]
@@ -39,18 +40,13 @@ _REQUIRED = ("format_version", "musplit_version", "config", "state_dict")
 def _atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` for a temporary name beside ``path``, then rename it over ``path``.
 
-    The folder is created first; the temporary file is removed if ``write`` fails. The one
-    copy of this pattern in checkpoints, training and pre-training transfer.
+    The folder is created first; the temporary file is removed if ``write`` fails
+    (:func:`musplit.files.atomic_write`, for a ``write`` callback).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -35,10 +35,11 @@ from torch import Tensor
 from musplit.checkpoints.format import file_sha256, save_checkpoint
 from musplit.checkpoints.strict import load_strict
 from musplit.config import Config, DataConfig
+from musplit.config.model import ModelConfig
 from musplit.data.normalize import NormStats
 from musplit.errors import CheckpointError
+from musplit.kinds import LADDER_KINDS
 from musplit.models import build, count_parameters
-from musplit.models.config import LADDER_KINDS, ModelConfig
 
 __all__ = [
     "PAPER_PARAMETER_COUNTS",
@@ -52,9 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Parameter counts of the paper's variants (docs/method.md, "Lateral Contextualisation"), by (lc,
-#: unused merges
-#: kept).
+#: Parameter counts of the paper's variants (docs/method.md, "Lateral Contextualisation"), by
+#: (lc, unused merges kept).
 PAPER_PARAMETER_COUNTS = {
     ("none", True): 2_991_748, ("none", False): 2_991_748,
     ("lean", True): 3_657_604, ("lean", False): 3_657_604,
@@ -227,8 +227,8 @@ def infer_model_config(state_dict: Mapping[str, Tensor], *, kind: str, patch: in
     ----------
     state_dict : mapping of str to Tensor
         In the reference layout.
-    kind : {"hvae", "hae"}
-        The weights cannot tell an HVAE from an HAE.
+    kind : str
+        One of :data:`~musplit.kinds.LADDER_KINDS`: the weights cannot tell an HVAE from an HAE.
     patch : int
         Training patch size ``P`` (``data.image_size`` of the reference config); it fixes
         which variant a top-prior size means.
@@ -517,9 +517,10 @@ def import_official(ckpt_path: str | os.PathLike, out_path: str | os.PathLike, *
         Reference ``*.ckpt`` (e.g. ``..._best.ckpt``).
     out_path : path-like
         The musplit checkpoint to write.
-    kind : {"hvae", "hae"}, optional
-        Needed unless ``config.pkl`` (next to the checkpoint, or ``config_pkl``) gives
-        ``model.non_stochastic_version``; the two must agree when both are given.
+    kind : str, optional
+        One of :data:`~musplit.kinds.LADDER_KINDS`. Needed unless ``config.pkl`` (next to the
+        checkpoint, or ``config_pkl``) gives ``model.non_stochastic_version``; the two must
+        agree when both are given.
     stats : NormStats or dict, optional
         Normalisation statistics of the training data (docs/checkpoints.md, "Checkpoint layout":
         the reference does not store them). Without them the checkpoint loads but

@@ -19,7 +19,7 @@ from torch import nn
 from musplit.checkpoints.format import _atomic_write
 from musplit.checkpoints.strict import compare_state
 from musplit.errors import CheckpointError, InputError
-from musplit.models.config import LADDER_KINDS
+from musplit.kinds import LADDER_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,7 @@ def encoder_keys(model: nn.Module, scope: str = "encoder") -> list[str]:
     "µSplit pre-training").
 
     ``scope="encoder"``: the bottom-up path (LadderVAE ``encoder.*``; the U-Net's ``inc``,
-    ``downs`` and LC branches). ``scope="network"``: every key but the output head
-    (``head.*``).
+    ``downs`` and LC branches). ``scope="network"``: every key but the output head (``head.*``).
     """
     keys = list(model.state_dict())
     if scope == "network":

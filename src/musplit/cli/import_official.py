@@ -11,6 +11,7 @@ from musplit.cli.options import int_list
 from musplit.data.normalize import NormStats, compute_stats
 from musplit.data.sources import load_targets
 from musplit.errors import InputError
+from musplit.kinds import LADDER_KINDS
 
 # Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
 # tifffile/zarr or scipy are imported inside the commands, so that ``musplit --help`` starts fast.
@@ -20,9 +21,7 @@ from musplit.errors import InputError
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
               help="The musplit checkpoint to write.")
-# The choices are musplit.models.config.LADDER_KINDS, spelled out because importing
-# musplit.models loads torch (tests/test_cli_layout.py checks that they agree).
-@click.option("--kind", type=click.Choice(["hvae", "hae"]), default=None,
+@click.option("--kind", type=click.Choice(list(LADDER_KINDS)), default=None,
               help="Needed unless the run's config.pkl says it (default: from config.pkl).")
 @click.option("--stats-from", "stats_from", default=None,
               help="Training data to recompute the normalisation statistics from "

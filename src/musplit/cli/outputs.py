@@ -11,13 +11,13 @@ are imported when first called, because ``musplit.predict`` loads torch and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 import numpy as np
 
 from musplit.evaluation import write_metrics
+from musplit.files import atomic_write
 
 
 # -- output paths (private names of musplit.predict and musplit.data.io) --------------------
@@ -53,15 +53,11 @@ def check_output(path, overwrite: bool, protect, kind: str) -> Path:
 
 # -- small files -----------------------------------------------------------------------------
 def write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary name in the same folder, then rename over ``path``."""
+    """Write ``text`` to a temporary name in the same folder, then rename over ``path``
+    (:func:`musplit.files.atomic_write`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -53,8 +53,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
 
     With a .zarr output (and no --mix-channels) the image is read and predicted block by
     block (2048-px blocks plus their context), so images larger than memory work. The output
-    is float32 in INPUT's intensity units, with the model's channel names and INPUT's pixel
-    size.
+    is float32 in INPUT's intensity units, with the model's channel names and INPUT's pixel size.
     """
     from musplit.data.io import open_image  # tifffile, zarr
     from musplit.splitter import Splitter  # torch

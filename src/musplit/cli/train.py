@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from musplit.cli.options import int_list
+from musplit.kinds import KINDS
 
 # Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
 # tifffile/zarr or scipy are imported inside the commands, so that ``musplit --help`` starts fast.
@@ -33,10 +34,7 @@ from musplit.cli.options import int_list
 @click.option("--channels", default=None, help="Channel indices to separate, e.g. 2,3.")
 @click.option("--critters", type=click.Choice(["n0", "n25"]), default=None,
               help="Train on built-in SinosoidalCritters instead of a file.")
-# The first two choices are musplit.models.config.LADDER_KINDS, spelled out because importing
-# musplit.models loads torch (tests/test_cli_layout.py checks that they agree).
-@click.option("--model", "kind",
-              type=click.Choice(["hvae", "hae", "unet", "ca_unet", "bravenet"]), default=None,
+@click.option("--model", "kind", type=click.Choice(list(KINDS)), default=None,
               help="hvae/hae: the µSplit LadderVAE; unet, ca_unet (Context-Aware U-Net), "
                    "bravenet: the paper's baselines.")
 @click.option("--lc", type=click.Choice(["none", "lean", "regular", "deep"]), default=None,

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from musplit.errors import ConfigError
+from musplit.files import atomic_write
 
 __all__ = [
     "Strict",
@@ -50,9 +51,8 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
 def write_yaml(data: dict, path: str | os.PathLike) -> Path:
     """Write ``data`` as YAML, keys in their order (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 

@@ -126,8 +126,7 @@ def train_config(over: dict, *, config_path: Path | None = None,
                  out_dir: Path | None = None) -> Config:
     """The run config of ``musplit train``: ``over`` (from :func:`train_overrides`) applied to
     the YAML ``config_path``, else the config of the interrupted run in ``out_dir`` when
-    resuming (flags then ignored), else the preset ``preset_name`` (default
-    :data:`DEFAULT_PRESET`).
+    resuming (flags then ignored), else the preset ``preset_name`` (default :data:`DEFAULT_PRESET`).
 
     Raises :class:`musplit.errors.InputError` when the result names no training data.
     """

@@ -28,13 +28,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from musplit.config.base import Strict
+from musplit.kinds import BASELINE_KINDS, LADDER_KINDS  # noqa: F401  (re-exported)
 
+# The kinds of musplit.kinds.KINDS, spelled out for the type (tests/test_cli_layout.py checks).
 Kind = Literal["hvae", "hae", "unet", "bravenet", "ca_unet"]
 LC = Literal["none", "lean", "regular", "deep"]
 
-#: The LadderVAE kinds; the others are the paper's baselines (docs/evaluation.md, "Baselines").
-LADDER_KINDS = ("hvae", "hae")
-BASELINE_KINDS = ("unet", "ca_unet", "bravenet")
+# LADDER_KINDS (the LadderVAE) and BASELINE_KINDS (docs/evaluation.md, "Baselines") are
+# defined in musplit.kinds, which the command line imports without pydantic.
 _LADDER = ", ".join(LADDER_KINDS)  # as error messages name them
 
 # LadderVAE-only switches and their defaults: a baseline config must leave them alone.
@@ -61,7 +62,8 @@ class ModelConfig(Strict):
 
     Attributes
     ----------
-    kind : {"hvae", "hae", "unet", "ca_unet", "bravenet"}
+    kind : str
+        One of :data:`~musplit.kinds.KINDS`: a LadderVAE kind or a baseline.
     lc : {"none", "lean", "regular", "deep"}, optional
         Lateral contextualisation. The U-Net takes "none" or "regular"; the Context-Aware
         U-Net and BRAVE-NET take "none" (BRAVE-NET's context encoder is part of its own

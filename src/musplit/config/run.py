@@ -3,8 +3,7 @@
 A :class:`Config` holds everything a run needs and is validated as a whole when it is built,
 so an inconsistent run fails before it starts rather than at step 3,000 (docs/design.md,
 "Configuration"). Every config carries a ``version``. The model part is
-:class:`~musplit.config.model.ModelConfig`; the named presets are in
-:mod:`musplit.config.presets`.
+:class:`~musplit.config.model.ModelConfig`; the named presets are in :mod:`musplit.config.presets`.
 """
 
 from __future__ import annotations

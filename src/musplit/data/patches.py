@@ -296,8 +296,7 @@ class TrainPatches(_PatchSource):
     patch, scales : int
         ``P`` and ``S``.
     pad : {"reflect", "zeros"}
-        LC padding (docs/data.md, "Padding modes": reflect for real data, zeros for synthetic
-        data).
+        LC padding (docs/data.md, "Padding modes": reflect for real data, zeros for synthetic data).
     alignment : {"exact", "floor"}
         LC centring (docs/data.md, "LC alignment").
     augment : {None, "d4"}
@@ -305,8 +304,7 @@ class TrainPatches(_PatchSource):
         targets alike (docs/data.md, "Augmentation").
     alpha_range : (float, float), optional
         Draw the input weight of channel 1 per patch uniformly from this range (docs/data.md,
-        "Input formation");
-        two target channels only.
+        "Input formation"); two target channels only.
     seed : int
         Seed of the patch draws. The stream of a process is keyed by ``(seed, epoch)`` and, in
         a DataLoader worker, the worker's seed (which torch derives per epoch from the loader's
@@ -428,8 +426,7 @@ class TrainPatches(_PatchSource):
         -------
         dict
             ``frame`` (K,) dataset frame positions (``index mod n``), ``corners`` (K, 2),
-            ``transform`` (K,) or None, ``alpha`` (K,) or None: the arguments of
-            :meth:`sample`.
+            ``transform`` (K,) or None, ``alpha`` (K,) or None: the arguments of :meth:`sample`.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):

@@ -83,8 +83,7 @@ class Tiling:
     margin : int
         ``p = (P_eval - G)/2``.
     halo : int
-        ``b``: with blending, each patch keeps ``G + 2b`` (docs/tiling.md, "Blending"); 0
-        without.
+        ``b``: with blending, each patch keeps ``G + 2b`` (docs/tiling.md, "Blending"); 0 without.
     blend : str
         ``"none"``, ``"linear"`` or ``"cosine"``.
     cover : bool
@@ -116,8 +115,8 @@ class Tiling:
         return rnd(height / self.grid), rnd(width / self.grid)
 
     def corners(self, height: int, width: int) -> np.ndarray:
-        """Top-left patch corners ``(n_tiles, 2)``, row-major (docs/tiling.md, "Reference
-        tiling")."""
+        """Top-left patch corners ``(n_tiles, 2)``, row-major (docs/tiling.md,
+        "Reference tiling")."""
         return tile_corners(height, width, self.patch, self.grid, cover=self.cover)
 
     def weights(self) -> np.ndarray:

@@ -1,9 +1,8 @@
 """COCO-style box evaluation: mAP / mAR through pycocotools' ``COCOeval``, and F1 at one IoU.
 
 docs/detection.md, "Evaluation protocol": COCOeval is set up as torchmetrics'
-``MeanAveragePrecision``
-sets up its pycocotools backend (the torchmetrics wrapper itself needs torchvision, which has
-no CPU build here). pycocotools is imported only when an evaluation runs.
+``MeanAveragePrecision`` sets up its pycocotools backend (the torchmetrics wrapper itself needs
+torchvision, which has no CPU build here). pycocotools is imported only when an evaluation runs.
 """
 
 from __future__ import annotations
@@ -67,8 +66,7 @@ def evaluate_boxes(preds: list[dict], gts: list[np.ndarray], max_dets: list[int]
     it (IoU 0.50:0.05:0.95, 101 recall points, one class, area = w * h, the given maxDets). The
     torchmetrics wrapper itself refuses to run without torchvision, which this package does not
     depend on, so COCOeval is called directly; the summary is computed here (see
-    :func:`_summarize`) because pycocotools' ``summarize()`` truncates ``map`` at 100
-    detections.
+    :func:`_summarize`) because pycocotools' ``summarize()`` truncates ``map`` at 100 detections.
 
     Parameters
     ----------

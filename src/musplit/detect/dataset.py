@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from musplit import __version__
-from musplit.checkpoint import file_sha256
+from musplit.checkpoints.format import file_sha256
 from musplit.detect.presets import preset_config
 from musplit.detect.simulator import GENERATOR_VERSION, NAMESPACES, _preset_id, generate_frames
 from musplit.errors import InputError
+from musplit.files import atomic_write
 from musplit.pretrain.config import SynthDatasetConfig, SynthPresetConfig
 
 __all__ = ["verify_dataset", "write_dataset"]
@@ -28,30 +29,16 @@ def _sha256_bytes(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary name next to ``path``, then rename it into place.
-
-    The one tmp + rename of this package's dataset files (musplit.files will hold the
-    project-wide copy).
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_tiff(path: Path, arr: np.ndarray) -> None:
     import tifffile  # lazy: only writing a dataset needs it
 
-    _atomic_write(path, lambda tmp: tifffile.imwrite(tmp, arr, photometric="minisblack",
-                                                     software=None, datetime=None))
+    with atomic_write(path) as tmp:
+        tifffile.imwrite(tmp, arr, photometric="minisblack", software=None, datetime=None)
 
 
 def _write_json(path: Path, data) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
 
 
 def _file_record(root: Path, rel: str, arr: np.ndarray) -> dict:

@@ -1,8 +1,7 @@
 """Running a detector on raw frames: maps, decoded boxes, and scores against instance masks.
 
 docs/detection.md, "Evaluation protocol": two modes share one API, ``clean`` (default: ground truth
-from
-the instance masks, heatmap-peak scores, candidates above 0.3, max_dets [10, 100, 1000],
+from the instance masks, heatmap-peak scores, candidates above 0.3, max_dets [10, 100, 1000],
 clipped boxes) and ``reference`` (ground truth decoded from the target maps, every score 1,
 threshold 0.75, NMS 3, max_dets [1, 10, 100], no clipping, float labels).
 """
@@ -63,8 +62,7 @@ def evaluate_detector(model: nn.Module, images: np.ndarray, labels: np.ndarray,
                       reference_mode: bool = False, cfg: DetectionConfig | None = None,
                       batch_size: int = 4) -> dict:
     """Score a detector on frames with instance masks (docs/detection.md, "Evaluation protocol");
-    returns a
-    flat metrics dict.
+    returns a flat metrics dict.
 
     Clean mode (default): ground truth = every instance's box from the masks, predictions
     decoded at ``candidate_threshold`` with heatmap-peak scores. Reference mode: ground truth

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from musplit.config.model import ModelConfig
 from musplit.errors import ConfigError
+from musplit.kinds import LADDER_KINDS
 from musplit.models.bravenet import BraveNet
-from musplit.models.config import LADDER_KINDS, ModelConfig
 from musplit.models.lvae import EncoderState, LadderOutput, LadderVAE
 from musplit.models.unet import BaselineOutput, UNet
 
@@ -29,8 +30,7 @@ def build(config: ModelConfig) -> nn.Module:
     ----------
     config : ModelConfig
         ``kind`` "hvae" or "hae" gives a :class:`LadderVAE`; "unet" and "ca_unet" a
-        :class:`~musplit.models.unet.UNet`; "bravenet" a
-        :class:`~musplit.models.bravenet.BraveNet`.
+        :class:`~musplit.models.unet.UNet`; "bravenet" a :class:`~musplit.models.bravenet.BraveNet`.
 
     Returns
     -------

@@ -209,8 +209,7 @@ class Merge(nn.Module):
     halves, which is the same linear map and keeps neither a ``2F`` copy nor, for the LC merge,
     a zero-padded copy of ``a`` alive for the backward pass. With ``pad_a`` the first input is
     centre zero-padded to the size of ``b`` first (the LC merge of docs/method.md, "LadderVAE");
-    since a 1x1 convolution without bias maps zeros to zeros, padding its output is the
-    same thing.
+    since a 1x1 convolution without bias maps zeros to zeros, padding its output is the same thing.
     """
 
     def __init__(self, channels: int, *, batchnorm: bool, dropout: float):
@@ -275,8 +274,7 @@ def gaussian_latent(q: Tensor, p: Tensor | None, eps: Tensor | None, *, kl: bool
 
 class StochasticLayer(nn.Module):
     """The convolutions of one latent level (docs/method.md, "Top-down pass and stochastic layer"):
-    ``post_conv``,
-    ``prior_conv``, ``out_conv``.
+    ``post_conv``, ``prior_conv``, ``out_conv``.
 
     Parameters
     ----------

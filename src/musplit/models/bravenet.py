@@ -150,8 +150,7 @@ class BraveNet(nn.Module):
         Returns
         -------
         BaselineOutput
-            ``params`` from the main output; ``aux`` the deep-supervision outputs, deepest
-            first.
+            ``params`` from the main output; ``aux`` the deep-supervision outputs, deepest first.
         """
         if x.ndim != 4 or x.shape[1] != 2:
             raise InputError(f"bravenet input must have shape (B, 2, H, W) (the primary patch "

@@ -11,8 +11,7 @@ is the one at the *source* row or column, as in the reference. The module's outp
 
 The reference runs these recurrences as Python loops, one row or column at a time, cloning
 rows under a full autograd graph (docs/method.md, "Reference defects avoided" item 18). Here each
-sweep is
-exact and runs without a per-row graph, as a **chunked scan**:
+sweep is exact and runs without a per-row graph, as a **chunked scan**:
 
 * one step ``h ↦ max(0, a·h + x)`` with ``a >= 0`` is a function of the form
   ``h ↦ max(c, A·h + B)``, and that family is closed under composition:
@@ -249,8 +248,7 @@ class _DirectionalScan(torch.autograd.Function):
 
 
 def directional_scan(x: Tensor, w: Tensor, *, dim: int, reverse: bool) -> Tensor:
-    """One context-transfer sweep (docs/method.md, "Baselines"), exact, as a chunked
-    scan.
+    """One context-transfer sweep (docs/method.md, "Baselines"), exact, as a chunked scan.
 
     Parameters
     ----------

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from musplit.config.model import ModelConfig
 from musplit.errors import InputError
+from musplit.kinds import LADDER_KINDS
 from musplit.models.blocks import (
     Conv2d,
     Merge,
@@ -40,7 +42,6 @@ from musplit.models.blocks import (
     centre_pad,
     fit_prior,
 )
-from musplit.models.config import LADDER_KINDS, ModelConfig
 
 __all__ = ["EncoderState", "LadderOutput", "LadderVAE", "Noise"]
 
@@ -93,8 +94,7 @@ class EncoderState:
     size : tuple of int
         ``(H, W)`` of the input, to which the output is cropped back.
     padded : tuple of int
-        ``(H', W')`` after the centre zero-padding of Vanilla/Lean-LC (equal to ``size``
-        otherwise).
+        ``(H', W')`` after the centre zero-padding of Vanilla/Lean-LC (equal to ``size`` otherwise).
     """
 
     bu_values: tuple[Tensor, ...]
@@ -149,8 +149,7 @@ class Encoder(nn.Module):
             for i in range(levels)
         )
         # Paper latent scaling (docs/method.md, "Deep-LC latent scaling"): BU level l (1-based)
-        # output times
-        # 1/sqrt(l), L > 4.
+        # output times 1/sqrt(l), L > 4.
         paper = cfg.latent_scaling == "paper" and levels > 4
         self.bu_scale = [1 / math.sqrt(i + 1) if paper else 1.0 for i in range(levels)]
 
@@ -180,8 +179,7 @@ class Encoder(nn.Module):
 # -- top-down pass -------------------------------------------------------------------------
 class DecoderLevel(nn.Module):
     """One top-down level (docs/method.md, "Top-down pass and stochastic layer"): prior, posterior
-    merge
-    ``q_merge``, ``stochastic``, ``skip_merge``, transposed-conv ``up`` and gated ``up_res``
+    merge ``q_merge``, ``stochastic``, ``skip_merge``, transposed-conv ``up`` and gated ``up_res``
     (+ ``extra`` blocks).
 
     The top level has the learned ``top_prior`` ``(1, 2Z, h, w)`` (zero-initialised) instead of
@@ -249,7 +247,8 @@ class LadderVAE(nn.Module):
     Parameters
     ----------
     config : ModelConfig
-        ``kind`` in {"hvae", "hae"}; ``lc`` in {"none", "lean", "regular", "deep"}.
+        ``kind`` in :data:`~musplit.kinds.LADDER_KINDS`; ``lc`` in {"none", "lean", "regular",
+        "deep"}.
 
     Notes
     -----
@@ -277,8 +276,7 @@ class LadderVAE(nn.Module):
         self.decoder = Decoder(config, self.top_prior_size(config))
         self.head = Head(config)
         # Reference latent scaling (docs/method.md, "Deep-LC latent scaling"): the posterior input
-        # of level
-        # i is multiplied by sqrt(2(i+1)) when L > 4.
+        # of level i is multiplied by sqrt(2(i+1)) when L > 4.
         ref = config.latent_scaling == "reference" and self.levels > 4
         self.q_scale = [math.sqrt(2 * (i + 1)) if ref else 1.0 for i in range(self.levels)]
 

@@ -111,8 +111,7 @@ def can_encode(model: Any) -> bool:
 def encoder_of(model: Any) -> Callable[[Tensor], Any] | None:
     """``model.encode`` where the model also decodes (:class:`Encodes`), else None.
 
-    A U-Net's ``encode`` (its bottom-up features, no ``decode``) is not an encoder in this
-    sense.
+    A U-Net's ``encode`` (its bottom-up features, no ``decode``) is not an encoder in this sense.
     """
     return model.encode if can_encode(model) else None
 

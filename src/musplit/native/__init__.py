@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from musplit.files import move_into_place, temp_path
+
 log = logging.getLogger("musplit")
 
 __all__ = ["available", "bn_elu", "bn_bwd_apply", "elu_bwd_bn_sums", "gate_bwd", "gate_fwd",
@@ -99,22 +101,20 @@ def _build(cc: str, openmp: bool, out: Path) -> bool:
     """Compile to a temporary name beside ``out`` and rename it there: no half-written file."""
     flags = FLAGS + (["-fopenmp"] if openmp else [])
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    tmp = temp_path(out, "build")
     try:
-        proc = subprocess.run([*cc.split(), *flags, str(SOURCE), "-o", tmp],
+        proc = subprocess.run([*cc.split(), *flags, str(SOURCE), "-o", str(tmp)],
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             log.debug("musplit.native: %s failed: %s", cc, proc.stderr.strip()[-2000:])
             return False
-        os.replace(tmp, out)
+        move_into_place(tmp, out)
         return True
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("musplit.native: compiling failed: %s", exc)
         return False
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)  # a failed build may leave a partial output
 
 
 def _library_path(cc: str, openmp: bool, folder: Path) -> Path:

@@ -36,7 +36,6 @@ The package, one job a module:
 * :mod:`musplit.predict.result`: :class:`Prediction` and its files;
 * :mod:`musplit.data.tiling`: the tile geometry (:func:`make_tiling`, :class:`Tiling`);
 * :mod:`musplit.predict.brightness`: the input clip and the brightness check;
-* :mod:`musplit.predict.contract`: what prediction asks of a model beyond ``model(x)``;
 * :mod:`musplit.predict.engine`: batches of LC stacks through the model, MMSE tiles out;
 * :mod:`musplit.predict.stitch`: tiles into the output arrays;
 * :mod:`musplit.predict.run`: :func:`predict_image` and :func:`predict_to_zarr`.

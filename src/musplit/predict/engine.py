@@ -6,7 +6,7 @@ and keeps, per pixel of each tile, a running mean and sum of squared deviations 
 posterior samples (docs/tiling.md, "MMSE and uncertainty"): the bottom-up pass runs once per
 patch and the top-down pass ``K`` times, so memory does not grow with ``K``. The helpers below
 it set up a call: eval and inference mode, memory layout, reduced precision, the outer-padding
-probe. What the engine asks of a model beyond ``model(x)`` is in :mod:`musplit.predict.contract`.
+probe. What the engine asks of a model beyond ``model(x)`` is in :mod:`musplit.models.protocol`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from musplit.data.context import ContextStack
 from musplit.data.normalize import NormStats
 from musplit.data.tiling import Tiling
 from musplit.errors import ConfigError, InputError, MusplitError
-from musplit.predict.contract import _can_sample_many, _has_encoder, _is_stochastic, _sample_mode
+from musplit.models.protocol import can_encode, can_sample_many, is_deterministic, sample_mode_of
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,11 @@ class _Engine:
         # "Reproducibility").
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
-        self.has_encoder = _has_encoder(model)
-        self.has_sample_many = _can_sample_many(model)
-        mode = sample_mode or _sample_mode(model, "sample")
+        self.has_encoder = can_encode(model)
+        self.has_sample_many = can_sample_many(model)
+        mode = sample_mode_of(model, sample_mode, "sample")
         # A deterministic model: one pass is every sample.
-        self.deterministic = not _is_stochastic(model, mode)
+        self.deterministic = is_deterministic(model, mode)
         if sample_mode not in (None, "sample", "mean"):
             raise InputError(f"sample_mode must be 'sample', 'mean' or None, got {sample_mode!r}")
         self.amp = None

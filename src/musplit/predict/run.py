@@ -209,8 +209,7 @@ def predict_image(
     channel_names : list of str, optional
         Default ``config.data.channel_names``, else ``channel_0, channel_1, ...``.
     normalized : bool
-        Return normalised target units (for metrics, docs/evaluation.md) instead of intensity
-        units.
+        Return normalised target units (for metrics, docs/evaluation.md) instead of intensity units.
     progress : bool
         A tqdm bar over batches.
     paper_geometry : bool

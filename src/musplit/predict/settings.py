@@ -15,8 +15,8 @@ from musplit.data.io import _check_pixel_size
 from musplit.data.normalize import NormStats
 from musplit.data.tiling import Tiling, _is_int, make_tiling
 from musplit.errors import ConfigError, InputError
+from musplit.models.protocol import predicts_variance, sample_mode_of
 from musplit.predict.brightness import input_clip
-from musplit.predict.contract import _predicts_variance, _sample_mode
 
 
 def _check_common(config, stats, samples, batch_size, seed, keep_samples, input_scale,
@@ -63,7 +63,7 @@ def _resolve(model: nn.Module, config: Config, stats: NormStats, *, padding, gri
              blend_width, paper_geometry, aleatoric, channel_names
              ) -> tuple[Tiling, list[str], bool]:
     """The tiling, the channel names, and whether the aleatoric std is computed."""
-    aleatoric = aleatoric and _predicts_variance(model)
+    aleatoric = aleatoric and predicts_variance(model)
     tiling = make_tiling(config, padding, grid, blend=blend, blend_width=blend_width,
                          paper_geometry=paper_geometry)
     return tiling, _channel_names(config, stats, channel_names), aleatoric
@@ -71,7 +71,7 @@ def _resolve(model: nn.Module, config: Config, stats: NormStats, *, padding, gri
 
 def _settings(config, stats, tiling, *, samples, seed, sample_mode, normalized, input_scale,
               model, amp: str | None = None) -> dict:
-    mode = sample_mode or _sample_mode(model, None)
+    mode = sample_mode_of(model, sample_mode, None)
     return {
         **tiling.as_meta(),
         "precision": "fp32" if amp in (None, "fp32") else amp,

@@ -8,13 +8,13 @@ Re-exports every name that used to live here: the simulator (:mod:`musplit.detec
 
 from __future__ import annotations
 
+from musplit.checkpoints.format import _atomic_write  # noqa: F401
 from musplit.config.presets import _pretrain_presets as _presets  # noqa: F401
 
 # The imports below (but _simulator) are re-exports for the old import path (hence noqa: F401).
 from musplit.detect import simulator as _simulator
 from musplit.detect.ctc import _frame_key, read_ctc  # noqa: F401
 from musplit.detect.dataset import (  # noqa: F401
-    _atomic_write,
     _file_record,
     _sha256_bytes,
     _write_json,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from musplit.checkpoints.strict import compare_state, mismatch_summary
 from musplit.errors import CheckpointError, InputError
 
 __all__ = ["LoadReport", "encoder_state_dict", "load_encoder"]
@@ -90,22 +91,12 @@ def load_encoder(model: nn.Module, state: dict[str, torch.Tensor], strict: bool 
     else:
         raise InputError(f"scope must be 'encoder' or 'all', got {scope!r}")
     own = {k: v for k, v in target.state_dict().items() if k not in exclude}
-    missing = sorted(k for k in own if k not in src)
-    unexpected = sorted(k for k in src if k not in own)
-    mismatch = sorted(k for k in own if k in src and tuple(src[k].shape) != tuple(own[k].shape))
-    report = LoadReport(loaded=[], missing=missing, unexpected=unexpected,
+    diff = compare_state(own, src, sort=True)
+    mismatch = [k for k, _, _ in diff.shapes]
+    report = LoadReport(loaded=[], missing=diff.missing, unexpected=diff.unexpected,
                         shape_mismatch=mismatch, skipped=skipped)
-    if strict and (missing or unexpected or mismatch):
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if mismatch:
-            k = mismatch[0]
-            parts.append(f"{len(mismatch)} shape mismatches (e.g. {k}: "
-                         f"{tuple(src[k].shape)} vs {tuple(own[k].shape)})")
-        raise CheckpointError("encoder weights do not match the model: " + "; ".join(parts))
+    if strict and diff:
+        raise CheckpointError(f"encoder weights do not match the model: {mismatch_summary(diff)}")
     load = {k: src[k] for k in own if k in src and k not in mismatch}
     with torch.no_grad():
         target.load_state_dict(load, strict=False)

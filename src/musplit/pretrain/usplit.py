@@ -33,11 +33,12 @@ from musplit.checkpoints.transfer import (  # noqa: F401 - re-exported (moved th
     load_pretrained_encoder,
     write_report,
 )
+from musplit.config.model import ModelConfig
 from musplit.data.context import ContextStack, apply_d4
 from musplit.errors import InputError
+from musplit.kinds import LADDER_KINDS
 from musplit.models import build
 from musplit.models.blocks import centre_crop
-from musplit.models.config import LADDER_KINDS, ModelConfig
 from musplit.models.protocol import params_of
 from musplit.pretrain.colormap import minmax_normalize
 from musplit.pretrain.masks import make_mask

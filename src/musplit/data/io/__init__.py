@@ -54,8 +54,7 @@ The package is split by job: :mod:`.axes` (axes strings), :mod:`.source` (:class
 :mod:`.zarr_read` (openers), :mod:`.readers` (:func:`open_image` and loaders), :mod:`.stats`
 (:func:`channel_statistics`), :mod:`.pavia`, :mod:`.writers` (:func:`write_tiff`) and
 :mod:`.zarr_writer` (:class:`ZarrWriter`, :func:`write_zarr`). Atomic writes and output checks
-are :mod:`musplit.files`. Every name importable from ``musplit.data.io`` before the split still
-is.
+are :mod:`musplit.files`. Every name importable from ``musplit.data.io`` before the split still is.
 """
 
 from __future__ import annotations
