@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from musplit.errors import InputError
-from musplit.models.config import ModelConfig
+from musplit.config.model import ModelConfig
 from musplit.models.unet import BaselineOutput, with_unit_logvar
 
 __all__ = ["BraveNet"]

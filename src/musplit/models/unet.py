@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from musplit.errors import InputError
 from musplit.models.blocks import Merge, Stem, centre_crop, centre_pad
-from musplit.models.config import ModelConfig
+from musplit.config.model import ModelConfig
 from musplit.models.context_transfer import ContextTransfer
 
 __all__ = ["BaselineOutput", "DoubleConv", "UNet"]
