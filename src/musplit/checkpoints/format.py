@@ -27,6 +27,7 @@ import torch
 
 from musplit import __version__
 from musplit.errors import CheckpointError
+from musplit.files import atomic_write
 
 __all__ = ["FORMAT_VERSION", "atomic_torch_save", "file_sha256", "load_checkpoint",
            "save_checkpoint", "weights_sha256"]
@@ -44,13 +45,8 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path, "tmp") as tmp:  # also removes an interrupted write's leftovers
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
