@@ -308,7 +308,7 @@ def trainings(monkeypatch):
 TRAIN = ["train", "--critters", "n0", "--max-steps", "1"]
 
 
-def test_train_into_a_folder_that_holds_files_needs_overwrite(tmp_path, capsys, trainings):
+def test_train_into_a_folder_that_holds_a_run_needs_overwrite(tmp_path, capsys, trainings):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     for name in ("best.ckpt", "last.ckpt", "config.yaml", "split.json"):
@@ -319,6 +319,7 @@ def test_train_into_a_folder_that_holds_files_needs_overwrite(tmp_path, capsys, 
     code, _, err = run([*TRAIN, "--out", run_dir], capsys)
     line = one_line(err)
     assert code == 2 and str(run_dir) in line and "--overwrite" in line and "--resume" in line
+    assert "best.ckpt" in line
     assert trainings == [] and (run_dir / "best.ckpt").read_text() == "previous run"
 
     code, out, err = run([*TRAIN, "--out", run_dir, "--overwrite"], capsys)
@@ -326,6 +327,27 @@ def test_train_into_a_folder_that_holds_files_needs_overwrite(tmp_path, capsys, 
     assert [(d, k["overwrite"], k["resume"]) for d, k in trainings] == [(run_dir, True, False)]
     # no stale checkpoint or log line of the previous run survives; other files stay
     assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
+
+
+def test_train_into_a_folder_of_other_files_needs_overwrite(tmp_path, capsys, trainings):
+    (tmp_path / "data.tif").write_bytes(b"an image")
+    (tmp_path / "older-run").mkdir()
+    code, _, err = run([*TRAIN, "--out", tmp_path], capsys)
+    line = one_line(err)
+    assert code == 2 and "data.tif, older-run" in line and "--overwrite" in line
+    assert trainings == []
+
+
+def test_a_run_that_stopped_before_training_can_be_started_again(tmp_path, capsys, trainings):
+    # a bad --init-from or data error left only the config and split: no need for --overwrite
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("name: x\n")
+    (run_dir / "split.json").write_text("{}")
+    (run_dir / ".last.ckpt.tmp-4242").write_bytes(b"half")
+    code, _, err = run([*TRAIN, "--out", run_dir], capsys)
+    assert code == 0, err
+    assert [(d, k["overwrite"]) for d, k in trainings] == [(run_dir, False)]
 
 
 def test_train_overwrite_and_resume_contradict(tmp_path, capsys, trainings):

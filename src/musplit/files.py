@@ -48,7 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
 #: Files whose presence makes a directory a Zarr store (v3, v2 group, v2 array).
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 

@@ -80,18 +80,22 @@ def check_prediction_space(out_path, src, splitter, samples: int | None, with_st
     check_free_space(out_path, need, "the prediction and its std" if std else "the prediction")
 
 
-#: What ``musplit train`` writes into its run folder (replaced with ``--overwrite``).
+#: What ``musplit train`` writes into its run folder (replaced with ``--overwrite``), and
+#: those of them that hold what a run learnt.
 RUN_FILES = ("best.ckpt", "last.ckpt", "resume.ckpt", "config.yaml", "split.json",
              "init_report.json", "logs")
+_TRAINED = ("best.ckpt", "last.ckpt", "resume.ckpt", "logs/metrics.csv")
 
 
 def prepare_run_dir(run_dir, *, overwrite: bool, resume: bool) -> Path:
     """Check ``musplit train``'s run folder before any work, and clear it for --overwrite.
 
     It must be a folder (or not exist yet) that takes new files. Unless ``resume``, a folder
-    that already holds files is refused; with ``overwrite`` the previous run's files
-    (:data:`RUN_FILES`) are deleted instead, so that no stale checkpoint or log line of it
-    survives into the new run (other files are left alone).
+    that holds a trained run (checkpoints or a training log) or files of its own (anything
+    not hidden that a run does not write) is refused; a run that stopped before its first
+    step left only its config and split, which the new run rewrites. With ``overwrite`` the
+    previous run's files (:data:`RUN_FILES`) are deleted instead, so that no stale
+    checkpoint or log line of it survives into the new run; other files are left alone.
     """
     run_dir = Path(run_dir).expanduser()
     if resume and overwrite:
@@ -102,14 +106,16 @@ def prepare_run_dir(run_dir, *, overwrite: bool, resume: bool) -> Path:
     check_writable(run_dir, folder=True)
     if resume or not run_dir.is_dir():
         return run_dir
-    held = sorted(p.name for p in run_dir.iterdir())
+    held = [n for n in _TRAINED if (run_dir / n).exists()]
+    held += sorted(p.name for p in run_dir.iterdir()
+                   if p.name not in RUN_FILES and not p.name.startswith("."))
     if not held:
         return run_dir
     if not overwrite:
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-        raise InputError(f"--out {run_dir} already holds files ({shown}): choose another "
-                         "--out, --resume to continue an interrupted run, or --overwrite to "
-                         "replace it")
+        raise InputError(f"--out {run_dir} already holds {shown}: choose another --out, "
+                         "--resume to continue an interrupted run, or --overwrite to replace "
+                         "the run there")
     for name in RUN_FILES:
         p = run_dir / name
         with output_errors(p):
