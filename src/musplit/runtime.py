@@ -4,8 +4,9 @@
 ``musplit`` command line (set ``MUSPLIT_TUNE_MALLOC=0`` to turn it off). Python users who train
 or predict on a CPU can call it once at the start of their program; it changes how this
 process allocates memory and nothing else. :func:`available_memory` tells how much memory is
-left, and :func:`in_memory_prediction_bytes` how much a prediction held in memory needs, so
-that work that cannot fit is refused before it starts.
+left, :func:`in_memory_prediction_bytes` how much a prediction held in memory needs and
+:func:`prediction_file_bytes` how much disk its files take, so that work that cannot fit is
+refused before it starts.
 """
 
 from __future__ import annotations
@@ -99,4 +100,13 @@ def in_memory_prediction_bytes(n_frames: int, height: int, width: int, *, n_read
     return 4 * px * (n_read + 1 + outputs) + 4 * height * width * (scales + 3)
 
 
-__all__ = ["available_memory", "in_memory_prediction_bytes", "tune_allocator"]
+def prediction_file_bytes(n_frames: int, height: int, width: int, *, n_channels: int,
+                          n_files: int = 1) -> int:
+    """Bytes of disk the files of a prediction take, about: ``n_files`` float32 images of
+    ``n_frames x height x width x n_channels`` (the mean, and the std when it is written), plus
+    64 KiB of metadata each. Compression (Zarr) only makes them smaller."""
+    return n_files * (4 * n_frames * height * width * n_channels + (64 << 10))
+
+
+__all__ = ["available_memory", "in_memory_prediction_bytes", "prediction_file_bytes",
+           "tune_allocator"]

@@ -45,7 +45,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
+    with atomic_write(path, "tmp") as tmp:  # also removes an interrupted write's leftovers
         write(tmp)
     return path
 

@@ -9,7 +9,7 @@ import click
 
 from musplit import runtime
 from musplit.cli.options import image_options, int_list
-from musplit.cli.outputs import file_kind, refuse_existing, sibling
+from musplit.cli.outputs import check_outputs, check_prediction_space, file_kind, sibling
 from musplit.errors import InputError
 
 # Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
@@ -61,15 +61,16 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     if out_path.resolve() == input_path.resolve():
         raise InputError(f"--out {out_path} is the input file: it would be overwritten")
     kind = file_kind(out_path)
-    # Refuse an existing output now, not after a long prediction.
-    refuse_existing([sibling(out_path, t) for t in (("", "_std") if with_std else ("",))],
-                    overwrite)
+    # Refuse an existing, unwritable or misplaced output now, before the model is loaded.
+    check_outputs([sibling(out_path, t) for t in (("", "_std") if with_std else ("",))],
+                  overwrite, [input_path], kind)
     splitter = Splitter.load(model)
     src = open_image(input_path, axes=axes, series=series, level=level)
     if not mix_channels and src.n_channels != 1:
         raise InputError(
             f"{input_path} has {src.n_channels} channels; musplit predicts from one "
             "superimposed channel (use --mix-channels to mix separate channels)")
+    check_prediction_space(out_path, src, splitter, samples, with_std)
     if samples and samples > 1 and not with_std:
         log.info("--samples > 1: the std is computed; add --std to write it")
     if kind == "zarr" and not mix_channels:

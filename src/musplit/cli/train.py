@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from musplit.cli.options import int_list
+from musplit.cli.outputs import prepare_run_dir
 from musplit.kinds import KINDS
 
 # Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
@@ -54,13 +55,16 @@ from musplit.kinds import KINDS
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Run folder (default runs/<name>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Train into an --out folder that holds files: the previous run's "
+                   "checkpoints, config, split and logs there are deleted first.")
 @click.option("--devices", default="auto", show_default=True)
 @click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
 @click.option("--init-from", "init_from", default=None,
               help="Start from the encoder of a pre-training checkpoint (musplit pretrain).")
 def train(config_path, preset_name, data_path, channel_files, split, axes, channels, critters,
           kind, lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every,
-          precision, seed, out_dir, resume, devices, strategy, init_from=None):
+          precision, seed, out_dir, resume, devices, strategy, init_from=None, overwrite=False):
     """Train a model; the run folder gets the config, split, logs and checkpoints."""
     from musplit.config.flags import train_config, train_overrides  # pydantic, torch
     from musplit.training import train as run_training  # lightning
@@ -73,8 +77,11 @@ def train(config_path, preset_name, data_path, channel_files, split, axes, chann
         val_every=val_every, precision=precision, seed=seed, init_from=init_from)
     cfg = train_config(over, config_path=config_path, preset_name=preset_name, resume=resume,
                        out_dir=out_dir)
+    # The run folder is checked (writable, not a file, not a previous run) before any work.
+    out_dir = prepare_run_dir(out_dir or Path("runs") / cfg.name, overwrite=overwrite,
+                              resume=resume)
     best = run_training(cfg, out_dir, resume=resume, devices=devices, strategy=strategy,
-                        echo=click.echo)
+                        echo=click.echo, overwrite=overwrite)
     click.echo(f"best checkpoint: {best}")
 
 

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from musplit.errors import InputError
 from musplit.config.model import ModelConfig
+from musplit.errors import InputError
 from musplit.models.unet import BaselineOutput, with_unit_logvar
 
 __all__ = ["BraveNet"]

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from musplit.config.model import ModelConfig
 from musplit.errors import InputError
 from musplit.models.blocks import Merge, Stem, centre_crop, centre_pad
-from musplit.config.model import ModelConfig
 from musplit.models.context_transfer import ContextTransfer
 
 __all__ = ["BaselineOutput", "DoubleConv", "UNet"]

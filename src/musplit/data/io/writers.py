@@ -20,7 +20,7 @@ from musplit.data.io.axes import parse_axes
 from musplit.data.io.source import _check_dtype
 from musplit.data.io.tiff import TIFF_SUFFIXES
 from musplit.errors import InputError
-from musplit.files import atomic_write, check_output
+from musplit.files import atomic_write, check_output, output_errors
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,13 @@ def write_tiff(
     -------
     Path
         The written file.
+
+    Raises
+    ------
+    InputError
+        A bad array, names or pixel size; an output that exists (without ``overwrite``), is
+        an input or cannot be created; an :class:`OSError` while writing (a full disk), after
+        the temporary file was removed.
     """
     if not str(path).lower().endswith(TIFF_SUFFIXES):
         raise InputError(f"{path}: a TIFF output needs a .tif or .tiff extension")
@@ -168,7 +175,8 @@ def write_tiff(
         kwargs["bigtiff"] = bigtiff
     md.update(metadata or {})
     kwargs["metadata"] = md
-    with atomic_write(out) as tmp:
+    # A full disk mid-write: the temporary is removed, and the error is one line naming out.
+    with output_errors(out), atomic_write(out) as tmp:
         tifffile.imwrite(tmp, planes(), **kwargs)
     logger.info(
         "wrote %s (%s, N=%d, %dx%d, C=%d)", out, "ImageJ" if imagej else "OME-TIFF", n, h, w, c

@@ -16,7 +16,13 @@ from musplit.data.io.axes import CANONICAL_AXES, parse_axes
 from musplit.data.io.source import _check_dtype
 from musplit.data.io.writers import _canonical_array, _check_names, _check_pixel_size
 from musplit.errors import InputError
-from musplit.files import check_output, move_into_place, temp_path
+from musplit.files import (
+    check_output,
+    move_into_place,
+    output_errors,
+    remove_stale_temporaries,
+    temp_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +30,10 @@ class ZarrWriter:
     """Stream an image larger than memory into a Zarr v3 store, block by block, atomically.
 
     Data go to a hidden temporary directory next to ``path``; :meth:`close` renames it into
-    place, :meth:`abort` (or an exception inside ``with``) deletes it.
+    place, :meth:`abort` (or an exception inside ``with``) deletes it. Temporaries an
+    interrupted earlier write of ``path`` left behind are removed when writing starts
+    (:func:`musplit.files.remove_stale_temporaries`). An :class:`OSError` while writing (a
+    full disk) deletes the temporary and is one :class:`InputError` line naming ``path``.
 
     Layout: with ``ome=True`` (default) an OME-Zarr 0.5 image group whose array ``"0"`` has
     axes ``TCYX`` (frames as T), channel names as ``omero`` channel labels (with display windows
@@ -119,59 +128,12 @@ class ZarrWriter:
         if chunks is None:
             chunks = (1, min(h, 512), min(w, 512), 1 if ome else c)
         chunks = tuple(max(1, min(int(k), s)) for k, s in zip(chunks, canonical, strict=True))
+        remove_stale_temporaries(out)
         tmp = temp_path(out, "partial")
         try:
-            if ome:
-                group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
-                scale = [1.0, 1.0, *(pixel if pixel else (1.0, 1.0))]
-                space = {"type": "space", **({"unit": "micrometer"} if pixel else {})}
-                group.attrs["ome"] = {
-                    "version": "0.5",
-                    "multiscales": [
-                        {
-                            "name": out.stem,
-                            "axes": [
-                                {"name": "t", "type": "time"},
-                                {"name": "c", "type": "channel"},
-                                {"name": "y", **space},
-                                {"name": "x", **space},
-                            ],
-                            "datasets": [
-                                {
-                                    "path": "0",
-                                    "coordinateTransformations": [
-                                        {"type": "scale", "scale": scale}
-                                    ],
-                                }
-                            ],
-                        }
-                    ],
-                }
-                array = group.create_array(
-                    "0",
-                    shape=(n, c, h, w),
-                    dtype=dt,
-                    fill_value=0,
-                    chunks=(chunks[0], chunks[3], chunks[1], chunks[2]),
-                    dimension_names=["t", "c", "y", "x"],
-                )
-            else:
-                group = None
-                attrs: dict[str, Any] = {}
-                if names:
-                    attrs["channel_names"] = names
-                if pixel:
-                    attrs["pixel_size_um"] = list(pixel)
-                array = zarr.create_array(
-                    str(tmp),
-                    shape=canonical,
-                    dtype=dt,
-                    fill_value=0,
-                    chunks=chunks,
-                    dimension_names=["s", "y", "x", "c"],
-                    attributes=attrs,
-                    zarr_format=3,
-                )
+            with output_errors(out):
+                array, group = _new_store(tmp, out.stem, ome, canonical, chunks, dt, names,
+                                          pixel)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -213,41 +175,35 @@ class ZarrWriter:
                 hi = np.fmax.reduce(data, axis=(0, 1, 2)).astype(np.float64)
             self._lo[cs] = np.fmin(self._lo[cs], np.where(np.isfinite(lo), lo, np.nan))
             self._hi[cs] = np.fmax(self._hi[cs], np.where(np.isfinite(hi), hi, np.nan))
-        if self.ome:
-            self._array[fs, cs, ys, xs] = data.transpose(0, 3, 1, 2)
-        else:
-            self._array[fs, ys, xs, cs] = data
+        try:
+            with output_errors(self.path):
+                if self.ome:
+                    self._array[fs, cs, ys, xs] = data.transpose(0, 3, 1, 2)
+                else:
+                    self._array[fs, ys, xs, cs] = data
+        except InputError:  # a full disk: nothing half-written stays behind
+            self.abort()
+            raise
 
     def close(self) -> Path:
         """Finish the metadata and move the store into place; returns its path."""
         if not self._open:
             return self.path
-        if self.ome:
-            ome = dict(self._group.attrs["ome"])
-            channels = []
-            for i in range(self.canonical_shape[3]):
-                lo = float(self._lo[i]) if np.isfinite(self._lo[i]) else 0.0
-                hi = float(self._hi[i]) if np.isfinite(self._hi[i]) else 1.0
-                label = self.channel_names[i] if self.channel_names else f"channel {i}"
-                channels.append(
-                    {
-                        "label": label,
-                        "active": True,
-                        "color": _COLOURS[i % 6],
-                        "window": {"min": lo, "max": hi, "start": lo, "end": hi},
-                    }
-                )
-            ome["omero"] = {"channels": channels, "rdefs": {"model": "color"}}
-            self._group.attrs["ome"] = ome
-        self._open = False
         try:
-            if self.path.exists() and not self._overwrite:
-                raise InputError(
-                    f"{self.path} appeared while writing; the output is left in {self._tmp}"
-                )
-            move_into_place(self._tmp, self.path)
-        except InputError:
+            with output_errors(self.path):
+                if self.ome:
+                    self._set_omero()
+        except InputError:  # a full disk: nothing half-written stays behind
+            self.abort()
             raise
+        self._open = False
+        if self.path.exists() and not self._overwrite:
+            raise InputError(
+                f"{self.path} appeared while writing; the output is left in {self._tmp}"
+            )
+        try:
+            with output_errors(self.path):
+                move_into_place(self._tmp, self.path)
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -258,6 +214,25 @@ class ZarrWriter:
             self.canonical_shape,
         )
         return self.path
+
+    def _set_omero(self) -> None:
+        """The ``omero`` channel list: labels, colours and display windows from the data."""
+        ome = dict(self._group.attrs["ome"])
+        channels = []
+        for i in range(self.canonical_shape[3]):
+            lo = float(self._lo[i]) if np.isfinite(self._lo[i]) else 0.0
+            hi = float(self._hi[i]) if np.isfinite(self._hi[i]) else 1.0
+            label = self.channel_names[i] if self.channel_names else f"channel {i}"
+            channels.append(
+                {
+                    "label": label,
+                    "active": True,
+                    "color": _COLOURS[i % 6],
+                    "window": {"min": lo, "max": hi, "start": lo, "end": hi},
+                }
+            )
+        ome["omero"] = {"channels": channels, "rdefs": {"model": "color"}}
+        self._group.attrs["ome"] = ome
 
     def abort(self) -> None:
         """Drop everything written; the output path is untouched."""
@@ -272,6 +247,64 @@ class ZarrWriter:
             self.close()
         else:
             self.abort()
+
+
+def _new_store(tmp: Path, name: str, ome: bool, canonical: tuple, chunks: tuple, dt: Any,
+               names: list[str] | None, pixel: tuple[float, float] | None) -> tuple[Any, Any]:
+    """Create the empty store at ``tmp``; returns ``(array, group)`` (group None unless
+    ``ome``)."""
+    n, h, w, c = canonical
+    if ome:
+        group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
+        scale = [1.0, 1.0, *(pixel if pixel else (1.0, 1.0))]
+        space = {"type": "space", **({"unit": "micrometer"} if pixel else {})}
+        group.attrs["ome"] = {
+            "version": "0.5",
+            "multiscales": [
+                {
+                    "name": name,
+                    "axes": [
+                        {"name": "t", "type": "time"},
+                        {"name": "c", "type": "channel"},
+                        {"name": "y", **space},
+                        {"name": "x", **space},
+                    ],
+                    "datasets": [
+                        {
+                            "path": "0",
+                            "coordinateTransformations": [
+                                {"type": "scale", "scale": scale}
+                            ],
+                        }
+                    ],
+                }
+            ],
+        }
+        array = group.create_array(
+            "0",
+            shape=(n, c, h, w),
+            dtype=dt,
+            fill_value=0,
+            chunks=(chunks[0], chunks[3], chunks[1], chunks[2]),
+            dimension_names=["t", "c", "y", "x"],
+        )
+        return array, group
+    attrs: dict[str, Any] = {}
+    if names:
+        attrs["channel_names"] = names
+    if pixel:
+        attrs["pixel_size_um"] = list(pixel)
+    array = zarr.create_array(
+        str(tmp),
+        shape=canonical,
+        dtype=dt,
+        fill_value=0,
+        chunks=chunks,
+        dimension_names=["s", "y", "x", "c"],
+        attributes=attrs,
+        zarr_format=3,
+    )
+    return array, None
 
 
 _COLOURS = ("FF00FF", "00FF00", "00FFFF", "FFFF00", "FF0000", "0000FF")
