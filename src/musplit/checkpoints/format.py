@@ -82,8 +82,7 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
             t = v.detach().cpu().contiguous().reshape(-1)
             h.update(str(t.dtype).encode())
             h.update(str(tuple(t.shape)).encode())
-            if t.numel():  # the bytes in place (a buffer, no copy)
-                h.update(t.view(torch.uint8).numpy())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
