@@ -32,7 +32,8 @@ LAYERS: list[tuple[str, ...]] = [
     # pre-trained encoder. Inside it, the cycle test below still applies. The encoder
     # transfer into a µSplit model reads a pre-training result, so it sits here too.
     ("musplit.pretrain", "musplit.detect", "musplit.checkpoints.transfer"),
-    ("musplit.training",),
+    ("musplit.training", "musplit.training_logs", "musplit.training_progress",
+     "musplit.training_resume"),
     ("musplit.predict", "musplit.splitter", "musplit.doubledip"),
     ("musplit.evaluation",),
     ("musplit.figures", "musplit.report"),

@@ -4,9 +4,12 @@ docs/evaluation.md, "Validation PSNR").
 ``train(config, out_dir)`` runs a whole training: it loads the data the config names, computes
 the normalisation statistics on the training split, builds the patch datasets and the model,
 and trains with Adamax, ReduceLROnPlateau and early stopping on the validation PSNR. The run
-folder holds ``config.yaml``, ``split.json``, ``logs/metrics.csv``, the musplit checkpoints
-``best.ckpt`` (highest ``val_psnr``) and ``last.ckpt`` (both self-describing, weights-only
-loadable) and ``resume.ckpt`` (the trainer state, for ``--resume``).
+folder holds ``config.yaml``, ``split.json``, ``logs/metrics.csv`` (the whole history of the
+run, kept across resumes: musplit.training_logs), the musplit checkpoints ``best.ckpt``
+(highest ``val_psnr``) and ``last.ckpt`` (both self-describing, weights-only loadable) and
+``resume.ckpt`` (the trainer state, for ``--resume``). Progress is shown in steps over the whole
+run (musplit.training_progress); a resume is checked before anything is written
+(musplit.training_resume).
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar
 
 from musplit import __version__
 from musplit.checkpoints.format import _atomic_write, save_checkpoint
@@ -42,6 +44,20 @@ from musplit.losses import (
 )
 from musplit.models import build
 from musplit.models.protocol import aux_of, params_of
+from musplit.training_logs import (
+    HistoryCSVLogger,
+    check_logger,
+    make_loggers,
+    set_aside_rows_after,
+)
+from musplit.training_progress import StepProgress
+from musplit.training_resume import (
+    LOG_ROWS_KEY,
+    check_resume,
+    logged_rows,
+    nothing_left,
+    open_resume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +222,14 @@ class SplitModule(L.LightningModule):
 
 class MusplitCheckpoints(Callback):
     """Write ``best.ckpt`` / ``last.ckpt`` (musplit format) and ``resume.ckpt`` (trainer state)
-    after every validation, each atomically (temporary name, then rename)."""
+    after every validation, each atomically (temporary name, then rename). The logs are
+    written out before each ``resume.ckpt``, which records how many rows they hold."""
 
-    def __init__(self, run_dir: Path, extra: dict):
+    def __init__(self, run_dir: Path, extra: dict, csv_log: HistoryCSVLogger | None = None):
         self.run_dir = Path(run_dir)
         self.extra = extra
         self.best = -math.inf
+        self.csv_log = csv_log
 
     def _save(self, trainer, module: SplitModule, name: str, val_psnr: float | None):
         extra = dict(self.extra, global_step=int(trainer.global_step),
@@ -222,11 +240,17 @@ class MusplitCheckpoints(Callback):
                         stats=module.stats.to_dict(), extra=extra)
 
     def _save_resume(self, trainer):
+        for logger in trainer.loggers:  # the history up to this state is on disk with it
+            logger.save()
         if trainer.is_global_zero:  # as every caller: only rank 0 writes
             _atomic_write(self.run_dir / RESUME, trainer.save_checkpoint)
 
     def state_dict(self):
         return {"best": self.best}
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        if self.csv_log is not None:
+            checkpoint[LOG_ROWS_KEY] = self.csv_log.rows_written
 
     def load_state_dict(self, state_dict):
         self.best = float(state_dict.get("best", -math.inf))
@@ -328,10 +352,23 @@ def make_datasets(config: Config, data, stats: NormStats):
     return train_ds, val_ds
 
 
+def _set_aside_interrupted_rows(run_dir: Path, state: dict) -> None:
+    """Rows the interrupted run logged after its last ``resume.ckpt`` are trained again: move
+    them out of ``logs/metrics.csv`` (into a file beside it), saying so."""
+    rows = logged_rows(state)
+    if rows is None:
+        return
+    step = int(state.get("global_step", 0))
+    moved = set_aside_rows_after(run_dir, rows, step)
+    if moved is not None:
+        log.warning("logs/metrics.csv: the rows the interrupted run logged after step %d (its "
+                    "last resume.ckpt) are trained again; they were moved to %s", step, moved)
+
+
 def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
           devices: int | str = "auto", strategy: str = "auto", accelerator: str = "auto",
           progress: bool = True, overwrite: bool = False,
-          callbacks: list[Callback] | None = None, echo=None) -> Path:
+          callbacks: list[Callback] | None = None, echo=None, logger: str = "csv") -> Path:
     """Train a model as ``config`` describes; return the path of the best checkpoint.
 
     Parameters
@@ -340,24 +377,42 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     out_dir : path-like, optional
         The run folder (default ``runs/<config.name>``).
     resume : bool
-        Continue an interrupted run from ``out_dir/resume.ckpt`` to the same total number of steps.
+        Continue a run from ``out_dir/resume.ckpt`` up to ``config.train.max_steps`` /
+        ``max_epochs`` (larger ones than the run had train it longer). ``config`` may differ
+        from the run's only in the settings :data:`musplit.config.resume.RESUMABLE` lists;
+        the file is checked before anything is written, and a run already at its limit is left
+        as it is.
     devices, strategy, accelerator
         Passed to Lightning (e.g. ``devices=2, strategy="ddp"`` for data parallel training).
     overwrite : bool
         Allow training into a folder that already holds checkpoints (without ``resume``).
+    progress : bool
+        Show progress in steps over the whole run (a bar on a terminal, plain lines in a log
+        file); a :class:`~lightning.pytorch.callbacks.ProgressBar` in ``callbacks`` replaces it.
     callbacks : list of lightning Callback, optional
         Extra callbacks.
     echo : callable, optional
         Called with lines the user should see (the data and the split used).
+    logger : {"csv", "tensorboard"}
+        ``logs/metrics.csv`` is always written; ``"tensorboard"`` adds a TensorBoard log in
+        ``logs/tensorboard`` (needs the tensorboard package).
     """
     tc = config.train
     if tc.max_steps is None and tc.max_epochs is None:
         raise ConfigError("give train.max_steps or train.max_epochs (--max-steps/--max-epochs)")
+    check_logger(logger)
     run_dir = Path(out_dir or Path("runs") / config.name)
     resume_path = run_dir / RESUME
+    state = None
     if resume:
         if not resume_path.is_file():
             raise MusplitError(f"nothing to resume: {resume_path} does not exist")
+        state = open_resume(resume_path)  # before anything in the run folder is written
+        check_resume(state, config, resume_path)
+        done = nothing_left(state, config, run_dir)
+        if done is not None:
+            log.warning("%s", done)
+            return run_dir / BEST
     elif (run_dir / LAST).exists() and not overwrite:
         raise MusplitError(f"{run_dir} already holds a trained model: choose another --out, "
                            "or --resume to continue it")
@@ -384,7 +439,8 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         echo(f"data: {data.source}; {description}")
     extra = {"split": data.split.to_dict(), "split_description": description,
              "channel_names": data.channel_names, "data_source": data.source}
-    checkpoints = MusplitCheckpoints(run_dir, extra)
+    loggers = make_loggers(run_dir, logger)
+    checkpoints = MusplitCheckpoints(run_dir, extra, csv_log=loggers[0])
     # check_finite=False: a non-finite metric never stops a run (skipped channels are left out
     # of val_psnr; a validation with no computable channel logs none); strict=False: a
     # validation without val_psnr is not an error.
@@ -393,6 +449,8 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
                           strict=False)
     callbacks = [checkpoints, early, StopReport(early, checkpoints, tc.max_steps, tc.max_epochs),
                  *(callbacks or [])]
+    if progress and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(StepProgress())
     every = tc.val_every_steps
     steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
     # Validation every N steps (across epochs) when asked, otherwise once per epoch.
@@ -404,7 +462,7 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         max_epochs=tc.max_epochs if tc.max_epochs is not None else -1,
         gradient_clip_val=tc.grad_clip_norm, gradient_clip_algorithm="norm",
         callbacks=callbacks,
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        logger=loggers,
         enable_checkpointing=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -413,6 +471,8 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         default_root_dir=run_dir,
         **val_kwargs,
     )
+    if state is not None:
+        _set_aside_interrupted_rows(run_dir, state)
     trainer.fit(module, train_loader, val_loader,
                 ckpt_path=resume_path if resume else None, weights_only=True)
     best = run_dir / BEST

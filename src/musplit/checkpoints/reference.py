@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from musplit.checkpoints.format import file_sha256, save_checkpoint
+from musplit.checkpoints.format import file_sha256, save_checkpoint, torch_error_line
 from musplit.checkpoints.strict import load_strict
 from musplit.config import Config, DataConfig
 from musplit.config.model import ModelConfig
@@ -452,7 +452,7 @@ def load_reference_checkpoint(path: str | os.PathLike, *, stub_unknown_classes: 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = torch_error_line(e)
             names = (torch.serialization.get_unsafe_globals_in_checkpoint(path)
                      if zipfile.is_zipfile(path) else [])
             if not names:
@@ -471,7 +471,7 @@ def load_reference_checkpoint(path: str | os.PathLike, *, stub_unknown_classes: 
         raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
             ValueError, AttributeError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = torch_error_line(e)
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         state_dict = obj["state_dict"]

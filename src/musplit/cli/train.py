@@ -16,9 +16,11 @@ from musplit.kinds import KINDS
 
 @click.command("train")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="YAML config; flags below override it.")
+              help="YAML config: the settings it gives override the preset's; flags below "
+                   "override both.")
 @click.option("--preset", "preset_name", default=None,
-              help="Start from a preset: cpu-small, cpu-real (cpu-small for real "
+              help="The preset the settings start from (default cpu-small; --config and the "
+                   "flags override it): cpu-small, cpu-real (cpu-small for real "
                    "acquisitions: input = sum of the channels, no clip, flips and rotations, "
                    "predictions that add up to the input), paper-pavia, paper-hagen, "
                    "paper-critters-n0, paper-critters-n25.")
@@ -54,7 +56,11 @@ from musplit.kinds import KINDS
 @click.option("--seed", type=int, default=None)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Run folder (default runs/<name>).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its resume.ckpt. --max-steps/--max-epochs "
+                   "(e.g. larger, to train longer) and --val-every may change; a change to "
+                   "the model, data, patch, channels, batch size, precision or seed is "
+                   "refused.")
 @click.option("--overwrite", is_flag=True,
               help="Train into an --out folder that holds files: the previous run's "
                    "checkpoints, config, split and logs there are deleted first.")
@@ -62,10 +68,27 @@ from musplit.kinds import KINDS
 @click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
 @click.option("--init-from", "init_from", default=None,
               help="Start from the encoder of a pre-training checkpoint (musplit pretrain).")
+@click.option("--logger", "logger", type=click.Choice(["csv", "tensorboard"]), default="csv",
+              show_default=True,
+              help="logs/metrics.csv is always written (and kept whole across resumes); "
+                   "tensorboard adds a TensorBoard log in logs/tensorboard (needs "
+                   "pip install tensorboard).")
 def train(config_path, preset_name, data_path, channel_files, split, axes, channels, critters,
           kind, lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every,
-          precision, seed, out_dir, resume, devices, strategy, init_from=None, overwrite=False):
-    """Train a model; the run folder gets the config, split, logs and checkpoints."""
+          precision, seed, out_dir, resume, devices, strategy, init_from=None, logger="csv",
+          overwrite=False):
+    """Train a model; the run folder gets the config, split, logs and checkpoints.
+
+    \b
+    Settings come from, lowest first:
+      1. the preset (--preset, default cpu-small),
+      2. the YAML file (--config): only the settings it gives,
+      3. the flags.
+    With --resume they come from the run's config.yaml; the flags may change only how long
+    and how often it goes on (--max-steps, --max-epochs, --val-every).
+    Progress is shown in steps over the whole run: a bar on a terminal, plain lines when
+    stderr is a file.
+    """
     from musplit.config.flags import train_config, train_overrides  # pydantic, torch
     from musplit.training import train as run_training  # lightning
 
@@ -81,7 +104,7 @@ def train(config_path, preset_name, data_path, channel_files, split, axes, chann
     out_dir = prepare_run_dir(out_dir or Path("runs") / cfg.name, overwrite=overwrite,
                               resume=resume)
     best = run_training(cfg, out_dir, resume=resume, devices=devices, strategy=strategy,
-                        echo=click.echo, overwrite=overwrite)
+                        echo=click.echo, logger=logger, overwrite=overwrite)
     click.echo(f"best checkpoint: {best}")
 
 

@@ -2,9 +2,14 @@
 
 :func:`train_overrides` is a pure function from the (already parsed) flag values to the nested
 overrides dict that :func:`musplit.config.preset` and :meth:`musplit.config.Config.updated`
-take; :func:`train_config` applies it to a YAML config, an interrupted run's config or a
-preset. The command line (``musplit.cli.train``) only parses and calls these. What each flag
-means is in docs/design.md ("Command line").
+take; :func:`train_config` builds the run config from them. The command line
+(``musplit.cli.train``) only parses and calls these. What each flag means is in
+docs/design.md ("Command line").
+
+A new run's settings come from, lowest first: the preset (``--preset``, default
+:data:`DEFAULT_PRESET`), the YAML file (``--config``; only the settings it gives), then the
+flags. Resuming (``--resume``) starts from the run's ``config.yaml`` instead and may change only
+the settings :data:`musplit.config.resume.RESUMABLE` lists.
 
 Two rules change more than the field a flag names:
 
@@ -23,9 +28,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from musplit.config.base import deep_merge, read_yaml_mapping
 from musplit.config.model import LADDER_KINDS, ModelConfig
 from musplit.config.presets import RUN_PRESETS as PRESETS
 from musplit.config.presets import preset
+from musplit.config.resume import resumed_config
 from musplit.config.run import Config
 from musplit.errors import InputError
 
@@ -121,28 +128,79 @@ def switch_kind(over: dict, base_kind: str) -> None:
     over["data"].setdefault("scales", None)
 
 
+#: Config settings -> the ``musplit train`` flag that sets them (named in messages).
+FLAG_OF_SETTING = {
+    "data.path": "--data", "data.channel_paths": "--channel-files", "data.split": "--split",
+    "data.axes": "--axes", "data.channels": "--channels", "data.synthetic": "--critters",
+    "data.synthetic.connector": "--critters", "data.pad": "--critters",
+    "data.patch": "--patch", "model.patch": "--patch", "model.kind": "--model",
+    "model.lc": "--lc", "model.filters": "--filters", "model.depth": "--depth",
+    "model.z_dims": "--lc", "train.max_steps": "--max-steps", "train.max_epochs": "--max-epochs",
+    "train.batch_size": "--batch-size", "train.val_every_steps": "--val-every",
+    "train.precision": "--precision", "train.seed": "--seed", "train.init_from": "--init-from",
+}
+
+
+def _given(over: dict) -> dict:
+    """The sections of ``over`` that give something."""
+    return {k: v for k, v in over.items() if v}
+
+
+def _base(preset_name: str | None) -> tuple[str, dict]:
+    """The preset a run starts from (default :data:`DEFAULT_PRESET`) and its overrides."""
+    name = preset_name or DEFAULT_PRESET
+    if name not in PRESETS:
+        preset(name)  # the one "unknown preset" message
+    return name, deep_merge({}, PRESETS[name])
+
+
+def _kind_of(settings: dict) -> str:
+    return settings.get("model", {}).get("kind", ModelConfig.model_fields["kind"].default)
+
+
+def _fresh_config(over: dict, config_path: Path | None, preset_name: str | None) -> Config:
+    """The config of a new run: the preset, then the YAML ``config_path`` over it, then
+    ``over`` (the flags) over both."""
+    name, merged = _base(preset_name)
+    if config_path is not None:
+        yaml_over = read_yaml_mapping(config_path)
+        model, data = yaml_over.get("model"), yaml_over.get("data", {})
+        if isinstance(model, dict) and isinstance(data, dict):
+            # The YAML choosing another kind than the preset's works as --model does.
+            yaml_over = {**yaml_over, "model": dict(model), "data": dict(data)}
+            switch_kind(yaml_over, _kind_of(merged))
+        merged = deep_merge(merged, yaml_over)
+    switch_kind(over, _kind_of(merged))
+    merged = deep_merge(merged, _given(over))
+    source = str(config_path) if config_path is not None else f"preset {name}"
+    return Config.validated(merged, source=source)
+
+
 def train_config(over: dict, *, config_path: Path | None = None,
                  preset_name: str | None = None, resume: bool = False,
                  out_dir: Path | None = None) -> Config:
-    """The run config of ``musplit train``: ``over`` (from :func:`train_overrides`) applied to
-    the YAML ``config_path``, else the config of the interrupted run in ``out_dir`` when
-    resuming (flags then ignored), else the preset ``preset_name`` (default :data:`DEFAULT_PRESET`).
+    """The run config of ``musplit train``.
 
-    Raises :class:`musplit.errors.InputError` when the result names no training data.
+    A new run starts from the preset ``preset_name`` (default :data:`DEFAULT_PRESET`); the
+    YAML ``config_path`` overrides it, and ``over`` (from :func:`train_overrides`) overrides
+    both. Resuming the run in ``out_dir`` starts from its ``config.yaml``: what the command
+    asks for (the flags; the whole config when ``--config`` or ``--preset`` is given) may
+    change only the settings :data:`musplit.config.resume.RESUMABLE` lists (e.g. a larger
+    ``--max-steps`` trains longer); any other change is refused by name.
+
+    Raises :class:`musplit.errors.InputError` when the result names no training data, and
+    :class:`musplit.errors.ConfigError` when a resume asks to change a fixed setting.
     """
-    if config_path is not None:
-        base = Config.from_yaml(config_path)
-        switch_kind(over, base.model.kind)
-        over = {k: v for k, v in over.items() if v}
-        cfg = base.updated(over) if over else base
-    elif resume and out_dir is not None and (out_dir / "config.yaml").is_file():
-        cfg = Config.from_yaml(out_dir / "config.yaml")
+    stored = out_dir / "config.yaml" if resume and out_dir is not None else None
+    if stored is not None and stored.is_file():
+        if config_path is not None or preset_name is not None:
+            requested = _fresh_config(over, config_path, preset_name).model_dump(mode="json")
+        else:
+            requested = _given(over)
+        cfg = resumed_config(Config.from_yaml(stored), requested, where=str(out_dir),
+                             flag_names=FLAG_OF_SETTING)
     else:
-        name = preset_name or DEFAULT_PRESET
-        default_kind = ModelConfig.model_fields["kind"].default
-        switch_kind(over, PRESETS.get(name, {}).get("model", {}).get("kind", default_kind))
-        over = {k: v for k, v in over.items() if v}
-        cfg = preset(name, **over)
+        cfg = _fresh_config(over, config_path, preset_name)
     if cfg.data.path is None and cfg.data.channel_paths is None and cfg.data.synthetic is None:
         raise InputError("no training data: give --data FILE, --channel-files A,B, "
                          "--critters n0|n25 or a --config that names the data")
@@ -154,6 +212,7 @@ __all__ = [
     "DEEP_LC_LEVELS",
     "DEEP_LC_WIDENED_PRESETS",
     "DEFAULT_PRESET",
+    "FLAG_OF_SETTING",
     "critters_data",
     "deep_lc_latents",
     "switch_kind",
