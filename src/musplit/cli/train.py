@@ -17,7 +17,7 @@ from musplit.kinds import KINDS
 @click.command("train")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="YAML config: the settings it gives override the preset's; flags below "
-                   "override both.")
+                   "override both (default: none).")
 @click.option("--preset", "preset_name", default=None,
               help="The preset the settings start from (default cpu-small; --config and the "
                    "flags override it): cpu-small, cpu-real (cpu-small for real "
@@ -26,34 +26,42 @@ from musplit.kinds import KINDS
                    "paper-critters-n0, paper-critters-n25.")
 @click.option("--data", "data_path", default=None,
               help="Multi-channel training data: a file, a folder or glob of files, or "
-                   "comma-separated files (one or more frames each, sizes may differ).")
+                   "comma-separated files (one or more frames each, sizes may differ; "
+                   "default: none, give --data, --channel-files or --critters).")
 @click.option("--channel-files", default=None,
               help="Comma-separated files (or one folder of files), one per channel "
-                   "(instead of --data).")
+                   "(instead of --data; default: none).")
 @click.option("--split", "split", default=None,
               help="default (frames, or held-out regions when there are too few frames), "
                    "spatial (always regions), hagen, or a split.json file.  [default: default]")
 @click.option("--axes", default=None, help="Axes of the data, e.g. SYXC (default: metadata).")
-@click.option("--channels", default=None, help="Channel indices to separate, e.g. 2,3.")
+@click.option("--channels", default=None,
+              help="Channel indices to separate, e.g. 2,3 (default: all).")
 @click.option("--critters", type=click.Choice(["n0", "n25"]), default=None,
-              help="Train on built-in SinosoidalCritters instead of a file.")
+              help="Train on built-in SinosoidalCritters instead of a file (default: none).")
 @click.option("--model", "kind", type=click.Choice(list(KINDS)), default=None,
               help="hvae/hae: the µSplit LadderVAE; unet, ca_unet (Context-Aware U-Net), "
-                   "bravenet: the paper's baselines.")
+                   "bravenet: the paper's baselines (default: the preset's, hvae).")
 @click.option("--lc", type=click.Choice(["none", "lean", "regular", "deep"]), default=None,
-              help="Lateral context (unet: none or regular).")
+              help="Lateral context (unet: none or regular; default: the preset's, lean).")
 @click.option("--filters", type=click.IntRange(min=1), default=None,
-              help="Trunk width (LadderVAE) or first-level width (baselines).")
+              help="Trunk width (LadderVAE) or first-level width (baselines; default: the "
+                   "preset's, 32).")
 @click.option("--depth", type=click.IntRange(min=1), default=None,
               help="Baselines: U-Net Down blocks (default 5) or BRAVE-NET levels (default 4).")
-@click.option("--patch", type=int, default=None)
-@click.option("--max-steps", type=click.IntRange(min=1), default=None)
-@click.option("--max-epochs", type=click.IntRange(min=1), default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--patch", type=int, default=None,
+              help="Training patch side P in pixels (default: the preset's, 64).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Optimiser steps (default: the preset's, 2000).")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=None,
+              help="Stop after this many passes over the data (default: none, --max-steps).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Patches per step (default: the preset's, 16).")
 @click.option("--val-every", type=click.IntRange(min=1), default=None,
               help="Validate every N steps (default: every epoch).")
-@click.option("--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default=None)
-@click.option("--seed", type=int, default=None)
+@click.option("--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default=None,
+              help="Training arithmetic (default: the preset's, 32).")
+@click.option("--seed", type=int, default=None, help="Random seed (default: the preset's, 0).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Run folder (default runs/<name>).")
 @click.option("--resume", is_flag=True,
@@ -67,7 +75,8 @@ from musplit.kinds import KINDS
 @click.option("--devices", default="auto", show_default=True)
 @click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
 @click.option("--init-from", "init_from", default=None,
-              help="Start from the encoder of a pre-training checkpoint (musplit pretrain).")
+              help="Start from the encoder of a pre-training checkpoint (musplit pretrain; "
+                   "default: none, random initialisation).")
 @click.option("--logger", "logger", type=click.Choice(["csv", "tensorboard"]), default="csv",
               show_default=True,
               help="logs/metrics.csv is always written (and kept whole across resumes); "
