@@ -9,7 +9,6 @@ from musplit.checkpoints.reference import (  # noqa: F401 - re-exported
     PAPER_PARAMETER_COUNTS,
     _load_strict,
     _map_keys,
-    _StubUnpickler,
     _translate,
     import_official,
     infer_model_config,
@@ -18,5 +17,6 @@ from musplit.checkpoints.reference import (  # noqa: F401 - re-exported
     read_reference_config,
     reference_to_musplit,
 )
+from musplit.checkpoints.reference_files import _StubUnpickler  # noqa: F401 - re-exported
 
 __all__ = list(_reference.__all__)
