@@ -102,6 +102,11 @@ def test_a_plain_small_stack_is_frames_for_predict_and_channels_for_targets(tmp_
     assert open_image(path, "CYX", stack_of="frames").axes_origin == "given"
     with pytest.raises(InputError, match="stack_of"):
         open_image(path, stack_of="pages")
+    # a plain page stack is frames by its layout: a missing channel says so and names --axes
+    pages = plain(tmp_path / "pages.tif", arr[:2])
+    with pytest.raises(InputError, match=r"1 channel: 0\.\.0\); read as axes 'SYX' \(guessed: "
+                                         r"no axes in the file\): pass --axes \(e\.g\. --axes CYX"):
+        open_image(pages).read(channels=[1])
 
 
 def test_predict_takes_a_plain_4_frame_stack_and_axes_refusals_name_the_guess(tmp_path, capsys):

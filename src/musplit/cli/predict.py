@@ -79,7 +79,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     if not chans and src.n_channels != 1:
         alt = frames_instead(src.axes)
         other = (f", or --axes {alt} if they are frames" if alt else
-                 ", or --axes if they are not channels" if src.axes_origin == "guessed" else "")
+                 ", or --axes if they are not channels" if src.axes_guessed else "")
         raise InputError(
             f"{input_path} has {src.n_channels} channels ({src.axes_note}); musplit predicts "
             "from one superimposed channel: pass --mix-channels (e.g. --mix-channels 0,1) to "

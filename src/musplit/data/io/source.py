@@ -131,6 +131,9 @@ class ImageSource:
         ``>u2``); :meth:`read` returns float32.
     axes_origin : str
         Where ``axes`` came from: ``"given"``, ``"metadata"`` or ``"guessed"``.
+    axes_from_layout : bool
+        The "metadata" are a TIFF's page layout, not axes (a plain page stack: its pages are
+        frames); :attr:`axes_guessed` is then True as for guessed axes.
     channel_names : list of str or None
         One name per canonical channel when the file records them.
     pixel_size : tuple of float or None
@@ -160,6 +163,7 @@ class ImageSource:
         level: int = 0,
         n_series: int = 1,
         n_levels: int = 1,
+        axes_from_layout: bool = False,
     ):
         self.path = Path(path) if path is not None else None
         self.name = name if name is not None else _name(path)
@@ -171,6 +175,7 @@ class ImageSource:
         if 0 in self.shape:
             raise InputError(f"{self.name} is empty: shape {self.shape} (axes {self.axes})")
         self.axes_origin = axes_origin
+        self.axes_from_layout = bool(axes_from_layout)
         self.lazy = lazy
         self.series_index = series_index
         self.level = int(level)
@@ -292,16 +297,22 @@ class ImageSource:
         return idx, chans, ys, xs
 
     @property
+    def axes_guessed(self) -> bool:
+        """True when the file says nothing about its axes: they were guessed from the shape,
+        or read from a TIFF's page layout."""
+        return self.axes_origin == "guessed" or self.axes_from_layout
+
+    @property
     def axes_note(self) -> str:
         """Where the axes came from, for messages: ``"read as axes 'CYX' (guessed: no axes in
         the file)"``, ``"axes 'TCYX' from the file's metadata"`` or ``"axes 'SYX' as given"``."""
-        return axes_note(self.axes, self.axes_origin)
+        return axes_note(self.axes, "guessed" if self.axes_guessed else self.axes_origin)
 
     def _guess_note(self) -> str:
         """How a missing channel ends its message: ``"; read as axes 'SYX' (guessed: ...)"``
         when the guess found no channel axis (the file's planes may be channels), else ``""``.
         """
-        if self.axes_origin != "guessed" or "C" in self.axes:
+        if not self.axes_guessed or "C" in self.axes:
             return ""
         alt = self.axes.replace("S", "C", 1) if "S" in self.axes else None
         example = f" (e.g. --axes {alt})" if alt else ""
@@ -437,6 +448,7 @@ class _ChannelStack(ImageSource):
         self.shape = self._canonical
         self.dtype = np.result_type(*[p.dtype for p in parts])
         self.axes_origin = first.axes_origin
+        self.axes_from_layout = first.axes_from_layout
         self.lazy = all(p.lazy for p in parts)
         self.channel_names = channel_names
         self.pixel_size = first.pixel_size

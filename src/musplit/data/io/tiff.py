@@ -184,6 +184,9 @@ def _open_tiff(
             data = _WholeTiff(path, level, shape, dtype, index)
         data.compression = compression  # named if a codec turns out to be missing
     found, origin = _resolve_axes(axes, meta_axes, shape, path, guess=layout)
+    # tifffile's unknown page axes (Q, I) read as frames: the layout's reading, not metadata
+    from_layout = origin == "metadata" and full.kind in _NO_AXES_KINDS and (
+        "Q" in s.axes or "I" in s.axes)
     if origin != "metadata":
         channel_names = None  # names were recorded for the metadata's axes, not these
     parts = []
@@ -204,6 +207,7 @@ def _open_tiff(
         level=level,
         n_series=len(all_series),
         n_levels=n_levels,
+        axes_from_layout=from_layout,
     )
 
 
