@@ -45,9 +45,9 @@ log = logging.getLogger("musplit")
                    "it with the reason (check, the default), rescale it to the training "
                    "brightness and return the channels in INPUT's units (match), or go on (off).")
 @click.option("--strict-range", is_flag=True,
-              help="Refuse an INPUT outside the model's training range (beyond 3x the "
-                   "training clip in normalised units, or as far below the training minimum) "
-                   "instead of warning.")
+              help="Refuse an INPUT outside the model's training range (pixels beyond 3x "
+                   "the training clip in normalised units, or below the training minimum by "
+                   "more than twice the clip) instead of warning.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
