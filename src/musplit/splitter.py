@@ -74,7 +74,8 @@ class Splitter:
                  samples: int | None = None, batch_size: int | None = None, *, seed: int = 0,
                  precision: str | None = None, normalized: bool = False,
                  progress: bool = False, pixel_size: tuple[float, float] | None = None,
-                 input_scale: float = 1.0, brightness: str | None = None):
+                 input_scale: float = 1.0, brightness: str | None = None,
+                 strict_range: bool = False):
         """Split ``image`` into its channels by tiled prediction (docs/tiling.md).
 
         Parameters
@@ -105,6 +106,9 @@ class Splitter:
             What to do with an image more than 2x brighter or dimmer than the training mixes:
             refuse it with the reason, rescale it (channels returned in the image's units) or
             nothing; default ``config.predict.brightness`` ("check").
+        strict_range : bool
+            Refuse an image outside the training range instead of warning
+            (:func:`musplit.predict.brightness.check_range`).
 
         Returns
         -------
@@ -114,8 +118,9 @@ class Splitter:
         self._need_stats()
         if isinstance(image, ImageSource):
             if image.n_channels != 1:
-                raise InputError(f"{image.name} has {image.n_channels} channels; musplit "
-                                 "predicts from one superimposed channel (read it first)")
+                raise InputError(f"{image.name} has {image.n_channels} channels "
+                                 f"({image.axes_note}); musplit predicts from one superimposed "
+                                 "channel (read it first, or open it with other axes)")
             if pixel_size is None:
                 pixel_size = image.pixel_size
             image = image.read()[..., 0]
@@ -123,7 +128,7 @@ class Splitter:
             self.model, self.config, self.stats, image,
             **self._options(padding, grid, samples, batch_size, precision), seed=seed,
             normalized=normalized, progress=progress, pixel_size=pixel_size,
-            input_scale=input_scale, brightness=brightness,
+            input_scale=input_scale, brightness=brightness, strict_range=strict_range,
         )
 
     def predict_to_zarr(self, source, out_path: str | os.PathLike, *,
@@ -133,7 +138,8 @@ class Splitter:
                         axes: str | None = None, channel: int | str | None = None,
                         block: int = 2048, overwrite: bool = False, progress: bool = False,
                         protect=(), pixel_size: tuple[float, float] | None = None,
-                        input_scale: float = 1.0, brightness: str | None = None) -> Path:
+                        input_scale: float = 1.0, brightness: str | None = None,
+                        strict_range: bool = False) -> Path:
         """Split an image larger than memory, block by block, into OME-Zarr.
 
         ``source`` is a file (TIFF, Zarr, ... read lazily) or an array; memory is bounded by
@@ -154,7 +160,7 @@ class Splitter:
             **self._options(padding, grid, samples, batch_size, precision), seed=seed,
             progress=progress, std=std, axes=axes, channel=channel, block=block,
             overwrite=overwrite, protect=protect, pixel_size=pixel_size,
-            input_scale=input_scale, brightness=brightness,
+            input_scale=input_scale, brightness=brightness, strict_range=strict_range,
         )
 
     def _options(self, padding, grid, samples, batch_size, precision) -> dict:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from musplit.cli.options import image_options, int_list
+from musplit.cli.options import check_channels, image_options, int_list
 from musplit.cli.outputs import echo_metrics
+from musplit.errors import InputError
 from musplit.evaluation import check_pixel_sizes, evaluate_arrays
 
 # Lazy-import policy (musplit.cli): modules that load torch, lightning, pydantic configs,
@@ -29,11 +30,20 @@ def evaluate(pred_path, target_path, target_channels, axes, model_path, out_path
     """Range-invariant PSNR, PSNR, SSIM and RMSE per frame and channel, mean ± s.e.m."""
     from musplit.data.io import open_image  # tifffile, zarr
 
+    chans = int_list(target_channels, "--target-channels")
     psrc = open_image(pred_path)
     pred = psrc.read()
     tsrc = open_image(target_path, axes=axes, series=series, level=level)
     check_pixel_sizes(psrc, tsrc)
-    target = tsrc.read(channels=int_list(target_channels, "--target-channels"))
+    if chans is not None:
+        check_channels(chans, tsrc, "--target-channels")
+    target = tsrc.read(channels=chans)
+    if pred.shape != target.shape:
+        raise InputError(
+            f"{pred_path} vs {target_path}: prediction {pred.shape} and target {target.shape} "
+            f"differ in shape (N, H, W, C) (prediction: {psrc.axes_note}; target: "
+            f"{tsrc.axes_note}); --axes reads the target otherwise, --target-channels picks "
+            "its channels")
     stats = None
     if model_path is not None:
         from musplit.splitter import Splitter  # torch

@@ -7,15 +7,43 @@ import click
 from musplit.errors import InputError
 
 
-def int_list(value: str | None, name: str) -> list[int] | None:
+def int_list(value: str | None, name: str, *, unique: bool | None = None) -> list[int] | None:
     """``"2,3"`` -> ``[2, 3]`` (None stays None); a bad value is an
-    :class:`~musplit.errors.InputError` naming the flag ``name``."""
+    :class:`~musplit.errors.InputError` naming the flag ``name``.
+
+    Refused: an empty value, an empty item (``"1,,2"``, ``"1,"``), anything but integers, and,
+    with ``unique`` (default: when ``name`` is a channel list, ``--...channels``), a repeated
+    value (``"0,0"``).
+    """
     if value is None:
         return None
+    items = [v.strip() for v in value.split(",")]
+    if not value.strip() or "" in items:
+        what = "is empty" if not value.strip() else "has an empty item"
+        raise InputError(f"{name} '{value}' {what}; give comma-separated integers such as 0,1")
     try:
-        return [int(v) for v in value.split(",") if v.strip() != ""]
+        out = [int(v) for v in items]
     except ValueError:
         raise InputError(f"{name} must be comma-separated integers, got '{value}'") from None
+    if unique is None:
+        unique = name.endswith("channels")
+    repeated = sorted({v for v in out if out.count(v) > 1})
+    if unique and repeated:
+        raise InputError(f"{name} {value} names channel{'s' if len(repeated) > 1 else ''} "
+                         f"{', '.join(map(str, repeated))} more than once; each channel once")
+    return out
+
+
+def check_channels(chans: list[int], src, name: str) -> None:
+    """Refuse channel indices that ``src`` (an ImageSource) does not have, naming the flag
+    ``name``, the channels that exist and how the axes were found."""
+    n = src.n_channels
+    bad = [c for c in chans if not 0 <= c < n]
+    if bad:
+        exist = "channel 0 only" if n == 1 else f"channels 0..{n - 1}"
+        raise InputError(
+            f"{name} {','.join(map(str, chans))}: channel {bad[0]} does not exist in {src.name}, "
+            f"which has {exist} ({src.axes_note}; --axes reads it otherwise)")
 
 
 def image_options(what: str):
@@ -38,4 +66,4 @@ def image_options(what: str):
     return decorate
 
 
-__all__ = ["image_options", "int_list"]
+__all__ = ["check_channels", "image_options", "int_list"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from musplit import runtime
-from musplit.cli.options import image_options, int_list
+from musplit.cli.options import check_channels, image_options, int_list
 from musplit.cli.outputs import check_outputs, check_prediction_space, file_kind, sibling
 from musplit.errors import InputError
 
@@ -44,18 +44,25 @@ log = logging.getLogger("musplit")
               help="An INPUT more than 2x brighter or dimmer than the training mixes: refuse "
                    "it with the reason (check, the default), rescale it to the training "
                    "brightness and return the channels in INPUT's units (match), or go on (off).")
+@click.option("--strict-range", is_flag=True,
+              help="Refuse an INPUT outside the model's training range (pixels beyond 3x "
+                   "the training clip in normalised units, or below the training minimum by "
+                   "more than twice the clip) instead of warning.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
             batch_size, precision, seed, overwrite, series=None, level=0, input_scale=1.0,
-            brightness=None):
+            brightness=None, strict_range=False):
     """Split the superimposed image INPUT with the trained MODEL.
 
     With a .zarr output (and no --mix-channels) the image is read and predicted block by
     block (2048-px blocks plus their context), so images larger than memory work. The output
-    is float32 in INPUT's intensity units, with the model's channel names and INPUT's pixel size.
+    is float32 in INPUT's intensity units, with the model's channel names and INPUT's pixel
+    size. A 3-D INPUT without axes metadata is read as frames (with --mix-channels: as
+    channels); --axes says otherwise.
     """
     from musplit.data.io import open_image  # tifffile, zarr
+    from musplit.data.io.axes import frames_instead
     from musplit.splitter import Splitter  # torch
 
     if out_path.resolve() == input_path.resolve():
@@ -64,24 +71,32 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     # Refuse an existing, unwritable or misplaced output now, before the model is loaded.
     check_outputs([sibling(out_path, t) for t in (("", "_std") if with_std else ("",))],
                   overwrite, [input_path], kind)
+    chans = int_list(mix_channels, "--mix-channels")
     splitter = Splitter.load(model)
-    src = open_image(input_path, axes=axes, series=series, level=level)
-    if not mix_channels and src.n_channels != 1:
+    # A superimposed input is frames; --mix-channels reads separate channels.
+    src = open_image(input_path, axes=axes, series=series, level=level,
+                     stack_of="channels" if chans else "frames")
+    if not chans and src.n_channels != 1:
+        alt = frames_instead(src.axes)
+        other = (f", or --axes {alt} if they are frames" if alt else
+                 ", or --axes if they are not channels" if src.axes_guessed else "")
         raise InputError(
-            f"{input_path} has {src.n_channels} channels; musplit predicts from one "
-            "superimposed channel (use --mix-channels to mix separate channels)")
+            f"{input_path} has {src.n_channels} channels ({src.axes_note}); musplit predicts "
+            "from one superimposed channel: pass --mix-channels (e.g. --mix-channels 0,1) to "
+            f"mix separate channels{other}")
+    if chans:
+        _check_mix_channels(chans, src, splitter)
     check_prediction_space(out_path, src, splitter, samples, with_std)
     if samples and samples > 1 and not with_std:
         log.info("--samples > 1: the std is computed; add --std to write it")
-    if kind == "zarr" and not mix_channels:
+    if kind == "zarr" and not chans:
         written = splitter.predict_to_zarr(
             src, out_path, padding=padding, grid=grid, samples=samples,
             batch_size=batch_size, seed=seed, precision=precision, std=with_std,
             overwrite=overwrite, progress=True, protect=[input_path], input_scale=input_scale,
-            brightness=brightness)
+            brightness=brightness, strict_range=strict_range)
         click.echo(f"wrote {written}")
         return
-    chans = int_list(mix_channels, "--mix-channels") if mix_channels else None
     _check_in_memory_prediction(src, splitter, samples, input_path,
                                 n_read=len(chans) if chans else 1, zarr=kind == "zarr")
     if chans:
@@ -92,11 +107,23 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     pred = splitter.predict(image, padding=padding, grid=grid, samples=samples,
                             batch_size=batch_size, seed=seed, precision=precision,
                             progress=True, pixel_size=src.pixel_size, input_scale=input_scale,
-                            brightness=brightness)
+                            brightness=brightness, strict_range=strict_range)
     if not with_std:
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
     click.echo(f"wrote {written}")
+
+
+def _check_mix_channels(chans, src, splitter) -> None:
+    """``--mix-channels`` names channels of INPUT, one per channel the model splits."""
+    check_channels(chans, src, "--mix-channels")
+    splitter._need_stats()  # the mix is formed with the training statistics
+    n = splitter.stats.n_channels
+    if len(chans) != n:
+        raise InputError(
+            f"--mix-channels {','.join(map(str, chans))} names {len(chans)} channel"
+            f"{'s' if len(chans) != 1 else ''} of {src.name} but the model splits {n}: name "
+            f"{n} of its channels 0..{src.n_channels - 1}")
 
 
 def _check_in_memory_prediction(src, splitter, samples, input_path, *, n_read: int,

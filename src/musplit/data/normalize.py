@@ -15,7 +15,8 @@ import numpy as np
 from musplit.errors import InputError
 
 #: The quantiles of the training mixes recorded as their brightness (``NormStats.extra`` keys
-#: ``input_q99`` and ``input_q999``): prediction compares an image's with them.
+#: ``input_q99`` and ``input_q999``): prediction compares an image's with them. Their minimum
+#: is recorded too (``input_min``): prediction checks an image's range against it.
 BRIGHTNESS_QUANTILES = (0.99, 0.999)
 
 
@@ -224,7 +225,11 @@ def compute_stats(
     # suffice): prediction compares a user's image with it (predict.brightness_factor).
     flat = clipped.reshape(-1, t)
     w = np.ones(t) if input_is_sum else np.asarray(alpha)
-    mix = flat[:: max(1, len(flat) // 4_000_000)] @ w.astype(np.float32)
+    w = w.astype(np.float32)
+    mix = flat[:: max(1, len(flat) // 4_000_000)] @ w
+    # ... and their minimum, over every pixel (prediction checks an image's range against it).
+    step = 1 << 22
+    low = min(float((flat[i : i + step] @ w).min()) for i in range(0, len(flat), step))
     del clipped, flat
     q99, q999 = (float(v) for v in np.quantile(mix, BRIGHTNESS_QUANTILES))
     return NormStats(
@@ -236,5 +241,5 @@ def compute_stats(
         alpha=alpha,
         input_is_sum=input_is_sum,
         quantile=quantile,
-        extra={"input_q99": q99, "input_q999": q999},
+        extra={"input_q99": q99, "input_q999": q999, "input_min": low},
     )

@@ -247,10 +247,18 @@ def load_targets(data_cfg) -> TargetData:
     if choice in ("default", "spatial"):
         split = default_split(n) if rule == "default" else hagen_split(n)
         if choice == "spatial" or not split.val:
-            split, notes = spatial_split(
-                shapes, data_cfg.patch, frames=lambda i: targets[i],
-                val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
-                channel_names=names)
+            try:
+                split, notes = spatial_split(
+                    shapes, data_cfg.patch, frames=lambda i: targets[i],
+                    val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
+                    channel_names=names)
+            except InputError as e:  # name the data, and what would do
+                more = ""
+                if choice != "spatial":
+                    more = ("more frames, " if rule != "default" else
+                            f"more frames ({n} given; from 5 on, whole frames are held out), ")
+                raise InputError(f"{source}: {e}; give {more}larger frames or a smaller "
+                                 "--patch") from None
     elif choice == "hagen":
         split = hagen_split(n)
     else:

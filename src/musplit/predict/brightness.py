@@ -1,9 +1,13 @@
-"""The input's intensity scale against the training mixes: the clip value and the brightness check.
+"""The input's intensity scale against the training mixes: the clip value, the brightness check
+and the range check.
 
 A superimposed input is clipped where the training mixes were (:func:`input_clip`). Before a
 prediction its brightness is compared with the training mixes' (:func:`brightness_factor`, on
 pixels sampled by :func:`_sample_pixels`): an image at another brightness is refused, rescaled
-or let through (``predict.brightness``).
+or let through (``predict.brightness``). Then its range is compared with the training range
+(:func:`check_range`): pixels far beyond the clip (which they are clipped to, so the split
+saturates there) or far below the training minimum give a warning, or an error with
+``strict_range``.
 """
 
 from __future__ import annotations
@@ -18,13 +22,24 @@ from musplit.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BRIGHTNESS_MODES", "BRIGHTNESS_TOLERANCE", "brightness_factor", "input_clip"]
+__all__ = ["BRIGHTNESS_MODES", "BRIGHTNESS_TOLERANCE", "RANGE_FACTOR", "RANGE_FRACTION",
+           "brightness_factor", "check_range", "input_clip"]
 
 # ---------------------------------------------------------------------------------------------
 #: An image whose brightness (99.9th percentile) differs from the training mixes' by more than
 #: this factor is refused (``predict.brightness = "check"``) or rescaled (``"match"``).
 BRIGHTNESS_TOLERANCE = 2.0
 BRIGHTNESS_MODES = ("check", "match", "off")
+#: In normalised units, an input pixel beyond ``RANGE_FACTOR`` times the training clip, or below
+#: the training minimum by as much as that lies above the clip (``RANGE_FACTOR - 1`` times the
+#: clip), is outside the training range ...
+RANGE_FACTOR = 3.0
+#: ... and an image is when more than this fraction of its sampled pixels are (a few hot pixels
+#: are not).
+RANGE_FRACTION = 1e-3
+#: Pixels sampled for the range check when the brightness check sampled none (it reuses the
+#: brightness sample otherwise): fewer, so that streaming a large frame stays cheap.
+RANGE_SAMPLE = 500_000
 
 
 def _sample_pixels(read, n: int, h: int, w: int, budget: int = 4_000_000,
@@ -118,3 +133,75 @@ def input_clip(stats: NormStats) -> float:
     c = stats.clip_max
     vals = [float(v) for v in c] if isinstance(c, (list, tuple)) else [float(c)] * stats.n_channels
     return float(sum(vals)) if stats.input_is_sum else float(max(vals))
+
+
+def _training_range(stats: NormStats) -> tuple[float | None, float | None, float, float | None]:
+    """``(lower, upper, clip, minimum)``: the bounds of :func:`check_range` in normalised input
+    units (None: not checked), the normalised clip and training minimum (None: not recorded)."""
+    m, s = float(stats.input_mean), float(stats.input_std)
+    clip = (input_clip(stats) - m) / s if s > 0 else math.nan
+    if not (math.isfinite(clip) and clip > 0):
+        return None, None, clip, None
+    low = (stats.extra or {}).get("input_min")
+    minimum = (float(low) - m) / s if low is not None and math.isfinite(float(low)) else None
+    lower = None if minimum is None else minimum - (RANGE_FACTOR - 1) * clip
+    return lower, RANGE_FACTOR * clip, clip, minimum
+
+
+def check_range(pixels, stats: NormStats, *, scale: float = 1.0, strict: bool = False) -> None:
+    """Warn (or, with ``strict``, refuse) when an input lies outside the training range.
+
+    ``pixels`` are sampled pixels of the image in its own units; the network receives them
+    times ``scale`` (``input_scale`` and the brightness factor), before clipping. In normalised
+    input units ``(x - input_mean) / input_std`` the training mixes reach at most the clip ``c``
+    (:func:`input_clip`); the image is outside the training range when more than
+    :data:`RANGE_FRACTION` of the pixels lie beyond :data:`RANGE_FACTOR` ``* c``, or below the
+    training minimum (``stats.extra["input_min"]``, recorded by
+    :func:`~musplit.data.normalize.compute_stats`; checkpoints without it are checked above
+    only) by more than ``(RANGE_FACTOR - 1) * c``. Pixels above the clip are clipped to it, so
+    there the split saturates. The message gives the numbers, in normalised units and in the
+    image's, and what to do; it is logged as a warning.
+
+    Raises
+    ------
+    InputError
+        With ``strict``, when the image is outside the range.
+    """
+    lower, upper, clip, minimum = _training_range(stats)
+    x = np.asarray(pixels)
+    if upper is None or x.size == 0:
+        return
+    m, s = float(stats.input_mean), float(stats.input_std)
+
+    def image_units(v: float) -> float:  # normalised -> the image's intensity units
+        return (v * s + m) / scale
+
+    def normalised(v: float) -> float:
+        return (float(v) * scale - m) / s
+
+    parts = []
+    # Thresholds in the image's units: no normalised copy of the sample is made.
+    above = np.count_nonzero(x > image_units(upper)) / x.size
+    if above > RANGE_FRACTION:
+        top = float(np.nanmax(x))
+        parts.append(
+            f"{100 * above:.3g}% of its sampled pixels are above {RANGE_FACTOR:g}x the "
+            f"training clip (up to {normalised(top):.4g} in normalised units, intensity "
+            f"{top:.4g}, against a clip of {clip:.4g}, intensity {image_units(clip):.4g}): they "
+            "are clipped to it, so the split saturates there")
+    below = 0.0 if lower is None else np.count_nonzero(x < image_units(lower)) / x.size
+    if below > RANGE_FRACTION:
+        bottom = float(np.nanmin(x))
+        parts.append(
+            f"{100 * below:.3g}% of its sampled pixels are below the training minimum by more "
+            f"than {RANGE_FACTOR - 1:g}x the clip (down to {normalised(bottom):.4g} in "
+            f"normalised units, intensity {bottom:.4g}, against a minimum of {minimum:.4g}, "
+            f"intensity {image_units(minimum):.4g})")
+    if not parts:
+        return
+    msg = (f"the image lies outside the model's training range: {'; '.join(parts)}. Check its "
+           "units (--input-scale, --brightness match; input_scale=, brightness=) or train on "
+           "data that covers this range")
+    if strict:
+        raise InputError(msg + " (refused: --strict-range, strict_range=True)")
+    log.warning("%s; --strict-range (strict_range=True) refuses such an image", msg)

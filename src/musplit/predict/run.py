@@ -29,7 +29,13 @@ from musplit.data.io import ImageSource, ZarrWriter, open_image
 from musplit.data.normalize import NormStats
 from musplit.data.tiling import Tiling, _block_halo, _is_int
 from musplit.errors import InputError
-from musplit.predict.brightness import _sample_pixels, brightness_factor, input_clip
+from musplit.predict.brightness import (
+    RANGE_SAMPLE,
+    _sample_pixels,
+    brightness_factor,
+    check_range,
+    input_clip,
+)
 from musplit.predict.engine import (
     _as_frames,
     _Engine,
@@ -69,11 +75,23 @@ def _array_reader(frames) -> Reader:
 
 
 def _brightness(read: Reader, shape: Sequence[int], input_scale: float, stats: NormStats,
-                brightness: str | None, config: Config) -> float:
-    """:func:`brightness_factor` of the image ``read`` gives, of shape ``(N, H, W)``."""
+                brightness: str | None, config: Config, strict_range: bool = False) -> float:
+    """:func:`brightness_factor` of the image ``read`` gives, of shape ``(N, H, W)``, and
+    :func:`check_range` of it, on the brightness check's pixel sample when it took one."""
     n, h, w = shape
-    return brightness_factor(lambda: _sample_pixels(read, n, h, w) * input_scale, stats,
-                             brightness or config.predict.brightness)
+    if not isinstance(strict_range, bool):
+        raise InputError(f"strict_range must be True or False, got {strict_range!r}")
+    sample: list[np.ndarray] = []
+
+    def pixels() -> np.ndarray:
+        sample.append(_sample_pixels(read, n, h, w))
+        return sample[0] * input_scale
+
+    factor = brightness_factor(pixels, stats, brightness or config.predict.brightness)
+    if not sample:
+        sample.append(_sample_pixels(read, n, h, w, budget=RANGE_SAMPLE))
+    check_range(sample[0], stats, scale=input_scale * factor, strict=strict_range)
+    return factor
 
 
 def _make_engine(model: nn.Module, config: Config, stats: NormStats, tiling: Tiling,
@@ -174,6 +192,7 @@ def predict_image(
     channels_last: bool = True,
     pixel_size: tuple[float, float] | None = None,
     brightness: str | None = None,
+    strict_range: bool = False,
 ) -> Prediction:
     """Split a superimposed image into its channels by tiled prediction (docs/tiling.md).
 
@@ -239,6 +258,10 @@ def predict_image(
         default ``config.predict.brightness``. With ``"match"`` the image is rescaled to the
         training brightness and the channels are scaled back, so they stay in the image's
         units; the factor is recorded in ``meta["brightness_factor"]``.
+    strict_range : bool
+        Refuse an image outside the model's training range (beyond 3x the training clip in
+        normalised units, or as far below the training minimum:
+        :func:`~musplit.predict.brightness.check_range`) instead of logging a warning.
     amp : {"bf16", "fp16", "fp32"}, optional
         Autocast the network to bf16 or fp16 (not parity; statistics stay float32). bf16 is
         1.5-1.7x faster for models of the paper's width on a CPU with AVX512-BF16 (no faster
@@ -277,7 +300,7 @@ def predict_image(
     frames = _as_frames(image)
     n, h, w = (int(v) for v in frames.shape)
     factor = _brightness(_array_reader(frames), (n, h, w), input_scale, stats, brightness,
-                         config)
+                         config, strict_range)
     input_scale = input_scale * factor
     c = stats.n_channels
     rows, cols = tiling.shape(h, w)
@@ -338,7 +361,8 @@ def _open_source(source, axes, channel, pixel_size
     """:data:`Reader`, ``(N, H, W)`` and pixel size of a file, ImageSource or array-like."""
     src = source if isinstance(source, ImageSource) else None
     if src is None and isinstance(source, (str, os.PathLike)):
-        src = open_image(source, axes)
+        # a superimposed input: its planes are frames, unless a channel of it is asked for
+        src = open_image(source, axes, stack_of="frames" if channel is None else "channels")
     pixel_size = _pixel_size(pixel_size)
     if src is None:
         frames = _as_frames(source)
@@ -346,8 +370,9 @@ def _open_source(source, axes, channel, pixel_size
     if pixel_size is None:
         pixel_size = src.pixel_size
     if channel is None and src.n_channels != 1:
-        raise InputError(f"{src.name} has {src.n_channels} channels; pass channel= to "
-                         "choose the superimposed one")
+        raise InputError(f"{src.name} has {src.n_channels} channels ({src.axes_note}); pass "
+                         "channel= to choose the superimposed one, or axes= to read it "
+                         "otherwise")
     ch = 0 if channel is None else channel
 
     def read(i, ys, xs):
@@ -386,6 +411,7 @@ def predict_to_zarr(
     protect: Iterable[str | os.PathLike] = (),
     pixel_size: tuple[float, float] | None = None,
     brightness: str | None = None,
+    strict_range: bool = False,
 ) -> Path:
     """Predict an image larger than memory, block by block, into OME-Zarr (docs/tiling.md,
     "Streaming to Zarr").
@@ -400,7 +426,7 @@ def predict_to_zarr(
     ----------
     model, config, stats, padding, grid, samples, batch_size, seed, channel_names, normalized,
     progress, paper_geometry, sample_mode, sample_batch, input_scale, amp, channels_last,
-    brightness
+    brightness, strict_range
         As for :func:`predict_image` (the brightness is measured on up to 8 frames, the
         central 2048² of each).
     source : path-like, ImageSource or array-like
@@ -443,7 +469,7 @@ def predict_to_zarr(
     if isinstance(source, (str, os.PathLike)):
         protect.append(source)
     read, (n, h, w), pixel_size = _open_source(source, axes, channel, pixel_size)
-    factor = _brightness(read, (n, h, w), input_scale, stats, brightness, config)
+    factor = _brightness(read, (n, h, w), input_scale, stats, brightness, config, strict_range)
     input_scale = input_scale * factor
     c = stats.n_channels
     g = tiling.grid

@@ -40,6 +40,13 @@ dimensions    guessed    when
 other         --         never: the caller must pass the axes (``--axes`` on the command line)
 ============  =========  ====================================================================
 
+A TIFF without axes metadata has a layout instead: ``tifffile.imwrite`` stores a ``(3, H, W)``
+or ``(4, H, W)`` array as separate sample planes (RGB), which are read as channels (``CYX``) by
+default and as frames (``SYX``) with ``stack_of="frames"``, the reading ``musplit predict`` uses
+for its superimposed input (and every file of :func:`open_channel_files`). Both are guesses
+(:attr:`ImageSource.axes_origin` ``"guessed"``); a refusal that depends on them says which axes
+were read and that ``--axes`` says otherwise (:attr:`ImageSource.axes_note`).
+
 Writers (:func:`write_tiff`, :func:`write_zarr`, :class:`ZarrWriter`) store ``(N, H, W, C)``
 data as OME-TIFF (or an ImageJ hyperstack) and OME-Zarr 0.5 with axes ``TCYX``, channel names and
 pixel sizes, so Fiji and napari open them. They write to a hidden temporary name in the target

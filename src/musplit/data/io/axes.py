@@ -85,19 +85,22 @@ def parse_axes(
 def _guess_axes(shape: tuple, path: str | os.PathLike | None) -> str:
     """Axes for an image without metadata, only where the answer is unambiguous (module doc)."""
     shape = tuple(int(s) for s in shape)
-    hint = "pass the axes (e.g. axes='SCYX', or --axes SCYX on the command line)"
+    where = f"{_name(path)} has shape {shape} and no axes metadata"
     if len(shape) == 2:
         return "YX"
     if len(shape) == 3:
         if shape[2] <= 4 < min(shape[0], shape[1]):
             raise InputError(
-                f"{_name(path)} has shape {shape} and no axes metadata: it could be SYX or YXC "
-                f"(colour); {hint}"
+                f"{where}: it could be SYX (frames) or YXC (colour channels); pass --axes YXC "
+                "or --axes SYX (axes= in Python)"
             )
         return "SYX"
     if len(shape) == 4 and shape[3] <= 8 < min(shape[1], shape[2]):
         return "SYXC"
-    raise InputError(f"{_name(path)} has shape {shape} and no axes metadata; {hint}")
+    raise InputError(
+        f"{where}; pass --axes (axes= in Python) with one letter per dimension from "
+        f"{AXES_LETTERS}, e.g. --axes SCYX for frames x channels x rows x columns"
+    )
 
 
 def _axes_from_names(names: Sequence[Any] | None) -> str | None:
@@ -147,10 +150,30 @@ def _axes_from_tifffile(series_axes: str) -> str | None:
     return axes
 
 
+#: What a stack without axes metadata holds, for :func:`musplit.data.io.open_image`'s
+#: ``stack_of``: training data and targets are channel stacks, a superimposed input is frames.
+STACK_OF = ("channels", "frames")
+
+
+def _check_stack_of(stack_of: str) -> str:
+    if stack_of not in STACK_OF:
+        raise InputError(f"stack_of must be one of {STACK_OF}, got {stack_of!r}")
+    return stack_of
+
+
 def _resolve_axes(
-    given: str | None, meta: str | None, shape: tuple, path: str | os.PathLike | None
+    given: str | None,
+    meta: str | None,
+    shape: tuple,
+    path: str | os.PathLike | None,
+    *,
+    guess: str | None = None,
 ) -> tuple[str, str]:
-    """Pick the axes (given > metadata > guess) and say where they came from."""
+    """Pick the axes (given > metadata > guess) and say where they came from.
+
+    ``guess`` is the opener's own guess (e.g. from a TIFF's sample layout) when the file has no
+    axes metadata; without one, :func:`_guess_axes` guesses from the shape.
+    """
     if given is not None:
         given = parse_axes(given, len(shape), path, shape=tuple(shape))
         if meta is not None and meta != given:
@@ -160,6 +183,26 @@ def _resolve_axes(
         return given, "given"
     if meta is not None and len(meta) == len(shape):
         return meta, "metadata"
-    guess = _guess_axes(tuple(shape), path)
-    logger.info("%s: no axes metadata; assuming %s for shape %s", _name(path), guess, tuple(shape))
+    if guess is None or len(guess) != len(shape):
+        guess = _guess_axes(tuple(shape), path)
+    logger.info("%s: no axes metadata; assuming %s for shape %s (--axes says otherwise)",
+                _name(path), guess, tuple(shape))
     return guess, "guessed"
+
+
+def axes_note(axes: str, origin: str) -> str:
+    """How a message says where axes came from: ``"read as axes 'CYX' (guessed: no axes in
+    the file)"``, ``"axes 'TCYX' from the file's metadata"`` or ``"axes 'SYX' as given"``."""
+    if origin == "guessed":
+        return f"read as axes {axes!r} (guessed: no axes in the file)"
+    if origin == "metadata":
+        return f"axes {axes!r} from the file's metadata"
+    return f"axes {axes!r} as given"
+
+
+def frames_instead(axes: str) -> str | None:
+    """The axes that read a channel axis as frames (``CYX`` -> ``SYX``), when there is no
+    other sample axis; else None."""
+    if "C" not in axes or any(a in axes for a in "STZ"):
+        return None
+    return axes.replace("C", "S")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from musplit.data.io.axes import _name, _resolve_axes
+from musplit.data.io.axes import _check_stack_of, _name, _resolve_axes
 from musplit.data.io.backends import _Memmap, _NpzMember
 from musplit.data.io.failures import _one_line
 from musplit.data.io.source import ImageSource, _ChannelStack
@@ -37,6 +37,7 @@ def open_image(
     level: int = 0,
     key: str | Sequence[str] | None = None,
     series: int | None = None,
+    stack_of: str = "channels",
 ) -> ImageSource:
     """Open an image lazily; no pixels are read.
 
@@ -59,6 +60,13 @@ def open_image(
         Image series of a TIFF file (TIFF only). Default: the first full-resolution series
         (reduced-resolution images and thumbnails are skipped, module doc); which one was read,
         out of how many, is logged at INFO and kept in :attr:`ImageSource.series_index`.
+    stack_of : {"channels", "frames"}
+        What the planes of a file without axes metadata are when its layout alone would make
+        them channels: a ``(3, H, W)`` or ``(4, H, W)`` array written by ``tifffile.imwrite``
+        is stored as separate sample planes (read as ``CYX``, the default: training data and
+        targets are channel stacks) and is read as frames (``SYX``) with ``"frames"`` (a
+        superimposed input, ``musplit predict``). Either way :attr:`ImageSource.axes_origin`
+        is ``"guessed"``; axes given or found in metadata are never changed.
 
     Returns
     -------
@@ -78,9 +86,11 @@ def open_image(
         not isinstance(series, (int, np.integer)) or isinstance(series, bool) or series < 0
     ):
         raise InputError(f"series must be a non-negative integer, got {series!r}")
+    _check_stack_of(stack_of)
     if isinstance(path_or_array, (str, os.PathLike)):
         path = Path(path_or_array).expanduser()
-        return _open_path(path, axes, int(level), key, None if series is None else int(series))
+        return _open_path(path, axes, int(level), key, None if series is None else int(series),
+                          stack_of)
     if series is not None and isinstance(path_or_array, (zarr.Array, np.ndarray)):
         raise InputError(
             f"series={series} was given but the input is an array in memory (series is for "
@@ -100,7 +110,8 @@ def open_image(
 
 
 def _open_path(
-    path: Path, axes: str | None, level: int, key: Any, series: int | None = None
+    path: Path, axes: str | None, level: int, key: Any, series: int | None = None,
+    stack_of: str = "channels",
 ) -> ImageSource:
     name = str(path)
     if not path.exists():
@@ -126,7 +137,7 @@ def _open_path(
             raise InputError(
                 f"key={key!r} was given but {name} is a TIFF file (key is for Zarr/npz)"
             )
-        return _open_tiff(path, axes, level, series)
+        return _open_tiff(path, axes, level, series, stack_of)
     if level:
         raise InputError(f"level {level} does not exist in {name} (it has 1 level)")
     if suffix == ".npy":
@@ -204,7 +215,8 @@ def open_channel_files(
     axes : str, optional
         Axes of every file (when they lack metadata).
     **kw
-        Passed to :func:`open_image` for every file (``level``, ``series``, ``key``).
+        Passed to :func:`open_image` for every file (``level``, ``series``, ``key``,
+        ``stack_of``: ``"frames"`` unless given, since each file holds one channel).
 
     Returns
     -------
@@ -213,6 +225,7 @@ def open_channel_files(
     """
     if isinstance(paths, (str, os.PathLike)) or not paths:
         raise InputError("one file per channel needs a list of at least one file")
+    kw.setdefault("stack_of", "frames")  # each file is one channel: its planes are frames
     parts = [open_image(p, axes, **kw) for p in paths]
     names = [Path(p).name.split(".")[0] for p in paths]
     return _ChannelStack(parts, " + ".join(str(p) for p in paths), names)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from musplit.data.io.axes import CANONICAL_AXES, _name, parse_axes
+from musplit.data.io.axes import CANONICAL_AXES, _name, axes_note, parse_axes
 from musplit.data.io.failures import _codec_error, _one_line, _tifffile_errors
 from musplit.errors import InputError
 
@@ -61,8 +61,11 @@ def _frame_list(frames: Any, n: int, name: str) -> np.ndarray:
     return idx.astype(np.int64)
 
 
-def _channel_list(channels: Any, n: int, names: list[str] | None, name: str) -> list[int]:
-    """Channel indices (ints, or names when the source has channel names), validated."""
+def _channel_list(
+    channels: Any, n: int, names: list[str] | None, name: str, note: str = ""
+) -> list[int]:
+    """Channel indices (ints, or names when the source has channel names), validated;
+    ``note`` ends the out-of-range message (how the axes were found, when guessed)."""
     if channels is None:
         return list(range(n))
     if isinstance(channels, (int, np.integer, str)):
@@ -80,7 +83,7 @@ def _channel_list(channels: Any, n: int, names: list[str] | None, name: str) -> 
             if not 0 <= c < n:
                 raise InputError(
                     f"channel {c} does not exist in {name} "
-                    f"(it has {n} channel{'s' if n != 1 else ''}: 0..{n - 1})"
+                    f"(it has {n} channel{'s' if n != 1 else ''}: 0..{n - 1}){note}"
                 )
             out.append(int(c))
         else:
@@ -128,6 +131,9 @@ class ImageSource:
         ``>u2``); :meth:`read` returns float32.
     axes_origin : str
         Where ``axes`` came from: ``"given"``, ``"metadata"`` or ``"guessed"``.
+    axes_from_layout : bool
+        The "metadata" are a TIFF's page layout, not axes (a plain page stack: its pages are
+        frames); :attr:`axes_guessed` is then True as for guessed axes.
     channel_names : list of str or None
         One name per canonical channel when the file records them.
     pixel_size : tuple of float or None
@@ -157,6 +163,7 @@ class ImageSource:
         level: int = 0,
         n_series: int = 1,
         n_levels: int = 1,
+        axes_from_layout: bool = False,
     ):
         self.path = Path(path) if path is not None else None
         self.name = name if name is not None else _name(path)
@@ -168,6 +175,7 @@ class ImageSource:
         if 0 in self.shape:
             raise InputError(f"{self.name} is empty: shape {self.shape} (axes {self.axes})")
         self.axes_origin = axes_origin
+        self.axes_from_layout = bool(axes_from_layout)
         self.lazy = lazy
         self.series_index = series_index
         self.level = int(level)
@@ -284,9 +292,31 @@ class ImageSource:
         """The checked arguments of :meth:`read`: frame indices, channel indices, rows, columns."""
         n, height, width, n_ch = self._canonical
         idx = _frame_list(frames, n, self.name)
-        chans = _channel_list(channels, n_ch, self.channel_names, self.name)
+        chans = _channel_list(channels, n_ch, self.channel_names, self.name, self._guess_note())
         ys, xs = _region(region, height, width, self.name)
         return idx, chans, ys, xs
+
+    @property
+    def axes_guessed(self) -> bool:
+        """True when the file says nothing about its axes: they were guessed from the shape,
+        or read from a TIFF's page layout."""
+        return self.axes_origin == "guessed" or self.axes_from_layout
+
+    @property
+    def axes_note(self) -> str:
+        """Where the axes came from, for messages: ``"read as axes 'CYX' (guessed: no axes in
+        the file)"``, ``"axes 'TCYX' from the file's metadata"`` or ``"axes 'SYX' as given"``."""
+        return axes_note(self.axes, "guessed" if self.axes_guessed else self.axes_origin)
+
+    def _guess_note(self) -> str:
+        """How a missing channel ends its message: ``"; read as axes 'SYX' (guessed: ...)"``
+        when the guess found no channel axis (the file's planes may be channels), else ``""``.
+        """
+        if not self.axes_guessed or "C" in self.axes:
+            return ""
+        alt = self.axes.replace("S", "C", 1) if "S" in self.axes else None
+        example = f" (e.g. --axes {alt})" if alt else ""
+        return f"; {self.axes_note}: pass --axes{example} if the file holds channels"
 
     def frame(self, i: int, channels: Any = None) -> np.ndarray:
         """One frame as float32, shape ``(H, W, c)``."""
@@ -402,8 +432,8 @@ class _ChannelStack(ImageSource):
         for p in parts:
             if p.n_channels != 1:
                 raise InputError(
-                    f"{p.name} has {p.n_channels} channels; one file (or array) per channel "
-                    "needs single-channel images"
+                    f"{p.name} has {p.n_channels} channels ({p.axes_note}); one file (or "
+                    "array) per channel needs single-channel images (--axes reads it otherwise)"
                 )
             if p.canonical_shape[:3] != first.canonical_shape[:3]:
                 raise InputError(
@@ -418,6 +448,7 @@ class _ChannelStack(ImageSource):
         self.shape = self._canonical
         self.dtype = np.result_type(*[p.dtype for p in parts])
         self.axes_origin = first.axes_origin
+        self.axes_from_layout = first.axes_from_layout
         self.lazy = all(p.lazy for p in parts)
         self.channel_names = channel_names
         self.pixel_size = first.pixel_size
@@ -440,6 +471,9 @@ class _ChannelStack(ImageSource):
             [self.parts[c].read(idx, None, region, check_finite=check_finite) for c in chans],
             axis=-1,
         )
+
+    def _guess_note(self) -> str:
+        return ""  # the channels are the files, whatever their axes
 
     def close(self) -> None:
         for p in self.parts:

@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from musplit.data.io.axes import _TO_MICROMETRE, _axes_from_tifffile, _resolve_axes
+from musplit.data.io.axes import (
+    _TO_MICROMETRE,
+    _axes_from_tifffile,
+    _resolve_axes,
+    frames_instead,
+)
 from musplit.data.io.backends import _Memmap, _TiffPages, _WholeTiff
 from musplit.data.io.failures import _check_codecs, _one_line, _tifffile_errors
 from musplit.data.io.source import ImageSource
@@ -29,6 +34,25 @@ logger = logging.getLogger(__name__)
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 
 _THUMBNAIL_NAMES = {"thumbnail", "macro", "label", "overview", "preview"}
+
+# tifffile series kinds that carry no axes metadata: their axes are tifffile's reading of the
+# page layout ("shaped" is what tifffile.imwrite writes without metadata).
+_NO_AXES_KINDS = {"shaped", "generic", "uniform"}
+
+
+def _layout_guess(series_axes: str, kind: str, stack_of: str) -> tuple[str | None, str | None]:
+    """``(metadata axes, guess)`` of a series: a file without axes metadata whose samples are
+    stored as separate planes (how tifffile.imwrite stores a ``(3, H, W)`` or ``(4, H, W)``
+    array) has no axes, only a layout; its planes are channels or, with
+    ``stack_of="frames"``, frames (module doc of :mod:`musplit.data.io`)."""
+    axes = _axes_from_tifffile(series_axes)
+    if axes is None or kind not in _NO_AXES_KINDS or "S" not in series_axes:
+        return axes, None
+    if series_axes.index("S") > series_axes.index("Y"):  # interleaved samples: colour
+        return axes, None
+    if stack_of == "frames":
+        return None, frames_instead(axes) or axes
+    return None, axes
 
 
 def _is_thumbnail(series: Any, all_series: Sequence[Any]) -> bool:
@@ -81,7 +105,10 @@ def _pick_series(all_series: Sequence[Any], series: int | None, name: str) -> in
     return pick
 
 
-def _open_tiff(path: Path, axes: str | None, level: int, series: int | None = None) -> ImageSource:
+def _open_tiff(
+    path: Path, axes: str | None, level: int, series: int | None = None,
+    stack_of: str = "channels",
+) -> ImageSource:
     name = str(path)
     size = path.stat().st_size
     with _tifffile_errors() as errors:
@@ -124,7 +151,7 @@ def _open_tiff(path: Path, axes: str | None, level: int, series: int | None = No
                         strict=False,
                     )
                 ]
-            meta_axes = _axes_from_tifffile(s.axes)
+            meta_axes, layout = _layout_guess(s.axes, str(full.kind), stack_of)
             channel_names, pixel_size = _tiff_metadata(tif, full, s, index, name)
         except InputError:
             tif.close()
@@ -156,7 +183,10 @@ def _open_tiff(path: Path, axes: str | None, level: int, series: int | None = No
         else:
             data = _WholeTiff(path, level, shape, dtype, index)
         data.compression = compression  # named if a codec turns out to be missing
-    found, origin = _resolve_axes(axes, meta_axes, shape, path)
+    found, origin = _resolve_axes(axes, meta_axes, shape, path, guess=layout)
+    # tifffile's unknown page axes (Q, I) read as frames: the layout's reading, not metadata
+    from_layout = origin == "metadata" and full.kind in _NO_AXES_KINDS and (
+        "Q" in s.axes or "I" in s.axes)
     if origin != "metadata":
         channel_names = None  # names were recorded for the metadata's axes, not these
     parts = []
@@ -177,6 +207,7 @@ def _open_tiff(path: Path, axes: str | None, level: int, series: int | None = No
         level=level,
         n_series=len(all_series),
         n_levels=n_levels,
+        axes_from_layout=from_layout,
     )
 
 
