@@ -19,12 +19,14 @@ from musplit.evaluation import check_pixel_sizes, evaluate_arrays
 @click.option("--pred", "pred_path", type=click.Path(path_type=Path), required=True)
 @click.option("--target", "target_path", type=click.Path(path_type=Path), required=True)
 @click.option("--target-channels", default=None,
-              help="Channels of --target that match the prediction's, e.g. 2,3.")
+              help="Channels of --target that match the prediction's, e.g. 2,3 (default: "
+                   "all).")
 @image_options("--target")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint: clip and normalise as in training (the paper's protocol).")
+              help="Checkpoint: clip and normalise as in training (the paper's protocol; "
+                   "default: none, raw intensities).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
-              help="Write the metrics as .json (and .csv next to it).")
+              help="Write the metrics as .json (and .csv next to it; default: print them only).")
 def evaluate(pred_path, target_path, target_channels, axes, model_path, out_path, series=None,
              level=0):
     """Range-invariant PSNR, PSNR, SSIM and RMSE per frame and channel, mean ± s.e.m."""

@@ -26,13 +26,19 @@ log = logging.getLogger("musplit")
 @image_options("INPUT")
 @click.option("--mix-channels", default=None,
               help="INPUT holds separate channels: predict from their mix (e.g. 0,1), "
-                   "for evaluation against them.")
-@click.option("--padding", type=click.Choice(["inner", "outer", "none"]), default=None)
-@click.option("--grid", type=click.IntRange(min=2), default=None, help="Tile size G.")
+                   "for evaluation against them (default: INPUT is already superimposed).")
+@click.option("--padding", type=click.Choice(["inner", "outer", "none"]), default=None,
+              help="Tiling: inner padding (each tile keeps only its centre), outer, or none "
+                   "(default: the model's config, inner).")
+@click.option("--grid", type=click.IntRange(min=2), default=None,
+              help="Tile size G: the centre of each patch that is kept (default: the "
+                   "model's config, e.g. 32 for cpu-small; else half the patch, the whole patch "
+                   "for Deep-LC).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
-              help="Posterior samples averaged (MMSE).")
+              help="Posterior samples averaged (MMSE; default: the model's config, 1).")
 @click.option("--std", "with_std", is_flag=True, help="Also write the per-pixel std.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Patches per network call (default: the model's config, 64).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Network arithmetic (default: the model's config, fp32). bf16 is about "
                    "1.6x faster for models of the paper's width on CPUs with AVX512-BF16 "
