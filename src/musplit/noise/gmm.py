@@ -7,8 +7,9 @@ variances and weight logits are polynomials with ``D`` coefficients of the norma
 log-variance coefficients, weight logits). The log-likelihood is a ``logsumexp`` over the
 components in float32 or wider (docs/noise_models.md, "Numerical safeguards"); ``ŝ`` is clamped
 to ``[0, 1]`` and the clamped pixels are counted (:meth:`GaussianMixtureNoiseModel.clamp_counts`).
-The weights are frozen (``requires_grad=False``) except while :func:`musplit.noise.fit_noise_model`
-fits them. :class:`MultiChannelNoiseModel` applies model ``c`` to channel ``c``.
+The weights are frozen (``requires_grad=False``): :func:`musplit.noise.fit_noise_model`
+optimises copies and writes the result in. :class:`MultiChannelNoiseModel` applies model ``c``
+to channel ``c``.
 """
 
 from __future__ import annotations
