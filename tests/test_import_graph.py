@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("musplit.data",),
     ("musplit.data.context",),
     ("musplit.data.patches", "musplit.data.dataset", "musplit.data.tiling"),
+    ("musplit.noise",),  # noise models; their figure musplit.noise.plot is in the figures layer
     ("musplit.models",),
     ("musplit.checkpoints", "musplit.checkpoint"),
     ("musplit.losses",),
@@ -36,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
      "musplit.training_resume"),
     ("musplit.predict", "musplit.splitter", "musplit.doubledip"),
     ("musplit.evaluation",),
-    ("musplit.figures", "musplit.report"),
+    ("musplit.figures", "musplit.report", "musplit.noise.plot"),
     ("musplit.demo", "musplit.demo_real"),
     ("musplit.cli", "musplit.__main__"),
 ]

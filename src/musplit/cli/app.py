@@ -20,6 +20,7 @@ from musplit.cli.evaluate import evaluate
 from musplit.cli.generate import generate
 from musplit.cli.import_official import import_official_cmd
 from musplit.cli.info import info
+from musplit.cli.noise import noise_model
 from musplit.cli.predict import predict
 from musplit.cli.pretrain import pretrain
 from musplit.cli.train import train
@@ -44,7 +45,7 @@ def cli(verbose: int) -> None:
 
 # Every command of ``musplit``, in one place (``musplit --help`` lists them sorted by name).
 for _command in (generate, info, train, predict, evaluate, double_dip, import_official_cmd,
-                 demo, detect, synth, pretrain):
+                 demo, detect, synth, pretrain, noise_model):
     cli.add_command(_command)
 del _command
 
