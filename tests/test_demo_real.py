@@ -110,7 +110,7 @@ def test_demo_real_writes_a_report_against_the_linear_baseline(tmp_path, capsys)
     # read as a biologist reads it (issue 17): metrics explained, the std's units, run times
     # only beside the machine's load
     assert "+1 dB means about 11 % less error" in text and "SSIM** (structural" in text
-    assert "same units as the image intensities (intensity, as in the file" in text
+    assert "same units as the image intensities (intensity (file)" in text
     assert "train (s)" not in text and "trained in" in text
     assert all("load average" in line for line in text.splitlines() if "trained in" in line)
     for png in ("split.png", "prediction_lean.png", "prediction_vanilla.png"):

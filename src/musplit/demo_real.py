@@ -53,8 +53,8 @@ STACK = ("static_files", "initial_images", "stack.tif")
 MODELS = (("lean", "HVAE Lean-LC", "lean"), ("vanilla", "HVAE Vanilla", "none"))
 #: Rows held out for testing (the bottom quarter of the 1024-row frame).
 TEST_ROWS = 256
-#: The intensity unit of the stack (float32 values as the file stores them).
-UNIT = "intensity, as in the file"
+#: The intensity unit of the stack: its float32 values as the file stores them.
+UNIT = "intensity (file)"
 
 
 def partseg_stack() -> Path:

@@ -185,8 +185,10 @@ def plot_prediction(
     rows = 1 + (target is not None) + (std is not None)
     shown = inp[crop]
     aspect = shown.shape[0] / max(shown.shape[1], 1)  # panels as tall as the crop is
-    fig, axes = plt.subplots(rows, c + 1, figsize=(3.1 * (c + 1), 2.8 * rows * max(aspect, 0.3)
-                                                   + 0.4), squeeze=False)
+    # room for a title above each row and a labelled colour bar beside each panel
+    fig, axes = plt.subplots(rows, c + 1, figsize=(3.3 * (c + 1), rows * (2.8 * max(aspect, 0.3)
+                                                                        + 0.35) + 0.4),
+                             squeeze=False, gridspec_kw={"hspace": 0.3, "wspace": 0.35})
     im = axes[0, 0].imshow(shown, cmap="magma")
     axes[0, 0].set_title("input (superimposed)", fontsize=9)
     _colourbar(fig, im, axes[0, 0], unit)
