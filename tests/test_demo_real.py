@@ -107,6 +107,12 @@ def test_demo_real_writes_a_report_against_the_linear_baseline(tmp_path, capsys)
     text = report.read_text()
     assert "linear baseline (the superimposed image)" in text
     assert "HVAE Lean-LC" in text and "HVAE Vanilla" in text
+    # read as a biologist reads it (issue 17): metrics explained, the std's units, run times
+    # only beside the machine's load
+    assert "+1 dB means about 11 % less error" in text and "SSIM** (structural" in text
+    assert "same units as the image intensities (intensity (file)" in text
+    assert "train (s)" not in text and "trained in" in text
+    assert all("load average" in line for line in text.splitlines() if "trained in" in line)
     for png in ("split.png", "prediction_lean.png", "prediction_vanilla.png"):
         assert (tmp_path / "demo" / png).stat().st_size > 10_000
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())

@@ -33,7 +33,15 @@ import torch
 from musplit.config.presets import real_demo_preset
 from musplit.data.io import open_image
 from musplit.data.splits import Region, Split, load_split, save_split, spatial_split
-from musplit.demo import finish_report, write_text_atomic
+from musplit.demo import (
+    finish_report,
+    machine_load,
+    metric_notes,
+    run_times,
+    std_notes,
+    timing_lines,
+    write_text_atomic,
+)
 from musplit.errors import MusplitError
 from musplit.evaluation import evaluate_arrays, write_metrics
 from musplit.figures import _pyplot, plot_prediction, save_figure
@@ -45,6 +53,8 @@ STACK = ("static_files", "initial_images", "stack.tif")
 MODELS = (("lean", "HVAE Lean-LC", "lean"), ("vanilla", "HVAE Vanilla", "none"))
 #: Rows held out for testing (the bottom quarter of the 1024-row frame).
 TEST_ROWS = 256
+#: The intensity unit of the stack: its float32 values as the file stores them.
+UNIT = "intensity (file)"
 
 
 def partseg_stack() -> Path:
@@ -150,6 +160,7 @@ def run_pair(path, channels, out_dir: Path, *, steps: int, samples: int = 3, see
         res = evaluate_arrays(gt, _tiles(mean), channel_names=names, source=title)
         write_metrics(res, out_dir / folder / "metrics.json")
         entry = {"title": title, "metrics": res, "train_s": t_train, "predict_s": t_pred,
+                 "load": machine_load(),
                  "params": sum(p.numel() for p in splitter.model.parameters())}
         if figures:
             region = pred.__class__(mean=mean[None], std=None if std is None else std[None],
@@ -159,7 +170,7 @@ def run_pair(path, channels, out_dir: Path, *, steps: int, samples: int = 3, see
             show = (slice(0, TEST_ROWS), slice(0, 2 * TEST_ROWS))
             entry["figure"] = plot_prediction(
                 mix[test.slices], mean, out_dir / f"prediction_{folder}.png",
-                target=truth[test.slices], std=std, channel_names=names, crop=show,
+                target=truth[test.slices], std=std, channel_names=names, crop=show, unit=UNIT,
                 title=f"{title}: test region (rows {test.y[0]}-{test.y[1]}), left half").name
         results[folder] = entry
     return results
@@ -182,25 +193,26 @@ def _split_figure(mix: np.ndarray, split, path: Path) -> Path:
     return save_figure(fig, path, dpi=90)
 
 
-def _row(title: str, m: dict, names, params="", train_s=None) -> str:
+def _row(title: str, m: dict, names, params="") -> str:
     s = m["summary"]
     chans = " | ".join(f"{s['ri_psnr'][n]['mean']:.2f} ± {s['ri_psnr'][n]['sem']:.2f}"
                        for n in names)
     ri, ss = s["ri_psnr"]["mean"], s["ssim"]["mean"]
-    t = "" if train_s is None else f"{train_s:.0f}"
     return (f"| {title} | {params} | {chans} | {ri['mean']:.2f} ± {ri['sem']:.2f} | "
-            f"{ss['mean']:.3f} ± {ss['sem']:.3f} | {t} |")
+            f"{ss['mean']:.3f} ± {ss['sem']:.3f} |")
 
 
 def table(results: dict) -> str:
+    """The comparison table (no run times: those need the load beside them, see
+    :func:`musplit.demo.timing_lines`)."""
     names = results["names"]
-    head = ("| method | params | " + " | ".join(f"RI-PSNR {n} (dB)" for n in names)
-            + " | RI-PSNR mean | SSIM mean | train (s) |")
-    lines = [head, "|---|---:|" + "---:|" * len(names) + "---:|---:|---:|",
+    head = ("| method | trainable parameters | " + " | ".join(f"RI-PSNR {n} (dB)" for n in names)
+            + " | RI-PSNR mean (dB) | SSIM mean (0 to 1) |")
+    lines = [head, "|---|---:|" + "---:|" * len(names) + "---:|---:|",
              _row(results["baseline"]["title"], results["baseline"]["metrics"], names)]
     for r in results.values():
         if isinstance(r, dict) and "params" in r:
-            lines.append(_row(r["title"], r["metrics"], names, f"{r['params']:,}", r["train_s"]))
+            lines.append(_row(r["title"], r["metrics"], names, f"{r['params']:,}"))
     return "\n".join(lines)
 
 
@@ -240,8 +252,10 @@ def run_real_demo(out_dir: str | os.PathLike = "runs/demo-real", *, channels=(0,
     _split_figure(mix, split, out_dir / "split.png")
     echo("[3/3] scoring the held-out test region against the linear baseline")
     report = _write_report(out_dir, results, path=path, steps=steps, samples=samples,
-                           elapsed=time.time() - t_start)
+                           elapsed=time.time() - t_start, load=machine_load(), filters=filters)
     echo(table(results))
+    for line in run_times(results, elapsed=time.time() - t_start, load=machine_load()) or []:
+        echo(line)
     for key, g in gains(results).items():
         echo(f"{results[key]['title']} vs the superimposed image: "
              + ", ".join(f"{n} {v:+.2f} dB" for n, v in g.items()))
@@ -249,8 +263,10 @@ def run_real_demo(out_dir: str | os.PathLike = "runs/demo-real", *, channels=(0,
     return report
 
 
-def _write_report(out_dir: Path, results: dict, *, path, steps, samples, elapsed) -> Path:
+def _write_report(out_dir: Path, results: dict, *, path, steps, samples, elapsed,
+                  load=None, filters: int = 16) -> Path:
     names = results["names"]
+    n_tiles = results["baseline"]["metrics"]["frames"]
     g = gains(results)
     verdicts = []
     for key, d in g.items():
@@ -275,35 +291,36 @@ def _write_report(out_dir: Path, results: dict, *, path, steps, samples, elapsed
         "",
         "## How well",
         "",
-        "Range-invariant PSNR (RI-PSNR, dB, higher is better) compares a prediction with the "
-        "true channel after the best per-channel scale and offset, so brightness units do not "
-        "matter; SSIM (0 to 1) compares local structure. Both are computed on the four 256 × 256 "
-        "tiles of the test region against the true (unclipped) channels, mean ± standard error "
-        "over the tiles.",
+        f"Scores on the {n_tiles} tiles of 256 × 256 pixels of the test region, against the true "
+        "(unclipped) channels:",
+        "",
+        table(results),
+        "",
+        *verdicts,
         "",
         "The *linear baseline* is the superimposed image itself offered as the answer for each "
         "channel: RI-PSNR rescales it per channel, so it is the best a brightness-only split can "
         "do. Where one channel holds most of the photons the baseline is already good for that "
         "channel, and a model must be precise to beat it.",
         "",
-        table(results),
+        *metric_notes(f"the {n_tiles} tiles"),
+        f"Each model: the `cpu-real` preset ({filters} filters, 4 × {filters} latent variables), "
+        f"{steps} training steps of 16 patches of 64 × 64 pixels, with the real-data settings: "
+        "the input is the sum of the channels, intensities are not clipped, training patches are "
+        "flipped and rotated at random, and each sampled split adds up to the input. The test "
+        "region is predicted in 32 × 32 pixel tiles, each the centre of a 64-pixel patch so that "
+        f"it sees its neighbours (no seams), as the average of {samples} samples.",
         "",
-        *verdicts,
-        "",
-        f"Each model: `cpu-small` preset with 16 filters and 4 × 16 latents, {steps} training "
-        f"steps of batch 16, the real-data settings (input = sum of the channels, no clipping, "
-        f"predictions that add up to the input), inner padding (G = 32, P = 64), mean over "
-        f"{samples} posterior samples.",
-        "",
+        *std_notes(samples, UNIT),
         "## What the predictions look like",
         "",
-        "Rows: the image to split and the prediction per channel; the true channels; the "
-        "per-pixel standard deviation over posterior samples (the model's uncertainty, in the "
-        "image's intensity units: large where it is unsure which channel a signal belongs to).",
+        "Top row: the image to split and each model's prediction per channel; middle: the true "
+        "channels (the prediction and the truth of a channel share one colour scale); bottom: "
+        f"the uncertainty (std). Colour bars in intensity units ({UNIT}).",
         "",
     ]
     path_out = finish_report(out_dir, lines, results, heading="###",
-                             total=f"Total time {elapsed:.0f} s on {os.cpu_count()} CPU core(s).")
+                             total="\n".join(timing_lines(results, elapsed=elapsed, load=load)))
     summary = {"channels": results["channels"], "split": results["split"],
                "baseline": results["baseline"]["metrics"]["summary"]["ri_psnr"],
                "gains_db": g, "elapsed_s": elapsed}
@@ -311,6 +328,7 @@ def _write_report(out_dir: Path, results: dict, *, path, steps, samples, elapsed
         if isinstance(r, dict) and "params" in r:
             summary[key] = {"ri_psnr": r["metrics"]["summary"]["ri_psnr"],
                             "ssim": r["metrics"]["summary"]["ssim"]["mean"],
-                            "train_s": r["train_s"], "predict_s": r["predict_s"]}
+                            "train_s": r["train_s"], "predict_s": r["predict_s"],
+                            "load": r.get("load")}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return path_out

@@ -39,6 +39,20 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return path
 
 
+def _colourbar(fig, im, ax, label: str, *, cax=None):
+    """A slim colour bar beside ``ax`` (or in ``cax``), labelled ``label`` (the panel's unit)."""
+    cb = fig.colorbar(im, cax=cax) if cax is not None else fig.colorbar(
+        im, ax=ax, fraction=0.046, pad=0.02)
+    cb.set_label(label, fontsize=7)
+    cb.ax.tick_params(labelsize=6)
+    return cb
+
+
+def _inside(lo: float, hi: float, n: int) -> tuple[float, float]:
+    """The part of the interval ``[lo, hi)`` that lies inside ``[0, n)``."""
+    return max(lo, 0.0), min(hi, float(n))
+
+
 def plot_context_stack(
     frame: np.ndarray,
     corner: Sequence[int],
@@ -48,8 +62,16 @@ def plot_context_stack(
     targets: np.ndarray | None = None,
     channel_names: Sequence[str] | None = None,
     title: str | None = None,
+    unit: str = "normalised intensity",
+    target_unit: str | None = None,
 ) -> Path:
     """One frame, where the lateral-context windows lie on it, and the stack the network sees.
+
+    The frame is drawn at its own size: a window wider than the frame is drawn clipped to it
+    (dashed, "beyond the frame" in the legend), and in its stack panel the part that lies
+    outside the frame, where the network gets the padding (docs/data.md, "Padding modes"), is
+    hatched. The legend lies below the frame, outside the image. The frame and the stack share
+    one colour scale (``unit``), the targets another (``target_unit``, default ``unit``).
 
     Parameters
     ----------
@@ -58,42 +80,70 @@ def plot_context_stack(
     corner : (int, int)
         Top-left corner of the primary patch.
     stack : ndarray, shape (S, P, P)
-        The lateral-context stack of that patch (scale 0 = primary patch).
+        The lateral-context stack of that patch (scale 0 = primary patch), centred on the
+        primary patch (docs/data.md, "Lateral context crops").
     targets : ndarray, shape (T, P, P), optional
         The target channels of the primary patch.
     """
     plt = _pyplot()
     s, p, _ = stack.shape
     t = 0 if targets is None else targets.shape[0]
-    ncols = 1 + s + t
-    fig, axes = plt.subplots(1, ncols, figsize=(2.6 * ncols, 3.0))
+    # image panels, then a slim colour-bar column after the stack and after the targets
+    ratios = [1.0] * (1 + s) + [0.07] + ([1.0] * t + [0.07] if t else [])
+    fig = plt.figure(figsize=(2.6 * (1 + s + t) + 1.2, 3.0))
+    grid = fig.add_gridspec(1, len(ratios), width_ratios=ratios, wspace=0.45)
+    cols = [fig.add_subplot(grid[0, j]) for j in range(len(ratios))]
+    for j, r in enumerate(ratios):
+        if r < 1:  # a colour bar as tall as the square panels beside it
+            cols[j].set_box_aspect(1 / r)
+    axes = cols[:1 + s] + cols[2 + s:2 + s + t]
     h, w = frame.shape
+    vmin = float(min(np.min(frame), np.min(stack)))
+    vmax = float(max(np.max(frame), np.max(stack)))
     ax = axes[0]
-    ax.imshow(frame, cmap="magma", extent=(0, w, h, 0))
+    im = ax.imshow(frame, cmap="magma", extent=(0, w, h, 0), vmin=vmin, vmax=vmax)
     cy, cx = corner[0] + p / 2, corner[1] + p / 2
     colours = plt.cm.viridis(np.linspace(0, 0.9, s))
-    span = p * 2 ** (s - 1) / 2
     for k in range(s):
         half = p * 2**k / 2
-        ax.add_patch(plt.Rectangle((cx - half, cy - half), 2 * half, 2 * half, fill=False,
-                                   lw=1.4, ec=colours[k], label=f"scale {k}"))
-    ax.set_xlim(min(0, cx - span) - 4, max(w, cx + span) + 4)
-    ax.set_ylim(max(h, cy + span) + 4, min(0, cy - span) - 4)
-    ax.set_title("input frame and LC windows", fontsize=9)
-    ax.legend(fontsize=6, loc="lower right", framealpha=0.6)
-    for k in range(s):
+        (y0, y1), (x0, x1) = _inside(cy - half, cy + half, h), _inside(cx - half, cx + half, w)
+        clipped = (y0, y1, x0, x1) != (cy - half, cy + half, cx - half, cx + half)
+        label = f"scale {k}: {p * 2**k} px" + (" (beyond the frame)" if clipped else "")
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.4,
+                                   ec=colours[k], ls="--" if clipped else "-", label=label))
         a = axes[1 + k]
-        a.imshow(stack[k], cmap="magma")
-        a.set_title(f"scale {k}: {p * 2**k}px field" if k else f"scale 0: {p}px patch",
-                    fontsize=9)
+        a.imshow(stack[k], cmap="magma", vmin=vmin, vmax=vmax)
+        a.set_xlim(-0.5, p - 0.5)
+        a.set_ylim(p - 0.5, -0.5)
+        if clipped:  # in stack pixels: where the frame ends; outside it the network sees padding
+            f = 2.0**k
+            top, left = cy - half, cx - half
+            iy0, iy1 = (y0 - top) / f - 0.5, (y1 - top) / f - 0.5
+            ix0, ix1 = (x0 - left) / f - 0.5, (x1 - left) / f - 0.5
+            lo, hi = -0.5, p - 0.5
+            for rx, ry, rw, rh in ((lo, lo, p, iy0 - lo), (lo, iy1, p, hi - iy1),
+                                   (lo, iy0, ix0 - lo, iy1 - iy0), (ix1, iy0, hi - ix1, iy1 - iy0)):
+                if rw > 0 and rh > 0:
+                    a.add_patch(plt.Rectangle((rx, ry), rw, rh, fill=False, hatch="//",
+                                              ec="white", lw=0, alpha=0.6))
+        a.set_title((f"scale {k}: {p * 2**k} px field" if k else f"scale 0: {p} px patch")
+                    + ("\n(hatched: padding)" if clipped else ""), fontsize=8)
         for sp in a.spines.values():
             sp.set_edgecolor(colours[k])
             sp.set_linewidth(2)
-    for j in range(t):
-        a = axes[1 + s + j]
-        a.imshow(targets[j], cmap="gray")
-        name = channel_names[j] if channel_names else f"target {j}"
-        a.set_title(f"{name} (target)", fontsize=9)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_title(f"input frame ({h}×{w} px)\nand the context windows", fontsize=8)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.03), framealpha=0.9)
+    _colourbar(fig, im, None, unit, cax=cols[1 + s])
+    if t:
+        tmin, tmax = float(np.min(targets)), float(np.max(targets))
+        for j in range(t):
+            a = axes[1 + s + j]
+            tim = a.imshow(targets[j], cmap="gray", vmin=tmin, vmax=tmax)
+            name = channel_names[j] if channel_names else f"target {j}"
+            a.set_title(f"{name} (true, patch)", fontsize=8)
+        _colourbar(fig, tim, None, target_unit or unit, cax=cols[-1])
     for a in axes:
         a.set_xticks([])
         a.set_yticks([])
@@ -112,8 +162,13 @@ def plot_prediction(
     channel_names: Sequence[str] | None = None,
     crop: tuple[slice, slice] | None = None,
     title: str | None = None,
+    unit: str = "intensity",
 ) -> Path:
     """Input | prediction per channel | ground truth per channel | std per channel.
+
+    Every panel has a colour bar labelled with ``unit``, the intensity unit of the input (the
+    predicted channels and their std are in the same units, docs/tiling.md, "Units"); a channel's
+    prediction and ground truth share one colour scale.
 
     Parameters
     ----------
@@ -133,26 +188,31 @@ def plot_prediction(
     rows = 1 + (target is not None) + (std is not None)
     shown = inp[crop]
     aspect = shown.shape[0] / max(shown.shape[1], 1)  # panels as tall as the crop is
-    fig, axes = plt.subplots(rows, c + 1, figsize=(2.8 * (c + 1), 2.8 * rows * max(aspect, 0.3)
-                                                   + 0.4), squeeze=False)
-    axes[0, 0].imshow(inp[crop], cmap="magma")
+    # room for a title above each row and a labelled colour bar beside each panel
+    fig, axes = plt.subplots(rows, c + 1, figsize=(3.3 * (c + 1), rows * (2.8 * max(aspect, 0.3)
+                                                                        + 0.35) + 0.4),
+                             squeeze=False, gridspec_kw={"hspace": 0.3, "wspace": 0.35})
+    im = axes[0, 0].imshow(shown, cmap="magma")
     axes[0, 0].set_title("input (superimposed)", fontsize=9)
+    _colourbar(fig, im, axes[0, 0], unit)
     for r in range(1, rows):
         axes[r, 0].axis("off")
     for k in range(c):
         vmin, vmax = np.percentile(
             (target if target is not None else mean)[crop + (k,)], [0.5, 99.5])
-        axes[0, k + 1].imshow(mean[crop + (k,)], cmap="gray", vmin=vmin, vmax=vmax)
+        im = axes[0, k + 1].imshow(mean[crop + (k,)], cmap="gray", vmin=vmin, vmax=vmax)
         axes[0, k + 1].set_title(f"prediction: {names[k]}", fontsize=9)
+        _colourbar(fig, im, axes[0, k + 1], unit)
         r = 1
         if target is not None:
-            axes[r, k + 1].imshow(target[crop + (k,)], cmap="gray", vmin=vmin, vmax=vmax)
+            im = axes[r, k + 1].imshow(target[crop + (k,)], cmap="gray", vmin=vmin, vmax=vmax)
             axes[r, k + 1].set_title(f"ground truth: {names[k]}", fontsize=9)
+            _colourbar(fig, im, axes[r, k + 1], unit)
             r += 1
         if std is not None:
             im = axes[r, k + 1].imshow(std[crop + (k,)], cmap="viridis")
-            axes[r, k + 1].set_title(f"std: {names[k]}", fontsize=9)
-            fig.colorbar(im, ax=axes[r, k + 1], fraction=0.046, pad=0.02)
+            axes[r, k + 1].set_title(f"uncertainty (std): {names[k]}", fontsize=9)
+            _colourbar(fig, im, axes[r, k + 1], f"std, {unit}")
     for a in axes.ravel():
         a.set_xticks([])
         a.set_yticks([])
