@@ -33,7 +33,7 @@ from musplit.data.dataset import GridPatches, TrainPatches, make_loader
 from musplit.data.normalize import NormStats, compute_stats
 from musplit.data.sources import load_targets
 from musplit.data.splits import save_split
-from musplit.errors import ConfigError, MusplitError
+from musplit.errors import ConfigError, InputError, MusplitError
 from musplit.kinds import LADDER_KINDS
 from musplit.losses import (
     NonFiniteGuard,
@@ -41,6 +41,14 @@ from musplit.losses import (
     gaussian_nll,
     kl_annealing_beta,
     split_elbo,
+)
+from musplit.losses.denoisplit import (
+    NOISE_MODEL_LOSSES,
+    RestrictedKL,
+    check_noise_model_data,
+    denoisplit_loss,
+    noise_model_nll,
+    training_noise_models,
 )
 from musplit.models import build
 from musplit.models.protocol import aux_of, params_of
@@ -77,13 +85,24 @@ class SplitModule(L.LightningModule):
         The full run configuration (model, training settings).
     stats : NormStats
         Normalisation statistics of the training data (stored in checkpoints).
+    noise_models : (MultiChannelNoiseModel, list of dict), optional
+        The frozen noise models of a ``denoisplit`` loss and their records
+        (:func:`musplit.losses.denoisplit.training_noise_models`); default: read from
+        ``config.train.noise_models`` when the loss needs them (docs/microsplit.md, "Training
+        with noise models").
     """
 
-    def __init__(self, config: Config, stats: NormStats):
+    def __init__(self, config: Config, stats: NormStats, noise_models=None):
         super().__init__()
         self.config = config
         self.stats = stats
         self.model = build(config.model)
+        if config.train.loss in NOISE_MODEL_LOSSES and noise_models is None:
+            noise_models = training_noise_models(config.train.noise_models,
+                                                 config.model.out_channels)
+        self.noise_model, self.noise_model_records = noise_models or (None, None)
+        self._restricted_kl = (RestrictedKL(self.model) if self.noise_model is not None
+                               and RestrictedKL.needed(self.model) else None)
         self.guard = NonFiniteGuard()
         self.probabilistic = config.model.kind in LADDER_KINDS
         self._val: dict[str, torch.Tensor] | None = None
@@ -98,6 +117,8 @@ class SplitModule(L.LightningModule):
     def _loss(self, x, y):
         tc = self.config.train
         if self.probabilistic:
+            if self.noise_model is not None:
+                return self._noise_model_loss(x, y)
             out = self.model(x, kl_estimator=tc.kl_estimator)
             beta = kl_annealing_beta(self.current_epoch) if tc.kl_annealing else 1.0
             return split_elbo(out.params, y, out.kl, out.kl_elements,
@@ -106,11 +127,29 @@ class SplitModule(L.LightningModule):
         out = self.model(x)
         return deep_supervision_mse(params_of(out)[:, : y.shape[1]], y, aux_of(out))
 
+    def _noise_model_loss(self, x, y):
+        """The ``denoisplit`` / ``denoisplit_usplit`` loss (musplit.losses.denoisplit)."""
+        tc, rec = self.config.train, self._restricted_kl
+        if rec is None:
+            out, kl_r = self.model(x, kl_estimator=tc.kl_estimator), None
+        else:
+            with rec.recording(tuple(x.shape[-2:])):
+                out = self.model(x, kl_estimator=tc.kl_estimator)
+            kl_r = None if out.kl is None else rec.restricted(out.kl)
+        beta = kl_annealing_beta(self.current_epoch) if tc.kl_annealing else 1.0
+        return denoisplit_loss(
+            out.params, y, self.noise_model, self.stats.target_mean, self.stats.target_std,
+            out.kl, out.kl_elements, kl_restricted=kl_r, loss=tc.loss,
+            usplit_weight=tc.usplit_weight, denoisplit_weight=tc.denoisplit_weight, beta=beta,
+            kl_floor=tc.denoisplit_free_nats, normalisation=tc.loss_normalisation,
+            free_bits=tc.free_bits, nll_beta=tc.nll_beta)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss, logs = self._loss(x, y)
         self.log("loss", logs["loss"], prog_bar=True, on_step=True, on_epoch=False)
-        for k in ("distortion", "rate", "kl_nats", "aux_mse"):
+        for k in ("distortion", "rate", "kl_nats", "aux_mse", "nm_nll", "kl_ds", "nm_outside",
+                  "usplit_loss", "denoisplit_loss"):
             if k in logs:
                 self.log(f"train_{k}", logs[k], on_step=True, on_epoch=False)
         kept = self.guard(loss)
@@ -140,6 +179,9 @@ class SplitModule(L.LightningModule):
             "nll_sum": torch.zeros((), dtype=torch.float64, device=dev),
             "nll_n": torch.zeros((), dtype=torch.float64, device=dev),
         }
+        if self.noise_model is not None:
+            self._val["nm_sum"] = torch.zeros((), dtype=torch.float64, device=dev)
+            self._val["nm_n"] = torch.zeros((), dtype=torch.float64, device=dev)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -154,7 +196,14 @@ class SplitModule(L.LightningModule):
         ok = torch.isfinite(mse)
         v["mse_sum"] += torch.where(ok, mse, 0).sum(0)
         v["count"] += ok.sum(0)
-        if self.probabilistic and params.shape[1] == 2 * c:
+        if self.noise_model is not None:
+            nm, _ = noise_model_nll(mu, y, self.noise_model, self.stats.target_mean,
+                                    self.stats.target_std)
+            v["nm_sum"] += nm.double().sum()
+            v["nm_n"] += nm.numel()
+        # The pure denoisplit loss does not train the log-variances: no Gaussian val_loss.
+        if self.probabilistic and params.shape[1] == 2 * c and \
+                self.config.train.loss != "denoisplit":
             nll = gaussian_nll(params, y)
             v["nll_sum"] += nll.double().sum()
             v["nll_n"] += nll.numel()
@@ -185,12 +234,16 @@ class SplitModule(L.LightningModule):
                     "" if ok.any() else " (no channel left: this validation selects nothing)")
         if v["nll_n"] > 0:
             self.log("val_loss", (v["nll_sum"] / v["nll_n"]).float())
+        if "nm_n" in v and v["nm_n"] > 0:
+            self.log("val_nm_nll", (v["nm_sum"] / v["nm_n"]).float())
         self._val = None
 
     # -- optimisation (docs/method.md, "Training recipe") ------------------------------------------
     def configure_optimizers(self):
         tc = self.config.train
-        opt = torch.optim.Adamax(self.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)
+        # The noise models' weights are frozen: only the network's parameters are optimised.
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.Adamax(params, lr=tc.lr, betas=(0.9, 0.999), eps=1e-8)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max", factor=0.5, patience=tc.lr_patience, min_lr=1e-12,
             threshold=1e-4, threshold_mode="rel",
@@ -215,6 +268,8 @@ class SplitModule(L.LightningModule):
             "stats": self.stats.to_dict(),
             "skipped_steps": self.guard.skipped,
         }
+        if self.noise_model_records is not None:
+            checkpoint["musplit"]["noise_models"] = self.noise_model_records
 
     def on_load_checkpoint(self, checkpoint):
         self.guard.skipped = int(checkpoint.get("musplit", {}).get("skipped_steps", 0))
@@ -416,12 +471,23 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     elif (run_dir / LAST).exists() and not overwrite:
         raise MusplitError(f"{run_dir} already holds a trained model: choose another --out, "
                            "or --resume to continue it")
+    noise = None
+    if tc.loss in NOISE_MODEL_LOSSES:  # read (or, resuming, restored) before anything is written
+        stored = state["musplit"].get("noise_models") if state is not None else None
+        noise = training_noise_models(tc.noise_models, config.model.out_channels, stored=stored)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.to_yaml(run_dir / "config.yaml")
     _quiet_lightning()
     _seed_everything(tc.seed)
     t0 = time.time()
     data, stats = prepare_data(config, run_dir)
+    if noise is not None:
+        if len(noise[0]) != stats.n_channels:
+            raise InputError(f"{len(noise[0])} noise model(s) (--noise-models) for the "
+                             f"{stats.n_channels} target channels of {data.source}: give one "
+                             "noise-model file per channel")
+        check_noise_model_data(noise[0], data.targets, data.split.train,
+                               clip_quantile=config.data.clip_quantile)
     train_ds, val_ds = make_datasets(config, data, stats)
     log.info("data ready in %.1f s: %d training patches per epoch, %d validation patches",
              time.time() - t0, len(train_ds), len(val_ds))
@@ -429,7 +495,7 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
                                seed=tc.seed)
     val_loader = make_loader(val_ds, max(tc.batch_size, 64), num_workers=tc.num_workers)
 
-    module = SplitModule(config, stats)
+    module = SplitModule(config, stats, noise_models=noise)
     if tc.init_from and not resume:  # resume restores the trained weights instead
         report = load_pretrained_encoder(module.model, tc.init_from)
         write_report(report, run_dir / "init_report.json")
@@ -439,6 +505,9 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         echo(f"data: {data.source}; {description}")
     extra = {"split": data.split.to_dict(), "split_description": description,
              "channel_names": data.channel_names, "data_source": data.source}
+    if noise is not None:  # self-contained checkpoints (docs/microsplit.md, "Training with noise
+        # models")
+        extra["noise_models"] = noise[1]
     loggers = make_loggers(run_dir, logger)
     checkpoints = MusplitCheckpoints(run_dir, extra, csv_log=loggers[0])
     # check_finite=False: a non-finite metric never stops a run (skipped channels are left out

@@ -62,12 +62,20 @@ from musplit.kinds import KINDS
 @click.option("--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default=None,
               help="Training arithmetic (default: the preset's, 32).")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the preset's, 0).")
+@click.option("--loss", type=click.Choice(["usplit", "denoisplit", "denoisplit_usplit"]),
+              default=None,
+              help="usplit: clean targets (Gaussian split ELBO); denoisplit: noisy targets "
+                   "(noise-model likelihood + denoiSplit KL); denoisplit_usplit: noisy targets, "
+                   "MicroSplit's 0.9/0.1 mix of both (default: the preset's, usplit).")
+@click.option("--noise-models", "noise_models", default=None,
+              help="Comma-separated noise-model files (musplit noise-model fit), one per "
+                   "channel in channel order; needed by the denoisplit losses (default: none).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Run folder (default runs/<name>).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its resume.ckpt. --max-steps/--max-epochs "
                    "(e.g. larger, to train longer) and --val-every may change; a change to "
-                   "the model, data, patch, channels, batch size, precision or seed is "
+                   "the model, data, patch, channels, batch size, precision, seed or loss is "
                    "refused.")
 @click.option("--overwrite", is_flag=True,
               help="Train into an --out folder that holds files: the previous run's "
@@ -85,7 +93,7 @@ from musplit.kinds import KINDS
 def train(config_path, preset_name, data_path, channel_files, split, axes, channels, critters,
           kind, lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every,
           precision, seed, out_dir, resume, devices, strategy, init_from=None, logger="csv",
-          overwrite=False):
+          overwrite=False, loss=None, noise_models=None):
     """Train a model; the run folder gets the config, split, logs and checkpoints.
 
     \b
@@ -106,7 +114,8 @@ def train(config_path, preset_name, data_path, channel_files, split, axes, chann
         axes=axes, channels=int_list(channels, "--channels") if channels else None,
         patch=patch, kind=kind, lc=lc, filters=filters, depth=depth, preset_name=preset_name,
         max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
-        val_every=val_every, precision=precision, seed=seed, init_from=init_from)
+        val_every=val_every, precision=precision, seed=seed, init_from=init_from, loss=loss,
+        noise_models=noise_models)
     cfg = train_config(over, config_path=config_path, preset_name=preset_name, resume=resume,
                        out_dir=out_dir)
     # The run folder is checked (writable, not a file, not a previous run) before any work.

@@ -75,10 +75,12 @@ def train_overrides(*, data_path: str | None = None, split: str | None = None,
                     preset_name: str | None = None, max_steps: int | None = None,
                     max_epochs: int | None = None, batch_size: int | None = None,
                     val_every: int | None = None, precision: str | None = None,
-                    seed: int | None = None, init_from: str | None = None) -> dict:
+                    seed: int | None = None, init_from: str | None = None,
+                    loss: str | None = None, noise_models: str | None = None) -> dict:
     """The overrides ``{"data": {...}, "model": {...}, "train": {...}}`` of ``musplit train``'s
     flags (None / empty: not given). ``channels`` is already parsed into a list of ints (None:
-    not given; the command passes None for an empty ``--channels ""``).
+    not given; the command passes None for an empty ``--channels ""``); ``noise_models`` is
+    the comma-separated ``--noise-models`` list.
 
     Pure: reads nothing but :data:`musplit.config.PRESETS` (for the Deep-LC rule).
     """
@@ -108,9 +110,12 @@ def train_overrides(*, data_path: str | None = None, split: str | None = None,
         over["model"]["z_dims"] = z_dims
     for key, val in (("max_steps", max_steps), ("max_epochs", max_epochs),
                      ("batch_size", batch_size), ("val_every_steps", val_every),
-                     ("precision", precision), ("seed", seed), ("init_from", init_from)):
+                     ("precision", precision), ("seed", seed), ("init_from", init_from),
+                     ("loss", loss)):
         if val is not None:
             over["train"][key] = val
+    if noise_models:
+        over["train"]["noise_models"] = [p.strip() for p in noise_models.split(",")]
     return over
 
 
@@ -138,6 +143,7 @@ FLAG_OF_SETTING = {
     "model.z_dims": "--lc", "train.max_steps": "--max-steps", "train.max_epochs": "--max-epochs",
     "train.batch_size": "--batch-size", "train.val_every_steps": "--val-every",
     "train.precision": "--precision", "train.seed": "--seed", "train.init_from": "--init-from",
+    "train.loss": "--loss", "train.noise_models": "--noise-models",
 }
 
 

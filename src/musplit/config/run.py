@@ -23,6 +23,7 @@ from musplit.config.base import (
 )
 from musplit.config.model import ModelConfig
 from musplit.errors import ConfigError
+from musplit.kinds import LADDER_KINDS
 
 CONFIG_VERSION = 1
 
@@ -135,6 +136,44 @@ class TrainConfig(Strict):
     init_from: str | None = Field(
         None, description="pre-training checkpoint (musplit pretrain) whose encoder weights "
         "initialise the model, loaded strictly (docs/pretraining.md, \"Transfer to µSplit\")")
+    loss: Literal["usplit", "denoisplit", "denoisplit_usplit"] = Field(
+        "usplit", description="training loss (docs/microsplit.md, \"Training with noise "
+        "models\"): usplit (clean targets: the Gaussian split ELBO), denoisplit (noisy "
+        "targets: noise-model likelihood + denoiSplit KL), denoisplit_usplit (noisy targets: "
+        "MicroSplit's weighted sum of both)")
+    noise_models: list[str] | None = Field(
+        None, description="one noise-model .npz file per target channel, in channel order "
+        "(musplit noise-model fit); needed by the denoisplit losses, stored in the checkpoints")
+    usplit_weight: float = Field(0.1, ge=0.0, description="w_µS of denoisplit_usplit")
+    denoisplit_weight: float = Field(0.9, ge=0.0, description="w_dS of denoisplit_usplit")
+    denoisplit_free_nats: float = Field(
+        1.0, ge=0.0, description="free bits of the denoiSplit KL, in nats per latent level")
+
+    @model_validator(mode="after")
+    def _check_loss(self) -> TrainConfig:
+        defaults = {k: TrainConfig.model_fields[k].default
+                    for k in ("usplit_weight", "denoisplit_weight", "denoisplit_free_nats")}
+        if self.loss == "usplit":
+            if self.noise_models is not None:
+                raise ValueError("train.noise_models are given but train.loss is 'usplit', "
+                                 "which does not use them: choose train.loss denoisplit_usplit "
+                                 "or denoisplit (--loss)")
+            changed = [k for k, v in defaults.items() if getattr(self, k) != v]
+        else:
+            if not self.noise_models:
+                raise ValueError(f"train.loss '{self.loss}' needs train.noise_models: one "
+                                 "noise-model .npz file per target channel (--noise-models "
+                                 "a.npz,b.npz; fit them with musplit noise-model fit)")
+            if any(not str(p).strip() for p in self.noise_models):
+                raise ValueError(f"train.noise_models has an empty path: {self.noise_models}")
+            changed = [k for k in ("usplit_weight", "denoisplit_weight")
+                       if self.loss == "denoisplit" and getattr(self, k) != defaults[k]]
+        if changed:
+            raise ValueError(f"train.{', train.'.join(changed)} set but train.loss "
+                             f"'{self.loss}' does not use {'it' if len(changed) == 1 else 'them'}")
+        if self.loss == "denoisplit_usplit" and self.usplit_weight + self.denoisplit_weight <= 0:
+            raise ValueError("train.usplit_weight + train.denoisplit_weight must be > 0")
+        return self
 
 
 class PredictConfig(Strict):
@@ -193,6 +232,19 @@ class Config(Strict):
             )
         if d.alpha is not None and len(d.alpha) != m.out_channels:
             raise ValueError(f"{len(d.alpha)} alpha weights for {m.out_channels} channels")
+        t = self.train
+        if t.loss != "usplit":
+            if m.kind not in LADDER_KINDS:
+                raise ValueError(f"train.loss '{t.loss}' trains the LadderVAE ("
+                                 f"{', '.join(LADDER_KINDS)}), not model.kind '{m.kind}'")
+            if len(t.noise_models) != m.out_channels:
+                raise ValueError(f"{len(t.noise_models)} noise model(s) (train.noise_models) "
+                                 f"for {m.out_channels} target channels (model.out_channels): "
+                                 "give one noise-model file per channel, in channel order")
+            if t.loss == "denoisplit" and self.predict.consistent:
+                raise ValueError("predict.consistent shares the residual by the predicted "
+                                 "variances, which train.loss 'denoisplit' does not train: use "
+                                 "denoisplit_usplit or predict.consistent: false")
         g = self.predict.grid
         if g is not None and self.predict.padding == "inner":
             if g > d.patch or (d.patch - g) % 2:
