@@ -219,3 +219,45 @@ def plot_prediction(
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def plot_calibration(calibration, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """RMSE against RMV per bin, before and after calibration, one panel per channel, with the
+    diagonal ``y = x`` where a calibrated std lies (docs/microsplit.md, "Calibration in
+    musplit").
+
+    Parameters
+    ----------
+    calibration : musplit.calibration.Calibration
+        Its ``before`` / ``after`` bins (kept bins only are drawn), ``ence_before`` /
+        ``ence_after`` (in the legend), ``a``, ``b`` and ``channel_names``.
+    path : path-like
+        The figure (``.png``), written atomically.
+    """
+    plt = _pyplot()
+    c = calibration.n_channels
+    fig, axes = plt.subplots(1, c, figsize=(3.6 * c, 3.6), squeeze=False)
+    units = calibration.units + " target units"
+    for k, ax in enumerate(axes[0]):
+        name = (calibration.channel_names[k] if k < len(calibration.channel_names)
+                else f"ch{k}")
+        top = 0.0
+        for bins, ence, style, label in (
+                (calibration.before[k], calibration.ence_before[k], "o-", "raw std"),
+                (calibration.after[k], calibration.ence_after[k], "s-", "calibrated std")):
+            x, y = bins.rmv[bins.kept], bins.rmse[bins.kept]
+            ax.plot(x, y, style, ms=3.5, lw=1, label=f"{label} (ENCE {ence:.3f})")
+            top = max(top, float(np.nanmax(x, initial=0)), float(np.nanmax(y, initial=0)))
+        top = top * 1.05 or 1.0
+        ax.plot([0, top], [0, top], "k--", lw=0.8, label="y = x (calibrated)")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel(f"RMV, predicted ({units})", fontsize=8)
+        ax.set_ylabel(f"RMSE, observed ({units})", fontsize=8)
+        ax.set_title(f"{name}: a = {calibration.a[k]:.3g}, b = {calibration.b[k]:.3g}",
+                     fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.7)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)

@@ -17,6 +17,7 @@ from musplit.data.io import ImageSource
 from musplit.data.normalize import NormStats
 from musplit.errors import CheckpointError, ConfigError, InputError
 from musplit.models import build
+from musplit.predict.calibrated import check_calibration
 
 
 class Splitter:
@@ -67,15 +68,27 @@ class Splitter:
                 f"checkpoint {path} does not match its model ({mismatch_report(mismatch)})")
         model.load_state_dict(state, strict=True)
         stats = NormStats.from_dict(payload["stats"]) if payload.get("stats") else None
+        extra = payload.get("extra")
+        if isinstance(extra, dict) and extra.get("calibration") is not None:
+            n = stats.n_channels if stats is not None else config.model.out_channels
+            check_calibration(extra["calibration"], n, f"checkpoint {path}")
         model.to(map_location)
-        return cls(model, config, stats, payload.get("extra"))
+        return cls(model, config, stats, extra)
+
+    @property
+    def calibration(self) -> dict | None:
+        """The stored uncertainty calibration (``Calibration.to_dict()``, written by
+        ``musplit calibrate`` / :func:`musplit.calibration.save_calibrated`), or None.
+        ``musplit.calibration.Calibration.from_dict`` makes it an object again."""
+        cal = self.extra.get("calibration")
+        return dict(cal) if cal is not None else None
 
     def predict(self, image, padding: str | None = None, grid: int | None = None,
                  samples: int | None = None, batch_size: int | None = None, *, seed: int = 0,
                  precision: str | None = None, normalized: bool = False,
                  progress: bool = False, pixel_size: tuple[float, float] | None = None,
                  input_scale: float = 1.0, brightness: str | None = None,
-                 strict_range: bool = False):
+                 strict_range: bool = False, raw_std: bool = False):
         """Split ``image`` into its channels by tiled prediction (docs/tiling.md).
 
         Parameters
@@ -109,11 +122,16 @@ class Splitter:
         strict_range : bool
             Refuse an image outside the training range instead of warning
             (:func:`musplit.predict.brightness.check_range`).
+        raw_std : bool
+            Return the raw posterior-sample std even when the model carries a calibration
+            (:attr:`calibration`); by default a calibrated model returns the calibrated std
+            (docs/microsplit.md, "Calibration in musplit").
 
         Returns
         -------
         musplit.predict.Prediction
-            ``.mean`` (N, H, W, C) and ``.std`` (or None) in input intensity units.
+            ``.mean`` (N, H, W, C) and ``.std`` (or None) in input intensity units;
+            ``.std_calibrated`` says which std it is.
         """
         self._need_stats()
         if isinstance(image, ImageSource):
@@ -129,6 +147,7 @@ class Splitter:
             **self._options(padding, grid, samples, batch_size, precision), seed=seed,
             normalized=normalized, progress=progress, pixel_size=pixel_size,
             input_scale=input_scale, brightness=brightness, strict_range=strict_range,
+            **self._calibration(raw_std),
         )
 
     def predict_to_zarr(self, source, out_path: str | os.PathLike, *,
@@ -139,15 +158,16 @@ class Splitter:
                         block: int = 2048, overwrite: bool = False, progress: bool = False,
                         protect=(), pixel_size: tuple[float, float] | None = None,
                         input_scale: float = 1.0, brightness: str | None = None,
-                        strict_range: bool = False) -> Path:
+                        strict_range: bool = False, raw_std: bool = False) -> Path:
         """Split an image larger than memory, block by block, into OME-Zarr.
 
         ``source`` is a file (TIFF, Zarr, ... read lazily) or an array; memory is bounded by
         ``block``, not by the image (:func:`musplit.predict.predict_to_zarr`). The other
         arguments are as for :meth:`predict`; ``std`` writes ``<stem>_std.zarr`` when
-        ``samples > 1``; ``protect`` lists files that must never be written to (a file
-        ``source`` always is); ``pixel_size`` (``(y, x)`` µm) goes into the stores' OME-Zarr
-        scale, by default the source's.
+        ``samples > 1`` (calibrated unless ``raw_std``, as for :meth:`predict`); ``protect``
+        lists files that must never be written to (a file ``source`` always is);
+        ``pixel_size`` (``(y, x)`` µm) goes into the stores' OME-Zarr scale, by default the
+        source's.
 
         Returns
         -------
@@ -161,7 +181,16 @@ class Splitter:
             progress=progress, std=std, axes=axes, channel=channel, block=block,
             overwrite=overwrite, protect=protect, pixel_size=pixel_size,
             input_scale=input_scale, brightness=brightness, strict_range=strict_range,
+            **self._calibration(raw_std),
         )
+
+    def _calibration(self, raw_std: bool) -> dict:
+        """The ``calibration`` argument of a prediction: none asked or none stored gives no
+        argument at all, so calls look as they did before calibration existed."""
+        if not isinstance(raw_std, bool):
+            raise InputError(f"raw_std must be True or False, got {raw_std!r}")
+        cal = None if raw_std else self.calibration
+        return {} if cal is None else {"calibration": cal}
 
     def _options(self, padding, grid, samples, batch_size, precision) -> dict:
         """The tiling, sampling and precision arguments, defaults from ``config.predict``."""

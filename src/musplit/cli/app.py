@@ -13,6 +13,7 @@ import sys
 import click
 
 from musplit import __version__
+from musplit.cli.calibrate import calibrate
 from musplit.cli.demo import demo
 from musplit.cli.detect import detect, synth
 from musplit.cli.doubledip import double_dip
@@ -45,7 +46,7 @@ def cli(verbose: int) -> None:
 
 # Every command of ``musplit``, in one place (``musplit --help`` lists them sorted by name).
 for _command in (generate, info, train, predict, evaluate, double_dip, import_official_cmd,
-                 demo, detect, synth, pretrain, noise_model):
+                 demo, detect, synth, pretrain, noise_model, calibrate):
     cli.add_command(_command)
 del _command
 

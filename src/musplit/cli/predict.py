@@ -36,7 +36,12 @@ log = logging.getLogger("musplit")
                    "for Deep-LC).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Posterior samples averaged (MMSE; default: the model's config, 1).")
-@click.option("--std", "with_std", is_flag=True, help="Also write the per-pixel std.")
+@click.option("--std", "with_std", is_flag=True,
+              help="Also write the per-pixel std (calibrated when MODEL carries a calibration "
+                   "from musplit calibrate).")
+@click.option("--raw-std", is_flag=True,
+              help="Write the raw posterior-sample std even when MODEL is calibrated "
+                   "(implies --std).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Patches per network call (default: the model's config, 64).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
@@ -58,7 +63,7 @@ log = logging.getLogger("musplit")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
             batch_size, precision, seed, overwrite, series=None, level=0, input_scale=1.0,
-            brightness=None, strict_range=False):
+            brightness=None, strict_range=False, raw_std=False):
     """Split the superimposed image INPUT with the trained MODEL.
 
     With a .zarr output (and no --mix-channels) the image is read and predicted block by
@@ -71,6 +76,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     from musplit.data.io.axes import frames_instead
     from musplit.splitter import Splitter  # torch
 
+    with_std = with_std or raw_std
     if out_path.resolve() == input_path.resolve():
         raise InputError(f"--out {out_path} is the input file: it would be overwritten")
     kind = file_kind(out_path)
@@ -93,6 +99,8 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     if chans:
         _check_mix_channels(chans, src, splitter)
     check_prediction_space(out_path, src, splitter, samples, with_std)
+    if with_std:
+        _say_which_std(splitter, raw_std)
     if samples and samples > 1 and not with_std:
         log.info("--samples > 1: the std is computed; add --std to write it")
     if kind == "zarr" and not chans:
@@ -100,7 +108,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
             src, out_path, padding=padding, grid=grid, samples=samples,
             batch_size=batch_size, seed=seed, precision=precision, std=with_std,
             overwrite=overwrite, progress=True, protect=[input_path], input_scale=input_scale,
-            brightness=brightness, strict_range=strict_range)
+            brightness=brightness, strict_range=strict_range, raw_std=raw_std)
         click.echo(f"wrote {written}")
         return
     _check_in_memory_prediction(src, splitter, samples, input_path,
@@ -113,11 +121,26 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     pred = splitter.predict(image, padding=padding, grid=grid, samples=samples,
                             batch_size=batch_size, seed=seed, precision=precision,
                             progress=True, pixel_size=src.pixel_size, input_scale=input_scale,
-                            brightness=brightness, strict_range=strict_range)
+                            brightness=brightness, strict_range=strict_range,
+                            raw_std=raw_std)
     if not with_std:
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
     click.echo(f"wrote {written}")
+
+
+def _say_which_std(splitter, raw_std: bool) -> None:
+    """One log line: which std ``--std`` writes (the saved files' metadata say it too,
+    ``std_calibrated``)."""
+    if splitter.calibration is None:
+        log.info("writing the raw posterior-sample std (the model carries no calibration: "
+                 "musplit calibrate adds one)")
+    elif raw_std:
+        click.echo("--raw-std: the std written is the raw posterior-sample std, not the "
+                   "model's calibrated one", err=True)
+    else:
+        click.echo("the std written is calibrated (max(a std + b, 0), fitted by musplit "
+                   "calibrate); --raw-std writes the raw one", err=True)
 
 
 def _check_mix_channels(chans, src, splitter) -> None:

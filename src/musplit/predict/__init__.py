@@ -38,6 +38,7 @@ The package, one job a module:
 * :mod:`musplit.predict.brightness`: the input clip and the brightness check;
 * :mod:`musplit.predict.engine`: batches of LC stacks through the model, MMSE tiles out;
 * :mod:`musplit.predict.stitch`: tiles into the output arrays;
+* :mod:`musplit.predict.calibrated`: a stored calibration applied to the std;
 * :mod:`musplit.predict.run`: :func:`predict_image` and :func:`predict_to_zarr`.
 
 Every name the module ``musplit.predict`` had before the split is re-exported here, private

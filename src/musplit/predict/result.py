@@ -39,7 +39,9 @@ class Prediction:
         ``meta["units"] == "normalised"``).
     std : ndarray, float32, shape (N, H, W, C), or None
         Per-pixel sample standard deviation over the ``samples`` posterior samples (``ddof=0``),
-        same units as ``mean``; None when ``samples == 1``.
+        same units as ``mean``; None when ``samples == 1``. With a calibrated model it is the
+        calibrated std ``max(a_k std + b_k, 0)``, the predicted error (:attr:`std_calibrated`;
+        docs/microsplit.md, "Calibration in musplit").
     aleatoric_std : ndarray, float32, shape (N, H, W, C), or None
         ``s_k * sqrt(mean_K exp(l_k))``: the std of the model's Gaussian likelihood averaged over
         samples (docs/tiling.md, "MMSE and uncertainty"), same units. The total predictive
@@ -53,6 +55,7 @@ class Prediction:
     meta : dict
         Tiling (``padding``, ``grid``, ``eval_patch``, ``margin``, ``blend``,
         ``paper_geometry``), ``samples``, ``seed``, ``sample_mode``, ``units``, ``std_ddof``,
+        ``std_calibrated`` and, when True, ``std_calibration`` (the scales and offsets applied),
         the normalisation statistics (``stats``), ``patch``, ``scales``, ``pad``,
         ``lc_alignment``, ``input_scale``, ``clip``, ``musplit_version``, timing.
     pixel_size : (float, float) or None
@@ -80,10 +83,17 @@ class Prediction:
         return f"Prediction({', '.join(parts)}, channels={self.channel_names}, {settings})"
 
     @property
+    def std_calibrated(self) -> bool:
+        """Whether :attr:`std` is the calibrated std (False for the raw posterior-sample std,
+        and for files written before calibration existed)."""
+        return bool(self.meta.get("std_calibrated", False))
+
+    @property
     def total_std(self) -> np.ndarray | None:
         """``sqrt(std**2 + aleatoric_std**2)`` (docs/tiling.md, "MMSE and uncertainty"), or
-        whichever of the two exists."""
-        if self.aleatoric_std is None:
+        whichever of the two exists. A calibrated :attr:`std` is already fitted to the whole
+        error, so it is returned as it is."""
+        if self.aleatoric_std is None or (self.std is not None and self.std_calibrated):
             return self.std
         if self.std is None:
             return self.aleatoric_std

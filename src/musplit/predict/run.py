@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from musplit.predict.brightness import (
     check_range,
     input_clip,
 )
+from musplit.predict.calibrated import std_calibration
 from musplit.predict.engine import (
     _as_frames,
     _Engine,
@@ -193,6 +194,7 @@ def predict_image(
     pixel_size: tuple[float, float] | None = None,
     brightness: str | None = None,
     strict_range: bool = False,
+    calibration: Mapping | None = None,
 ) -> Prediction:
     """Split a superimposed image into its channels by tiled prediction (docs/tiling.md).
 
@@ -262,6 +264,12 @@ def predict_image(
         Refuse an image outside the model's training range (beyond 3x the training clip in
         normalised units, or as far below the training minimum:
         :func:`~musplit.predict.brightness.check_range`) instead of logging a warning.
+    calibration : mapping, optional
+        A stored calibration (``Calibration.to_dict()``, a checkpoint's
+        ``extra["calibration"]``): the returned std is the calibrated ``max(a_k std + b_k, 0)``
+        in the output's units (:mod:`musplit.predict.calibrated`; docs/microsplit.md,
+        "Calibration in musplit") and ``meta["std_calibrated"]`` is True. None: the raw
+        posterior-sample std (``meta["std_calibrated"]`` False).
     amp : {"bf16", "fp16", "fp32"}, optional
         Autocast the network to bf16 or fp16 (not parity; statistics stay float32). bf16 is
         1.5-1.7x faster for models of the paper's width on a CPU with AVX512-BF16 (no faster
@@ -302,6 +310,8 @@ def predict_image(
     factor = _brightness(_array_reader(frames), (n, h, w), input_scale, stats, brightness,
                          config, strict_range)
     input_scale = input_scale * factor
+    cal = std_calibration(calibration, stats, samples, normalized=normalized,
+                          out_scale=1.0 / factor)
     c = stats.n_channels
     rows, cols = tiling.shape(h, w)
     per_frame = rows * cols
@@ -348,12 +358,21 @@ def predict_image(
                      amp=amp)
     meta.update(tiles=int(total), batch_size=int(batch_size), seconds=round(seconds, 3),
                 brightness_factor=float(factor))
+    if cal is not None and "std" in result:
+        cal.apply(result["std"])
+    meta.update(_calibration_meta(cal))
     samp = None
     if keep_samples:
         s = result["samples"].reshape(n, h, w, keep_samples, c)
         samp = np.moveaxis(s, 3, 0)
     return Prediction(result["mean"], result.get("std"), result.get("aleatoric_std"), samp,
                       names, "SYXC", meta, pixel_size)
+
+
+def _calibration_meta(cal) -> dict:
+    """``std_calibrated`` (always) and ``std_calibration`` (when applied) for the metadata."""
+    return {"std_calibrated": True, "std_calibration": cal.meta} if cal is not None else {
+        "std_calibrated": False}
 
 
 def _open_source(source, axes, channel, pixel_size
@@ -412,6 +431,7 @@ def predict_to_zarr(
     pixel_size: tuple[float, float] | None = None,
     brightness: str | None = None,
     strict_range: bool = False,
+    calibration: Mapping | None = None,
 ) -> Path:
     """Predict an image larger than memory, block by block, into OME-Zarr (docs/tiling.md,
     "Streaming to Zarr").
@@ -426,7 +446,7 @@ def predict_to_zarr(
     ----------
     model, config, stats, padding, grid, samples, batch_size, seed, channel_names, normalized,
     progress, paper_geometry, sample_mode, sample_batch, input_scale, amp, channels_last,
-    brightness, strict_range
+    brightness, strict_range, calibration
         As for :func:`predict_image` (the brightness is measured on up to 8 frames, the
         central 2048² of each).
     source : path-like, ImageSource or array-like
@@ -471,6 +491,8 @@ def predict_to_zarr(
     read, (n, h, w), pixel_size = _open_source(source, axes, channel, pixel_size)
     factor = _brightness(read, (n, h, w), input_scale, stats, brightness, config, strict_range)
     input_scale = input_scale * factor
+    cal = std_calibration(calibration, stats, samples, normalized=normalized,
+                          out_scale=1.0 / factor)
     c = stats.n_channels
     g = tiling.grid
     # Chunks of about 512 px (what viewers read well), aligned with the tile grid; blocks are
@@ -526,6 +548,8 @@ def predict_to_zarr(
     def write(blk, arrays: dict[str, np.ndarray]) -> None:
         f = blk[0]
         oy, ox, _, _ = region(blk)
+        if cal is not None and "std" in writers:
+            cal.apply(arrays["std"])
         for k, wr in writers.items():
             wr.write((slice(f, f + 1), oy, ox, slice(None)), arrays[k])
 
@@ -550,6 +574,7 @@ def predict_to_zarr(
                      amp=amp)
     meta.update(batch_size=int(batch_size), block=int(bpx), seconds=round(seconds, 3),
                 channel_names=names, brightness_factor=float(factor))
+    meta.update(_calibration_meta(cal if "std" in paths else None))
     for k, p in paths.items():
         _set_zarr_meta(p, _jsonable({**meta, "quantity": k}))
     log.info("predicted %.2f Mpx into %s in %.1f s", n * h * w / 1e6, paths["mean"], seconds)
