@@ -148,11 +148,15 @@ def micro_ssim(targets, predictions, *, multiscale: bool = True) -> dict:
     sd = p.std()
     k = float(g.std() / sd) if sd > 0 else 1.0
     p = p * k
-    with contextlib.redirect_stderr(io.StringIO()):  # the package's progress bar over frames
+    # The package prints a progress bar over the frames while fitting, and takes the square
+    # root of variance products that rounding can make slightly negative, for an SSIM
+    # component it does not use in the score: neither is for the user.
+    with contextlib.redirect_stderr(io.StringIO()), np.errstate(invalid="ignore"):
         fitted = MicroSSIM().fit(g, p)
+        scores = [float(fitted.score(a, b)) for a, b in zip(g, p, strict=True)]
     params = {n: v if n == "bg_percentile" else float(v)
               for n, v in fitted.get_parameters().items()}
-    out: dict = {"microssim": [float(fitted.score(a, b)) for a, b in zip(g, p, strict=True)],
+    out: dict = {"microssim": scores,
                  "fit": {**params, "offset_pred": params["offset_pred"] / k,
                          "ri_factor": params["ri_factor"] * k},
                  "notes": []}
