@@ -38,6 +38,7 @@ from musplit.demo import (
     machine_load,
     metric_notes,
     run_times,
+    score_cell,
     std_notes,
     timing_lines,
     write_text_atomic,
@@ -197,9 +198,8 @@ def _row(title: str, m: dict, names, params="") -> str:
     s = m["summary"]
     chans = " | ".join(f"{s['ri_psnr'][n]['mean']:.2f} ± {s['ri_psnr'][n]['sem']:.2f}"
                        for n in names)
-    ri, ss = s["ri_psnr"]["mean"], s["ssim"]["mean"]
-    return (f"| {title} | {params} | {chans} | {ri['mean']:.2f} ± {ri['sem']:.2f} | "
-            f"{ss['mean']:.3f} ± {ss['sem']:.3f} |")
+    return (f"| {title} | {params} | {chans} | {score_cell(s, 'ri_psnr', 2)} | "
+            f"{score_cell(s, 'ssim')} | {score_cell(s, 'microssim')} |")
 
 
 def table(results: dict) -> str:
@@ -207,8 +207,8 @@ def table(results: dict) -> str:
     :func:`musplit.demo.timing_lines`)."""
     names = results["names"]
     head = ("| method | trainable parameters | " + " | ".join(f"RI-PSNR {n} (dB)" for n in names)
-            + " | RI-PSNR mean (dB) | SSIM mean (0 to 1) |")
-    lines = [head, "|---|---:|" + "---:|" * len(names) + "---:|---:|",
+            + " | RI-PSNR mean (dB) | SSIM mean (0 to 1) | MicroSSIM mean (0 to 1) |")
+    lines = [head, "|---|---:|" + "---:|" * len(names) + "---:|---:|---:|",
              _row(results["baseline"]["title"], results["baseline"]["metrics"], names)]
     for r in results.values():
         if isinstance(r, dict) and "params" in r:
@@ -328,6 +328,7 @@ def _write_report(out_dir: Path, results: dict, *, path, steps, samples, elapsed
         if isinstance(r, dict) and "params" in r:
             summary[key] = {"ri_psnr": r["metrics"]["summary"]["ri_psnr"],
                             "ssim": r["metrics"]["summary"]["ssim"]["mean"],
+                            "microssim": r["metrics"]["summary"].get("microssim", {}).get("mean"),
                             "train_s": r["train_s"], "predict_s": r["predict_s"],
                             "load": r.get("load")}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))

@@ -18,7 +18,8 @@ from musplit.metrics import evaluate
 
 log = logging.getLogger(__name__)
 
-_LABELS = {"ri_psnr": "RI-PSNR (dB)", "psnr": "PSNR (dB)", "ssim": "SSIM", "rmse": "RMSE"}
+_LABELS = {"ri_psnr": "RI-PSNR (dB)", "psnr": "PSNR (dB)", "ssim": "SSIM",
+           "microssim": "MicroSSIM", "microms3im": "MicroMS3IM", "rmse": "RMSE"}
 
 
 def check_pixel_sizes(prediction, target, rtol: float = 0.01) -> bool:
@@ -58,8 +59,8 @@ def evaluate_arrays(target, prediction, *, stats: NormStats | None = None,
     stats : NormStats, optional
         Training statistics: the ground truth is clipped at the training clip value and both
         are normalised per channel before the metrics, as the paper does (docs/evaluation.md). The
-        (range-invariant) PSNR and SSIM do not change under this per-channel affine map; the
-        clip and RMSE do.
+        (range-invariant) PSNR, SSIM and MicroSSIM do not change under this per-channel affine
+        map; the clip and RMSE do.
 
     Returns
     -------
@@ -85,7 +86,8 @@ def evaluate_arrays(target, prediction, *, stats: NormStats | None = None,
 
 
 def format_table(res: dict) -> str:
-    """A plain-text table: one row per metric, one column per channel and their mean."""
+    """A plain-text table: one row per metric, one column per channel and their mean, then the
+    number of frames and one line per metric that was not computed (``res["notes"]``)."""
     cols = [*res["channels"], "mean"]
     lines = [f"{'metric':<14}" + "".join(f"{c:>20}" for c in cols)]
     for m, entry in res["summary"].items():
@@ -96,6 +98,7 @@ def format_table(res: dict) -> str:
             cells.append(f"{e['mean']:.3f}{sem}")
         lines.append(f"{_LABELS.get(m, m):<14}" + "".join(f"{c:>20}" for c in cells))
     lines.append(f"({res['frames']} frames; mean ± standard error over frames)")
+    lines += res.get("notes", [])
     return "\n".join(lines)
 
 

@@ -29,7 +29,8 @@ from musplit.evaluation import check_pixel_sizes, evaluate_arrays
               help="Write the metrics as .json (and .csv next to it; default: print them only).")
 def evaluate(pred_path, target_path, target_channels, axes, model_path, out_path, series=None,
              level=0):
-    """Range-invariant PSNR, PSNR, SSIM and RMSE per frame and channel, mean ± s.e.m."""
+    """Range-invariant PSNR, PSNR, SSIM, MicroSSIM, MicroMS3IM and RMSE per frame and channel,
+    mean ± s.e.m. (MicroSSIM and MicroMS3IM fitted per channel on all the frames)."""
     from musplit.data.io import open_image  # tifffile, zarr
 
     chans = int_list(target_channels, "--target-channels")
