@@ -1,5 +1,7 @@
 """Shared test settings."""
 
+import logging
+
 import pytest
 import torch
 
@@ -12,3 +14,15 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels_restored():
+    # A benchmark's main() (tests/test_pcmc_bench.py runs one) quietens the musplit and
+    # Lightning loggers for its own run; without this, every later test in the same worker
+    # that looks for a warning in the log would find nothing.
+    names = ("musplit", "lightning", "lightning.pytorch", "lightning.fabric")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
