@@ -127,4 +127,8 @@ def test_demo_real_writes_a_report_against_the_linear_baseline(tmp_path, capsys)
 
 def test_demo_real_rejects_a_channel_the_stack_does_not_have(capsys):
     code, _, err = run(["demo", "--real", "--channels", "0,7"], capsys)
-    assert code == 2 and "two different channels" in err
+    assert code == 2 and "2 to 4 different channels" in err and "0,7" in err
+    for bad, needle in (("0", "2 to 4 different channels"), ("0,1,2,3,1", "more than once"),
+                        ("1,1", "more than once")):
+        code, _, err = run(["demo", "--real", "--channels", bad], capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (bad, err)

@@ -107,7 +107,7 @@ def _tiles(region: np.ndarray, size: int = TEST_ROWS) -> np.ndarray:
 def run_pair(path, channels, out_dir: Path, *, steps: int, samples: int = 3, seed: int = 0,
              filters: int = 16, batch_size: int = 16, models=MODELS, echo=print,
              figures: bool = True, overrides: dict | None = None) -> dict:
-    """Train the ``models`` on two channels of ``path``, predict and score the test region.
+    """Train the ``models`` on 2 to 4 channels of ``path``, predict and score the test region.
 
     Returns
     -------
@@ -145,7 +145,7 @@ def run_pair(path, channels, out_dir: Path, *, steps: int, samples: int = 3, see
                           filters=filters, batch_size=batch_size)
         if overrides:
             cfg = cfg.updated(overrides)
-        echo(f"training {title} on channels {channels[0]} + {channels[1]} ({steps} steps, "
+        echo(f"training {title} on channels {' + '.join(map(str, channels))} ({steps} steps, "
              f"batch {cfg.train.batch_size}, {cfg.model.filters} filters)")
         t0 = time.time()
         best = train(cfg, out_dir / folder, overwrite=True, progress=True)
@@ -240,7 +240,7 @@ def run_real_demo(out_dir: str | os.PathLike = "runs/demo-real", *, channels=(0,
     src = open_image(path)
     echo(f"[1/3] real data: {path.name} from PartSegData, {src.height}x{src.width}, "
          f"{src.n_channels} channels, pixel {src.pixel_size[0]:.4f} µm; splitting channels "
-         f"{channels[0]} + {channels[1]}")
+         f"{' + '.join(map(str, channels))}")
     src.close()
     echo(f"[2/3] training and predicting ({steps} steps per model)")
     results = run_pair(path, channels, out_dir, steps=steps, samples=samples, seed=seed,
@@ -272,17 +272,17 @@ def _write_report(out_dir: Path, results: dict, *, path, steps, samples, elapsed
     for key, d in g.items():
         above = all(d[n] > 0 for n in names)
         verdicts.append(f"- **{results[key]['title']}** " + (
-            "is above the linear baseline on both channels" if above else
+            "is above the linear baseline on every channel" if above else
             "is NOT above the linear baseline on every channel") + ": "
             + ", ".join(f"{n} {d[n]:+.2f} dB" for n in names) + f" (mean {d['mean']:+.2f} dB).")
     lines = [
-        "# musplit on real data: splitting two channels of a confocal image",
+        f"# musplit on real data: splitting {len(names)} channels of a confocal image",
         "",
         f"Data: `{path.name}` from the PartSegData package (BSD-3), a confocal OME-TIFF of "
         "nuclei written by Bio-Formats, 1024 × 1024 px, four separately imaged channels, "
-        f"LZW-compressed, read as shipped. Channels {names[0]} and {names[1]} are the two "
+        f"LZW-compressed, read as shipped. Channels {', '.join(names)} are the {len(names)} "
         "structures; the image to split is their sum, which is what one detector channel would "
-        "record if both were labelled with the same dye.",
+        "record if all were labelled with the same dye.",
         "",
         f"Split: {results['split']}. The test region is never trained on; training patches may "
         "see into it only through their lateral context, as tiles do at prediction time.",

@@ -481,11 +481,17 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     _seed_everything(tc.seed)
     t0 = time.time()
     data, stats = prepare_data(config, run_dir)
+    if noise is not None and len(noise[0]) != stats.n_channels:
+        raise InputError(f"{len(noise[0])} noise model(s) (--noise-models) for the "
+                         f"{stats.n_channels} target channels of {data.source}: give one "
+                         "noise-model file per channel")
+    if stats.n_channels != config.model.out_channels:  # a file's channels, counted on reading
+        try:
+            config = config.with_channels(stats.n_channels)
+        except ConfigError as e:
+            raise ConfigError(f"{data.source}: {e}") from None
+        config.to_yaml(run_dir / "config.yaml")
     if noise is not None:
-        if len(noise[0]) != stats.n_channels:
-            raise InputError(f"{len(noise[0])} noise model(s) (--noise-models) for the "
-                             f"{stats.n_channels} target channels of {data.source}: give one "
-                             "noise-model file per channel")
         check_noise_model_data(noise[0], data.targets, data.split.train,
                                clip_quantile=config.data.clip_quantile)
     train_ds, val_ds = make_datasets(config, data, stats)
@@ -502,7 +508,9 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     description = data.split.describe(data.shapes)
     log.info("%s: %s", data.source, description)
     if echo is not None:
-        echo(f"data: {data.source}; {description}")
+        names = ", ".join(data.channel_names) if data.channel_names else ""
+        echo(f"data: {data.source}; {stats.n_channels} structures to split"
+             + (f" ({names})" if names else "") + f"; {description}")
     extra = {"split": data.split.to_dict(), "split_description": description,
              "channel_names": data.channel_names, "data_source": data.source}
     if noise is not None:  # self-contained checkpoints (docs/microsplit.md, "Training with noise

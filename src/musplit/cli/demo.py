@@ -22,7 +22,7 @@ from musplit.errors import InputError
               help="Run on a real confocal image (PartSegData's stack.tif; "
                    "pip install 'musplit[examples]') instead of synthetic data.")
 @click.option("--channels", default="0,3", show_default=True,
-              help="With --real: the two channels of the stack to split.")
+              help="With --real: the channels of the stack to split (2 to 4 of 0..3).")
 @click.option("--frames", type=click.IntRange(min=10), default=100, show_default=True)
 @click.option("--size", type=click.IntRange(min=64), default=256, show_default=True)
 @click.option("--max-steps", "steps", type=click.IntRange(min=1), default=1000,
@@ -40,8 +40,9 @@ def demo(out_dir: Path | None, real: bool, channels: str, frames: int, size: int
 
     if real:
         chans = int_list(channels, "--channels") or []
-        if len(chans) != 2 or len(set(chans)) != 2 or not all(0 <= c < 4 for c in chans):
-            raise InputError(f"--channels must be two different channels of the 4-channel "
+        if not 2 <= len(chans) <= 4 or len(set(chans)) != len(chans) or not all(
+                0 <= c < 4 for c in chans):
+            raise InputError(f"--channels must be 2 to 4 different channels of the 4-channel "
                              f"stack (0..3), got '{channels}'")
         run_real_demo(out_dir or Path("runs/demo-real"), channels=tuple(chans), steps=steps,
                       samples=samples or 3, seed=seed, echo=click.echo)

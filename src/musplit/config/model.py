@@ -28,7 +28,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from musplit.config.base import Strict
-from musplit.kinds import BASELINE_KINDS, LADDER_KINDS  # noqa: F401  (re-exported)
+from musplit.kinds import (  # noqa: F401  (re-exported)
+    BASELINE_KINDS,
+    LADDER_KINDS,
+    MAX_CHANNELS,
+    MIN_CHANNELS,
+)
 
 # The kinds of musplit.kinds.KINDS, spelled out for the type (tests/test_cli_layout.py checks).
 Kind = Literal["hvae", "hae", "unet", "bravenet", "ca_unet"]
@@ -37,6 +42,17 @@ LC = Literal["none", "lean", "regular", "deep"]
 # LADDER_KINDS (the LadderVAE) and BASELINE_KINDS (docs/evaluation.md, "Baselines") are
 # defined in musplit.kinds, which the command line imports without pydantic.
 _LADDER = ", ".join(LADDER_KINDS)  # as error messages name them
+
+
+def channel_count_message(n: int) -> str:
+    """The one line for a channel count musplit cannot split."""
+    return (f"{n} target channel(s): musplit splits {MIN_CHANNELS} to {MAX_CHANNELS} structures; "
+            "pick them with data.channels (--channels 0,1,2)")
+
+
+def out_channels_given(model: ModelConfig) -> bool:
+    """Whether ``model.out_channels`` was set by the user (else it follows the data)."""
+    return "out_channels" in model.model_fields_set
 
 # LadderVAE-only switches and their defaults: a baseline config must leave them alone.
 _LADDER_ONLY = {
@@ -102,7 +118,8 @@ class ModelConfig(Strict):
     z_dims: list[int] | None = None
     depth: int | None = Field(None, ge=1)
     scales: int | None = Field(None, ge=1)
-    out_channels: int = Field(2, ge=2)
+    out_channels: int = Field(2, description="structures to split, 2 to 4; left out, the "
+                              "data's channel count")
     patch: int = Field(64, ge=4)
     blocks_per_level: int = Field(1, ge=1)
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
@@ -117,6 +134,9 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _fill_variant_defaults(self) -> ModelConfig:
+        if not MIN_CHANNELS <= self.out_channels <= MAX_CHANNELS:
+            raise ValueError(f"out_channels is {self.out_channels}: musplit splits "
+                             f"{MIN_CHANNELS} to {MAX_CHANNELS} structures")
         if self.kind in LADDER_KINDS:
             self._check_ladder()
         else:

@@ -21,7 +21,13 @@ from musplit.config.base import (
     read_yaml_mapping,
     write_yaml,
 )
-from musplit.config.model import ModelConfig
+from musplit.config.model import (
+    MAX_CHANNELS,
+    MIN_CHANNELS,
+    ModelConfig,
+    channel_count_message,
+    out_channels_given,
+)
 from musplit.errors import ConfigError
 from musplit.kinds import LADDER_KINDS
 
@@ -226,10 +232,17 @@ class Config(Strict):
                 f"has {m.scales} input branches"
             )
         n = d.n_channels
+        if n is not None and not MIN_CHANNELS <= n <= MAX_CHANNELS:
+            raise ValueError(channel_count_message(n))
+        if n is None and self.train.noise_models:
+            n = len(self.train.noise_models)  # one noise model per channel (checked below)
         if n is not None and n != m.out_channels:
-            raise ValueError(
-                f"data has {n} target channels, model.out_channels is {m.out_channels}"
-            )
+            if out_channels_given(m):
+                raise ValueError(
+                    f"data has {n} target channels, model.out_channels is {m.out_channels}"
+                )
+            if MIN_CHANNELS <= n <= MAX_CHANNELS:
+                object.__setattr__(m, "out_channels", n)  # follows the data; stays unset
         if d.alpha is not None and len(d.alpha) != m.out_channels:
             raise ValueError(f"{len(d.alpha)} alpha weights for {m.out_channels} channels")
         t = self.train
@@ -273,6 +286,25 @@ class Config(Strict):
         return write_yaml(self.model_dump(mode="json"), path)
 
     def updated(self, overrides: dict) -> Config:
-        """A new validated config with nested ``overrides`` (e.g. {"train": {"max_steps": 5}})."""
+        """A new validated config with nested ``overrides`` (e.g. {"train": {"max_steps": 5}}).
+
+        A ``model.out_channels`` that followed the data still follows it (new data channels
+        in ``overrides`` change it)."""
         merged = deep_merge(self.model_dump(mode="json"), overrides)
+        if not out_channels_given(self.model) and "out_channels" not in (
+                overrides.get("model") or {}):
+            merged["model"].pop("out_channels", None)
         return Config.validated(merged)
+
+    def with_channels(self, n: int) -> Config:
+        """This config for data of ``n`` target channels, found when the data was read: the
+        model's ``out_channels`` follows unless it was given (then a mismatch is an error)."""
+        if n == self.model.out_channels:
+            return self
+        if not MIN_CHANNELS <= n <= MAX_CHANNELS:
+            raise ConfigError(channel_count_message(n))
+        if out_channels_given(self.model):
+            raise ConfigError(f"the data has {n} target channels, model.out_channels is "
+                              f"{self.model.out_channels}: remove model.out_channels from the "
+                              "config (it follows the data) or pick channels with --channels")
+        return self.updated({"model": {"out_channels": n}})

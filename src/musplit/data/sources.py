@@ -28,6 +28,7 @@ from musplit.data.splits import (
 )
 from musplit.errors import InputError
 from musplit.files import ZARR_MARKERS, atomic_write
+from musplit.kinds import MAX_CHANNELS, MIN_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -82,32 +83,47 @@ def write_critters(out_dir: str | os.PathLike, data: np.ndarray, *, fmt: str = "
     list of Path
         The image file, ``split.json`` and ``manifest.json``.
     """
+    return write_dataset(out_dir, {Path(CRITTERS_FILE).stem: data}, dataset="SinosoidalCritters",
+                         channel_names=["ch1", "ch2"], fmt=fmt, overwrite=overwrite,
+                         params=params)
+
+
+def write_dataset(out_dir: str | os.PathLike, stacks: dict[str, np.ndarray], *, dataset: str,
+                  channel_names: list[str], fmt: str = "tiff", overwrite: bool = False,
+                  params: dict | None = None) -> list[Path]:
+    """Write synthetic stacks (``{file stem: (N, H, W, C) array}``, all of one shape) with axes
+    and channel names, the frame split and a manifest (parameters, shape, checksums) into
+    ``out_dir``; returns the written paths, the split and the manifest last."""
     from musplit.data.io import write_tiff, write_zarr
 
+    if fmt not in ("tiff", "zarr"):
+        raise InputError(f"unknown format '{fmt}' (tiff or zarr)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = ["ch1", "ch2"]
-    if fmt == "tiff":
-        img = write_tiff(out_dir / CRITTERS_FILE, data, axes="SYXC", channel_names=names,
-                         overwrite=overwrite)
-    elif fmt == "zarr":
-        img = write_zarr(out_dir / "critters.zarr", data, axes="SYXC", channel_names=names,
-                         overwrite=overwrite)
-    else:
-        raise InputError(f"unknown format '{fmt}' (tiff or zarr)")
-    split = save_split(default_split(data.shape[0]), out_dir / "split.json")
+    written, sums = [], {}
+    for stem, data in stacks.items():
+        if fmt == "tiff":
+            img = write_tiff(out_dir / f"{stem}.tif", data, axes="SYXC",
+                             channel_names=channel_names, overwrite=overwrite)
+        else:
+            img = write_zarr(out_dir / f"{stem}.zarr", data, axes="SYXC",
+                             channel_names=channel_names, overwrite=overwrite)
+        written.append(Path(img))
+        sums[Path(img).name] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    first = next(iter(stacks.values()))
+    split = save_split(default_split(first.shape[0]), out_dir / "split.json")
     manifest = {
-        "dataset": "SinosoidalCritters",
+        "dataset": dataset,
         "params": params or {},
-        "shape": list(data.shape),
+        "shape": list(first.shape),
         "axes": "SYXC",
-        "channel_names": names,
-        "sha256": hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest(),
+        "channel_names": list(channel_names),
+        "sha256": sums[written[0].name] if len(sums) == 1 else sums,
     }
     man = out_dir / "manifest.json"
     with atomic_write(man) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1))
-    return [Path(img), split, man]
+    return [*written, split, man]
 
 
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2", ".npy", ".npz", ".zarr")
@@ -163,12 +179,26 @@ def _check_frames(parts: list[tuple[str, np.ndarray]], patch: int) -> None:
                              f"{patch}x{patch}; use a smaller --patch or larger images")
 
 
+def _all_channels(path, n: int) -> list[int]:
+    """All ``n`` channels of a file given without ``data.channels``, when musplit can split
+    that many structures."""
+    if n < MIN_CHANNELS:
+        raise InputError(f"{path}: it holds {n} channel(s); training needs the structures "
+                         f"imaged separately, {MIN_CHANNELS} to {MAX_CHANNELS} channels (one "
+                         "file with a channel axis, or --channel-files with one file each)")
+    if n > MAX_CHANNELS:
+        raise InputError(f"{path}: it holds {n} channels and musplit splits {MIN_CHANNELS} to "
+                         f"{MAX_CHANNELS} structures: pick them with --channels, e.g. "
+                         f"--channels {','.join(str(c) for c in range(min(n, 3)))}")
+    return list(range(n))
+
+
 def _read_multichannel(data_cfg) -> tuple:
     """Frames of one or more multi-channel files (one or more frames each)."""
     from musplit.data.io import open_image
 
     paths = resolve_paths(data_cfg.path)
-    channels = data_cfg.channels if data_cfg.channels is not None else [0, 1]
+    channels = data_cfg.channels
     parts, counts, known = [], [], None
     for p in paths:
         src = open_image(p, axes=data_cfg.axes)
@@ -178,6 +208,8 @@ def _read_multichannel(data_cfg) -> tuple:
                 listing = ", ".join(f"{q.name} has {c}" for q, c in counts)
                 raise InputError(f"the files of {data_cfg.path} have different channel counts "
                                  f"({listing}); give files with the same channels")
+            if channels is None:  # every channel of the file, one structure each
+                channels = _all_channels(p, src.n_channels)
             parts.append((str(p), src.read(channels=channels)))
             if known is None:
                 known = getattr(src, "channel_names", None)
