@@ -109,19 +109,25 @@ class Prediction:
         std: bool = True,
         aleatoric: bool = False,
     ) -> Path:
-        """Write the prediction as OME-TIFF (``.tif``/``.tiff``) or OME-Zarr (``.zarr``).
+        """Write the prediction as an ImageJ hyperstack (``.tif``/``.tiff``), OME-TIFF
+        (``.ome.tif``/``.ome.tiff``) or OME-Zarr (``.zarr``).
+
+        A ``.tif`` opens in Fiji (File > Open, no Bio-Formats needed) as a hyperstack of frames
+        and named channels with the pixel size in µm; an ``.ome.tif`` carries the same in
+        OME-XML, for Bio-Formats, OMERO and QuPath (docs/tiling.md, "Output files").
 
         The mean goes to ``path``; the std (when there is one and ``std=True``) to a sibling
         ``<stem>_std<suffix>``, the aleatoric std (``aleatoric=True``) to
         ``<stem>_aleatoric_std<suffix>``. Each file carries axes, channel names, the pixel size
-        (:attr:`pixel_size`) and :attr:`meta` (OME ``Description`` JSON in a TIFF,
-        ``attrs["musplit"]`` in a Zarr), so :meth:`load` restores everything. Every output is
+        (:attr:`pixel_size`) and :attr:`meta` (JSON in the ImageJ ``Info`` property or the OME
+        ``Description`` of a TIFF, ``attrs["musplit"]`` in a Zarr), so :meth:`load` restores
+        everything. Every output is
         checked before anything is written, and each is written atomically.
 
         Parameters
         ----------
         path : path-like
-            ``.tif``, ``.tiff`` (``.ome.tif`` recommended) or ``.zarr``.
+            ``.tif``/``.tiff`` (ImageJ), ``.ome.tif``/``.ome.tiff`` (OME-TIFF) or ``.zarr``.
         overwrite : bool
             Replace existing outputs (refused otherwise, with :class:`InputError`).
         protect : iterable of path-like
@@ -149,9 +155,13 @@ class Prediction:
         for tag, arr in arrays.items():
             meta = {**_jsonable(self.meta), "quantity": tag.lstrip("_") or "mean",
                     "channel_names": names}
-            if kind == "tiff":
+            if kind == "tiff" and _is_ome(path):
                 write_tiff(targets[tag], arr, self.axes, names, overwrite,
                            metadata={"Description": json.dumps(meta)}, protect=protect,
+                           pixel_size=self.pixel_size)
+            elif kind == "tiff":  # what Fiji opens as a hyperstack without Bio-Formats
+                write_tiff(targets[tag], arr, self.axes, names, overwrite, imagej=True,
+                           metadata={"Info": json.dumps(meta)}, protect=protect,
                            pixel_size=self.pixel_size)
             else:
                 write_zarr(targets[tag], arr, self.axes, names, overwrite, protect=protect,
@@ -209,11 +219,21 @@ def _set_zarr_meta(path: Path, meta: dict) -> None:
     node.attrs["musplit"] = meta
 
 
+def _is_ome(path) -> bool:
+    return str(path).lower().rstrip("/\\").endswith((".ome.tif", ".ome.tiff"))
+
+
 def _read_meta(path: Path, kind: str) -> dict:
     if kind == "zarr":
         return dict(zarr.open(str(path), mode="r").attrs.get("musplit", {}))
     with tifffile.TiffFile(path) as tf:
         xml = tf.ome_metadata
+        info = (tf.imagej_metadata or {}).get("Info") if tf.is_imagej else None
+    if info:
+        try:
+            return json.loads(info)
+        except json.JSONDecodeError:
+            return {}
     if not xml:
         return {}
     for el in ET.fromstring(xml).iter():
