@@ -119,7 +119,25 @@ def _widths(c: int, samples: int, aleatoric: bool, keep_samples: int = 0) -> dic
 # ---------------------------------------------------------------------------------------------
 # The shared loop
 # ---------------------------------------------------------------------------------------------
-def _progress(total: int, enabled: bool, desc: str):
+class _CallbackProgress:
+    """A progress "bar" that calls ``callback(done, total)`` after every batch (a GUI's bar;
+    an exception the callback raises, e.g. on Cancel, stops the prediction)."""
+
+    def __init__(self, total: int, callback: Callable[[int, int], None]):
+        self.total, self.done, self.callback = total, 0, callback
+        callback(0, total)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled, desc: str):
+    if callable(enabled):
+        return _CallbackProgress(total, enabled)
     if not enabled:
         return None
     return tqdm(total=total, unit="batch", desc=desc)
@@ -139,7 +157,7 @@ class _Piece:
 def _predict_pieces(model: nn.Module, config: Config, engine: _Engine, tiling: Tiling, *,
                     plan: Iterable, build: Callable[[Any], _Piece],
                     sink: Callable[[Any, dict[str, np.ndarray]], None], any_tiles: bool,
-                    seed: int, channels_last: bool, n_batches: int, progress: bool) -> None:
+                    seed: int, channels_last: bool, n_batches: int, progress) -> None:
     """Predict the output piece by piece: for each item of ``plan``, ``build(item)`` reads its
     piece, the engine predicts and stitches its tiles, and ``sink(item, arrays)`` takes the
     finished canvas; the piece (its context stack above all) is freed before the next is built.
@@ -180,7 +198,7 @@ def predict_image(
     seed: int = 0,
     channel_names: list[str] | None = None,
     normalized: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     paper_geometry: bool = False,
     blend: str | None = None,
     blend_width: int | None = None,
@@ -231,8 +249,9 @@ def predict_image(
         Default ``config.data.channel_names``, else ``channel_0, channel_1, ...``.
     normalized : bool
         Return normalised target units (for metrics, docs/evaluation.md) instead of intensity units.
-    progress : bool
-        A tqdm bar over batches.
+    progress : bool or callable
+        A tqdm bar over batches, or ``progress(done, total)`` called after every batch (an
+        exception it raises stops the prediction: a GUI's Cancel).
     paper_geometry : bool
         The reference tiling, ``floor(H/G) x floor(W/G)`` tiles, remainder 0 (docs/tiling.md,
         "Reference tiling").
@@ -414,7 +433,7 @@ def predict_to_zarr(
     seed: int = 0,
     channel_names: list[str] | None = None,
     normalized: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     paper_geometry: bool = False,
     sample_mode: str | None = None,
     sample_batch: int | None = None,
