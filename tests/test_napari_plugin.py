@@ -140,5 +140,84 @@ def test_the_manifest_is_valid_and_names_the_widget():
 
     pm = PluginManifest.from_distribution("musplit")
     pm.validate_imports()
-    assert [w.display_name for w in pm.contributions.widgets] == ["Split (predict)"]
+    assert [w.display_name for w in pm.contributions.widgets] == ["Split (predict)", "Train"]
     assert {s.key for s in pm.contributions.sample_data} == {"critters", "partseg"}
+
+
+# -- the Train widget -------------------------------------------------------------------------
+def _targets(viewer, frames=6, size=64):
+    layers = critters(frames=frames, size=size)
+    for data, kw, _ in layers[1:]:
+        viewer.add_image(data, **{**kw, "visible": True})
+    return [kw["name"] for _, kw, _ in layers[1:]]
+
+
+def test_train_widget_trains_draws_the_curve_and_previews_the_split(make_napari_viewer, qtbot,
+                                                                    tmp_path, monkeypatch):
+    from musplit.napari_plugin.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    names = _targets(viewer)
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+    w.select(names)
+    w.steps.setValue(10)
+    w.out.setText(str(tmp_path / "run"))
+    w.train_button.click()
+    qtbot.waitUntil(lambda: not w.running, timeout=300_000)
+    assert w.best is not None and w.best.is_file(), w.status.text()
+    assert w.status.text().startswith("trained at step 10: checkpoint")
+    assert len(w.live.loss) == 10 and all(np.isfinite(v) for _, v in w.live.loss)
+    assert w.live.psnr and w.live.psnr[-1][0] == 10
+    assert [lay.name for lay in w.preview_layers] == [f"preview {n}" for n in names]
+    assert w.preview_layers[0].data.shape == (64, 64)
+    assert w.progress.value() == 10
+    split = Splitter.load(w.best)
+    assert split.config.train.max_steps == 10 and split.config.model.out_channels == 2
+    assert (tmp_path / "run" / "targets.tif").is_file()  # the run folder holds its data
+    # the widget refuses to train over it
+    shown = []
+    monkeypatch.setattr("musplit.napari_plugin.train_widget.show_error", shown.append)
+    w.train_button.click()
+    assert len(shown) == 1 and "already holds a trained model" in shown[0]
+
+
+def test_train_widget_cancel_keeps_the_last_checkpoint(make_napari_viewer, qtbot, tmp_path):
+    from musplit.checkpoints.format import load_checkpoint
+    from musplit.napari_plugin.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+    w.select(_targets(viewer))
+    w.steps.setValue(10_000)
+    w.out.setText(str(tmp_path / "run"))
+    w.train_button.click()
+    qtbot.waitUntil(lambda: w.live.done >= 2, timeout=300_000)
+    w.cancel_button.click()
+    qtbot.waitUntil(lambda: not w.running, timeout=300_000)
+    step = load_checkpoint(tmp_path / "run" / "last.ckpt")["extra"]["global_step"]
+    assert 2 <= step < 10_000 and w.status.text().startswith(f"stopped at step {step}")
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("none", "choose the target layers"),
+    ("one", "choose two or more target layers"),
+    ("shapes", "differ in shape"),
+])
+def test_train_widget_mistakes_are_one_line(make_napari_viewer, qtbot, tmp_path, case, needle,
+                                            monkeypatch):
+    from musplit.napari_plugin.train_widget import TrainWidget
+
+    shown = []
+    monkeypatch.setattr("musplit.napari_plugin.train_widget.show_error", shown.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="a")
+    viewer.add_image(np.zeros((64, 80), np.float32), name="b")
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+    w.select({"none": [], "one": ["a"], "shapes": ["a", "b"]}[case])
+    w.out.setText(str(tmp_path / "run"))
+    w.train_button.click()
+    assert not w.running and len(shown) == 1 and needle in shown[0] and "\n" not in shown[0]
+    assert not (tmp_path / "run").exists()
