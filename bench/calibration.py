@@ -53,7 +53,7 @@ def run(args, work: Path) -> dict:
 
     from musplit.calibration import bin_errors, calibrate, calibrated_std, calibration_error
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     t0 = time.time()
     sets = noisy_bench.clean_sets(args.frames, args.calibration_frames, args.test_frames,
                                   args.size)
@@ -212,6 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-frames", type=int, default=8, help="held-out frames")
     ap.add_argument("--size", type=int, default=64, help="frame side")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     ap.add_argument("--figures", type=Path, default=ROOT / "figures")

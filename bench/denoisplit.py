@@ -189,7 +189,7 @@ def paired_gain(a: dict, b: dict) -> dict:
 def run(args, work: Path) -> tuple[dict, dict]:
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     t_all = time.time()
     sets = clean_sets(args.frames, args.calibration_frames, args.test_frames, args.size)
     truth_unit = sets["test"]
@@ -429,6 +429,7 @@ def main(argv=None) -> int:
                     "(photons)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every model")
     ap.add_argument("--no-microssim", action="store_true", help="RI-PSNR only")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--out", type=Path, default=None, help="run folders (default: a temp dir)")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     ap.add_argument("--figures", type=Path, default=ROOT / "figures")
