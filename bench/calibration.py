@@ -212,7 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--test-frames", type=int, default=8, help="held-out frames")
     ap.add_argument("--size", type=int, default=64, help="frame side")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (2 was ten times slower on a busy 2-core machine)")
     ap.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     ap.add_argument("--figures", type=Path, default=ROOT / "figures")

@@ -429,7 +429,8 @@ def main(argv=None) -> int:
                     "(photons)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every model")
     ap.add_argument("--no-microssim", action="store_true", help="RI-PSNR only")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (2 was ten times slower on a busy 2-core machine)")
     ap.add_argument("--out", type=Path, default=None, help="run folders (default: a temp dir)")
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     ap.add_argument("--figures", type=Path, default=ROOT / "figures")
