@@ -51,7 +51,13 @@ SECTION = "## Calibrated uncertainty (issue 18)"
 def run(args, work: Path) -> dict:
     import torch
 
-    from musplit.calibration import bin_errors, calibrate, calibrated_std, calibration_error
+    from musplit.calibration import (
+        bin_errors,
+        calibrate,
+        calibrated_std,
+        calibration_error,
+        fit_line,
+    )
 
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     t0 = time.time()
@@ -93,6 +99,9 @@ def run(args, work: Path) -> dict:
             "rmv_before": float(np.sqrt(np.mean(pred.std[..., k] ** 2))),
             "rmv_after": float(np.sqrt(np.mean(std_cal[..., k] ** 2))),
             "bins_before": before.to_dict(), "bins_after": after.to_dict(),
+            "fit_bins": cal.before[k].to_dict(),
+            # The line the same rule fits to the held-out bins (not used: for comparison).
+            "held_out_line": list(fit_line(before)),
         })
     return {"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "samples": args.samples,
             "bins": args.bins, "loss": args.loss, "peak": args.peak,
@@ -115,9 +124,22 @@ def reading(result: dict) -> str:
         parts.append(f"{c['name']}: the raw std's RMV is {c['rmv_before']:.3f} against an "
                      f"RMSE of {c['rmse']:.3f} ({ratio:.1f}× too small), calibrated "
                      f"{c['rmv_after']:.3f} (a = {c['a']:.2f}, b = {c['b']:.3f})")
+    warn = ""
+    for c in result["channels"]:
+        if c["a"] > 0:
+            continue
+        held = c.get("held_out_line")
+        rise = (f"; the same rule fitted to the held-out bins gives a = {held[0]:.2f}"
+                if held else "")
+        warn += (f" On {c['name']} the line fitted on the calibration frames falls (a = "
+                 f"{c['a']:.2f}: the fit weighs every bin equally, so a few sparsely filled "
+                 f"bins can tip it){rise}. The calibrated std is then close to a constant at "
+                 "the typical error, and its low ENCE says that its level is right, not that "
+                 "it tells the worse pixels from the better ones.")
     return ("Reading it: the raw posterior-sample std measures only the spread of the "
             "samples (docs/microsplit.md, \"Calibration\"), not the error of their mean; "
-            + "; ".join(parts) + ". The held-out frames come from the same generator and noise "
+            + "; ".join(parts) + "." + warn + " The held-out frames come from the same "
+            "generator and noise "
             f"as the calibration frames, and {result['steps']} training steps are far from "
             "the paper's, so this measures the calibration procedure on a small model, not "
             "MicroSplit's published uncertainty.")
