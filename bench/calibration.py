@@ -133,9 +133,9 @@ def reading(result: dict) -> str:
                 if held else "")
         warn += (f" On {c['name']} the line fitted on the calibration frames falls (a = "
                  f"{c['a']:.2f}: the fit weighs every bin equally, so a few sparsely filled "
-                 f"bins can tip it){rise}. The calibrated std is then close to a constant at "
-                 "the typical error, and its low ENCE says that its level is right, not that "
-                 "it tells the worse pixels from the better ones.")
+                 f"bins can tip it){rise}. The calibrated std then varies little, and "
+                 "against the raw std's order; its low ENCE says that its level is right, not "
+                 "that it tells the worse pixels from the better ones.")
     return ("Reading it: the raw posterior-sample std measures only the spread of the "
             "samples (docs/microsplit.md, \"Calibration\"), not the error of their mean; "
             + "; ".join(parts) + "." + warn + " The held-out frames come from the same "
