@@ -425,7 +425,9 @@ def figure(result: dict, images: dict | None, path: Path) -> None:
     ax.set_xlabel("peak signal (photons)")
     ax.set_ylabel("RI-PSNR against clean (dB)")
     ax.set_title(f"Mean over channels, {result['steps']} steps each", fontsize=9)
-    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    key = fig.add_subplot(grid[0, 3:])  # the legend in its own (empty) axes
+    key.axis("off")
+    key.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center left")
     if show_images:
         names = [("truth", "clean ch0"), ("input", "noisy input"), ("usplit", "µSplit"),
                  ("denoisplit", "denoiSplit"), ("denoisplit_usplit", "dS + µS"),
