@@ -41,7 +41,7 @@ RI-PSNR rescales per channel) is the floor. Writes ``bench/results/denoisplit.js
 (the BENCHMARKS.md section), ``denoisplit_images.npz`` (the figure's crops) and
 ``bench/figures/denoisplit.png``.
 
-    .venv/bin/python bench/denoisplit.py                 # about 7 min on 2 CPU cores
+    .venv/bin/python bench/denoisplit.py                 # 7 to 10 min on 2 busy CPU cores
     .venv/bin/python bench/denoisplit.py --render        # section and figure from the JSON
 """
 
