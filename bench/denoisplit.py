@@ -324,7 +324,8 @@ def longer_run(result: dict) -> list[str]:
         lines.append(f"| {LABELS[k]} | " + " | ".join(_cell(r["scores"][k]) for r in rows)
                      + " |")
     wins = sum(beat(r["gain_denoisplit_db"]) for r in rows)
-    lines += ["", *[verdict(r) for r in rows], "",
+    lines += ["", "![denoiSplit against µSplit, longer run](bench/figures/denoisplit_long.png)",
+              "", *[verdict(r) for r in rows], "",
               f"At {result['steps']} steps denoiSplit beats µSplit at {wins} of {len(rows)} "
               "noise levels.", ""]
     return lines
