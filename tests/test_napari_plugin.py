@@ -171,6 +171,8 @@ def test_train_widget_trains_draws_the_curve_and_previews_the_split(make_napari_
     assert w.live.psnr and w.live.psnr[-1][0] == 10
     assert [lay.name for lay in w.preview_layers] == [f"preview {n}" for n in names]
     assert w.preview_layers[0].data.shape == (64, 64)
+    offered = [w.targets.item(i).text() for i in range(w.targets.count())]
+    assert offered == names  # previews are never offered as training targets
     assert w.progress.value() == 10
     split = Splitter.load(w.best)
     assert split.config.train.max_steps == 10 and split.config.model.out_channels == 2

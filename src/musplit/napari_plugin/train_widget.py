@@ -212,7 +212,7 @@ class TrainWidget(QWidget):
         chosen = {i.text() for i in self.targets.selectedItems()}
         self.targets.clear()
         for lay in self.viewer.layers:
-            if isinstance(lay, Image) and lay not in self.preview_layers:
+            if isinstance(lay, Image) and not _is_preview(lay) and lay not in self.preview_layers:
                 self.targets.addItem(lay.name)
                 if lay.name in chosen:
                     self.targets.item(self.targets.count() - 1).setSelected(True)
@@ -323,12 +323,12 @@ class TrainWidget(QWidget):
             for c in range(mean.shape[-1]):
                 self.preview_layers.append(self.viewer.add_image(
                     mean[..., c], name=f"preview {names[c]}", blending="additive",
-                    colormap=COLOURS[c % len(COLOURS)]))
+                    colormap=COLOURS[c % len(COLOURS)], metadata={PREVIEW: True}))
         else:
             for c, lay in enumerate(self.preview_layers):
                 lay.data = mean[..., c]
         for lay in self.preview_layers:
-            lay.metadata["musplit"] = {"preview at step": step}
+            lay.metadata["preview at step"] = step
 
     def _done(self, result):
         self._show_live()
@@ -361,3 +361,11 @@ class TrainWidget(QWidget):
 @dataclass(frozen=True)
 class _Failed:
     message: str
+
+
+#: Metadata key of the preview layers (never offered as training targets).
+PREVIEW = "musplit preview"
+
+
+def _is_preview(layer) -> bool:
+    return bool(layer.metadata.get(PREVIEW))
