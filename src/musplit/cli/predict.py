@@ -99,6 +99,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     if chans:
         _check_mix_channels(chans, src, splitter)
     check_prediction_space(out_path, src, splitter, samples, with_std)
+    _say_assumed_ratio(splitter)
     if with_std:
         _say_which_std(splitter, raw_std)
     if samples and samples > 1 and not with_std:
@@ -127,6 +128,16 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
     click.echo(f"wrote {written}")
+
+
+def _say_assumed_ratio(splitter) -> None:
+    """One line on stderr: the mixing ratio the model assumes (the files' metadata hold it
+    too, ``mixing``; musplit.data.mixing)."""
+    from musplit.data.mixing import mixing_line, mixing_summary
+
+    names = splitter.config.data.channel_names
+    click.echo(mixing_line(mixing_summary(splitter.config.data, splitter.stats), names),
+               err=True)
 
 
 def _say_which_std(splitter, raw_std: bool) -> None:

@@ -127,6 +127,8 @@ class _PatchSource(Dataset):
             raise InputError(f"patch must be an even integer >= 2, got {patch!r}")
         for i in idx:
             _check_size(*shapes_all[i], patch)
+        if alpha_range is not None and alpha_ranges is not None:
+            raise InputError("give alpha_range (two channels) or alpha_ranges, not both")
         if alpha_range is not None:
             lo, hi = (float(a) for a in alpha_range)
             if n_ch != 2:
@@ -137,8 +139,6 @@ class _PatchSource(Dataset):
                 raise InputError(f"alpha_range must satisfy 0 <= lo <= hi <= 1, got {alpha_range}")
             alpha_range = (lo, hi)
         if alpha_ranges is not None:
-            if alpha_range is not None:
-                raise InputError("give alpha_range (two channels) or alpha_ranges, not both")
             if stats.input_is_sum:
                 raise InputError("alpha_ranges cannot be combined with a summed input")
             alpha_ranges = check_ranges(alpha_ranges, n_ch)
