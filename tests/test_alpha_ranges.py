@@ -230,8 +230,9 @@ def test_a_tiny_range_trained_run_reports_the_ratio_it_assumes(tmp_path, capsys)
     code, _, err = run(["predict", runs / "best.ckpt", tmp_path / "mix.tif", "--out", out,
                         "--brightness", "off"], capsys)
     assert code == 0, err
-    line = ("assumed mixing ratio: ch0 0.71, ch1 0.29 (trained on ranges ch0 [0.2, 0.8], "
-            "ch1 [0.1, 0.3], normalised to sum 1 per patch")
+    a, b = sp._names()  # the channel names the prediction files carry
+    line = (f"assumed mixing ratio: {a} 0.71, {b} 0.29 (trained on ranges {a} [0.2, 0.8], "
+            f"{b} [0.1, 0.3], normalised to sum 1 per patch")
     assert line in err
     meta = Prediction.load(out).meta["mixing"]
     assert meta["input"] == "ranges" and meta["trained_on"] == [[0.2, 0.8], [0.1, 0.3]]

@@ -99,7 +99,6 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     if chans:
         _check_mix_channels(chans, src, splitter)
     check_prediction_space(out_path, src, splitter, samples, with_std)
-    _say_assumed_ratio(splitter)
     if with_std:
         _say_which_std(splitter, raw_std)
     if samples and samples > 1 and not with_std:
@@ -110,6 +109,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
             batch_size=batch_size, seed=seed, precision=precision, std=with_std,
             overwrite=overwrite, progress=True, protect=[input_path], input_scale=input_scale,
             brightness=brightness, strict_range=strict_range, raw_std=raw_std)
+        _say_assumed_ratio(splitter)
         click.echo(f"wrote {written}")
         return
     _check_in_memory_prediction(src, splitter, samples, input_path,
@@ -127,15 +127,16 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     if not with_std:
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
+    _say_assumed_ratio(splitter)
     click.echo(f"wrote {written}")
 
 
 def _say_assumed_ratio(splitter) -> None:
-    """One line on stderr: the mixing ratio the model assumes (the files' metadata hold it
-    too, ``mixing``; musplit.data.mixing)."""
+    """One line on stderr once the prediction is written: the mixing ratio the model assumed
+    (the files' metadata hold it too, ``mixing``; musplit.data.mixing)."""
     from musplit.data.mixing import mixing_line, mixing_summary
 
-    names = splitter.config.data.channel_names
+    names = splitter._names()
     click.echo(mixing_line(mixing_summary(splitter.config.data, splitter.stats), names),
                err=True)
 
