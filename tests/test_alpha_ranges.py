@@ -259,3 +259,28 @@ def test_a_fixed_ratio_model_says_it_assumes_its_weights(tmp_path, capsys):
     cfg = preset("cpu-small", data={"synthetic": {"frames": 3, "size": 32}})
     assert mixing_summary(cfg.data, None)["assumed"] is None
     assert "unknown" in mixing_line(mixing_summary(cfg.data, None))
+
+
+def test_the_bench_section_renders_its_table_and_reading():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import mixing_ratio
+
+    def cell(v):
+        return {"ch0": {"mean": v, "sem": 0.1}, "ch1": {"mean": v, "sem": 0.1},
+                "mean": {"mean": v, "sem": 0.1}}
+
+    rows = [{"ratio": w, "baseline": cell(15.0), "fixed": cell(20 - 10 * abs(w - 0.5)),
+             "ranges": cell(19.5)} for w in (0.1, 0.5, 0.9)]
+    result = {"rows": rows, "ranges": [[0.1, 0.9], [0.1, 0.9]], "steps": 3, "frames": 4,
+              "size": 32, "seed": 0, "samples": 1, "test_frames": [0], "threads": 1,
+              "seconds": 60, "machine": "a test", "load": [0.1, 0.2],
+              "models": {"fixed": {"train_s": 1, "assumed": [0.5, 0.5]},
+                         "ranges": {"train_s": 1, "assumed": [0.5, 0.5]}}}
+    text = mixing_ratio.section(result)
+    assert text.startswith("## Unknown mixing ratio (issue 18)")
+    assert "| 0.1 | 15.00 ± 0.10 | 16.00 ± 0.10 | 19.50 ± 0.10 | +3.50 |" in text
+    assert "ahead at 2 of the 2 other ratios" in text and "-0.50 dB from it" in text
+    assert "bench/figures/mixing_ratio.png" in text and "load average" not in text
