@@ -244,8 +244,11 @@ def main() -> None:
                     help="test ratios w of channel 0 (channel 1: 1 - w)")
     ap.add_argument("--out", type=Path, default=None, help="run folders (default: a temp dir)")
     ap.add_argument("--render", action="store_true", help="only rewrite the section and figure")
+    ap.add_argument("--suffix", default="",
+                    help="results under mixing_ratio<suffix>.* (default: the BENCHMARKS.md ones)")
     args = ap.parse_args()
-    res_path = ROOT / "results" / "mixing_ratio.json"
+    stem = f"mixing_ratio{args.suffix}"
+    res_path = ROOT / "results" / f"{stem}.json"
     if not args.render:
         ratios = [float(v) for v in args.ratios.split(",")]
         with tempfile.TemporaryDirectory() as tmp:
@@ -254,9 +257,10 @@ def main() -> None:
         res_path.parent.mkdir(exist_ok=True)
         res_path.write_text(json.dumps(result, indent=1))
     result = json.loads(res_path.read_text())
-    figure(result, ROOT / "figures" / "mixing_ratio.png")
-    (ROOT / "results" / "mixing_ratio.md").write_text(section(result))
-    print(section(result))
+    figure(result, ROOT / "figures" / f"{stem}.png")
+    text = section(result).replace("figures/mixing_ratio.png", f"figures/{stem}.png")
+    (ROOT / "results" / f"{stem}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
