@@ -201,6 +201,23 @@ def section(result: dict) -> str:
     return "\n".join(lines)
 
 
+def other_runs(results: list[dict]) -> str:
+    """A table of ``ranges - fixed`` per test ratio for other stored runs (``--suffix``)."""
+    if not results:
+        return ""
+    ratios = results[0]["ratios"]
+    lines = ["Other stored runs of the same comparison (`--suffix`), ranges − fixed in dB per "
+             "test ratio (mean of the two channels):", "",
+             "| steps | " + " | ".join(f"{w:g}" for w in ratios) + " |",
+             "|---:|" + "---:|" * len(ratios)]
+    for r in results:
+        gap = {row["ratio"]: row["ranges"]["mean"]["mean"] - row["fixed"]["mean"]["mean"]
+               for row in r["rows"]}
+        lines.append(f"| {r['steps']} | "
+                     + " | ".join(f"{gap[w]:+.2f}" if w in gap else "–" for w in ratios) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def figure(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -259,6 +276,11 @@ def main() -> None:
     result = json.loads(res_path.read_text())
     figure(result, ROOT / "figures" / f"{stem}.png")
     text = section(result).replace("figures/mixing_ratio.png", f"figures/{stem}.png")
+    if not args.suffix:
+        others = [json.loads(p.read_text())
+                  for p in sorted((ROOT / "results").glob("mixing_ratio_*.json"))]
+        extra = other_runs(sorted(others, key=lambda r: r["steps"]))
+        text = text + ("\n" + extra if extra else "")
     (ROOT / "results" / f"{stem}.md").write_text(text)
     print(text)
 
