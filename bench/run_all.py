@@ -499,7 +499,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", choices=["data", "train", "memory", "predict", "compare",
                                        "reproduce", "pcmc", "precision", "real", "denoisplit",
-                                       "calibration"], default=None)
+                                       "calibration", "mixing", "multi"], default=None)
     ap.add_argument("--precision-steps", type=int, default=400,
                     help="training steps of each model of the bf16 accuracy check")
     ap.add_argument("--reproduce-minutes", type=float, default=60.0,
@@ -513,6 +513,10 @@ def main() -> None:
                     help="training steps per model of bench/denoisplit.py (10 models)")
     ap.add_argument("--calibration-steps", type=int, default=300,
                     help="training steps of bench/calibration.py's model")
+    ap.add_argument("--mixing-steps", type=int, default=300,
+                    help="training steps per model of bench/mixing_ratio.py (2 models)")
+    ap.add_argument("--multi-steps", type=int, default=300,
+                    help="training steps per model of bench/multi_structure.py (4 models)")
     ap.add_argument("--predict-size", type=int, default=256,
                     help="frame side for the throughput runs (the issue's 2048 takes hours on "
                          "2 CPU cores; MP/s is per tile and barely depends on it)")
@@ -566,6 +570,14 @@ def main() -> None:
         print("calibration ...", flush=True)
         subprocess.run([PY, "bench/calibration.py", "--steps", str(args.calibration_steps)],
                        check=True, cwd=REPO)
+    if args.only in (None, "mixing"):
+        print("mixing ratio ...", flush=True)
+        subprocess.run([PY, "bench/mixing_ratio.py", "--steps", str(args.mixing_steps)],
+                       check=True, cwd=REPO)
+    if args.only in (None, "multi"):
+        print("three and four structures ...", flush=True)
+        subprocess.run([PY, "bench/multi_structure.py", "--steps", str(args.multi_steps)],
+                       check=True, cwd=REPO)
     if args.only is None or not (RESULTS / "machine.txt").exists():
         (RESULTS / "machine.txt").write_text(machine())
 
@@ -606,8 +618,8 @@ def main() -> None:
         parts += [(RESULTS / "pcmc.md").read_text().strip(), ""]
     if (RESULTS / "real_data.md").exists():
         parts += [(RESULTS / "real_data.md").read_text().strip(), ""]
-    # Their sections link their own figures (bench/figures/denoisplit.png, calibration.png).
-    for name in ("denoisplit", "calibration"):
+    # Their sections link their own figures.
+    for name in ("denoisplit", "calibration", "mixing_ratio", "multi_structure"):
         if (RESULTS / f"{name}.md").exists():
             parts += [(RESULTS / f"{name}.md").read_text().strip(), ""]
     (REPO / "BENCHMARKS.md").write_text("\n".join(parts))

@@ -30,6 +30,7 @@ from musplit.checkpoints.format import _atomic_write, save_checkpoint
 from musplit.checkpoints.transfer import load_pretrained_encoder, write_report
 from musplit.config import Config
 from musplit.data.dataset import GridPatches, TrainPatches, make_loader
+from musplit.data.mixing import assumed_weights
 from musplit.data.normalize import NormStats, compute_stats
 from musplit.data.sources import load_targets
 from musplit.data.splits import save_split
@@ -384,8 +385,11 @@ def prepare_data(config: Config, run_dir: Path | None = None):
         raise ConfigError(f"{data.source}: the split holds out nothing for validation "
                           f"({len(data.shapes)} frames); use data.split 'default' or 'spatial'")
     d = config.data
+    # A range-trained run assumes the midpoints of its ranges (musplit.data.mixing): they mix
+    # the validation input and whatever prediction mixes with the training weights.
+    alpha = assumed_weights(d.alpha, d.alpha_range, d.alpha_ranges)
     stats = compute_stats(data.targets, data.split.train, quantile=d.clip_quantile,
-                          alpha=d.alpha, channelwise_quantile=d.channelwise_quantile,
+                          alpha=alpha, channelwise_quantile=d.channelwise_quantile,
                           input_is_sum=d.input_is_sum, exclude=data.split.held_out)
     if run_dir is not None:
         save_split(data.split, Path(run_dir) / "split.json")
@@ -398,7 +402,8 @@ def make_datasets(config: Config, data, stats: NormStats):
     common = dict(patch=d.patch, scales=d.scales, pad=d.pad, alignment=d.lc_alignment)
     split = data.split
     train_ds = TrainPatches(data.targets, stats, split.train, augment=d.augment,
-                            alpha_range=d.alpha_range, seed=config.train.seed,
+                            alpha_range=d.alpha_range, alpha_ranges=d.alpha_ranges,
+                            seed=config.train.seed,
                             exclude=split.held_out, **common)
     if split.val_regions:
         val_ds = GridPatches(data.targets, stats, split.val, regions=split.val_regions, **common)

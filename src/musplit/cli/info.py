@@ -53,6 +53,24 @@ def _echo_checkpoint(path: Path) -> None:
                f"patch={cfg['model']['patch']} ~{n_params:,} tensor elements")
     if payload.get("stats"):
         click.echo(f"  normalisation: {json.dumps(payload['stats'])}")
+    extra = payload.get("extra") if isinstance(payload.get("extra"), dict) else {}
+    _echo_mixing(cfg, payload.get("stats"), extra.get("channel_names"))
+
+
+def _echo_mixing(cfg: dict, stats: dict | None, names=None) -> None:
+    """The mixing ratio the checkpoint's model assumes, and the ranges it was trained on."""
+    from musplit.config import Config  # pydantic
+    from musplit.data.mixing import mixing_line, mixing_summary
+    from musplit.data.normalize import NormStats
+    from musplit.errors import ConfigError
+
+    try:
+        data = Config.validated(cfg, source="checkpoint config").data
+    except ConfigError:
+        return  # a config this musplit cannot read: the lines above still describe the file
+    st = NormStats.from_dict(stats) if stats else None
+    names = names or data.channel_names
+    click.echo(f"  {mixing_line(mixing_summary(data, st), names)}")
 
 
 def _echo_image(path: Path, src) -> None:

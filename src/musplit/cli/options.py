@@ -1,6 +1,8 @@
-"""Flags the commands share: the image-selection options and comma-separated integers."""
+"""Flags the commands share: the image-selection options, comma-separated integers and ranges."""
 
 from __future__ import annotations
+
+import math
 
 import click
 
@@ -31,6 +33,32 @@ def int_list(value: str | None, name: str, *, unique: bool | None = None) -> lis
     if unique and repeated:
         raise InputError(f"{name} {value} names channel{'s' if len(repeated) > 1 else ''} "
                          f"{', '.join(map(str, repeated))} more than once; each channel once")
+    return out
+
+
+def range_list(value: str | None, name: str) -> list[list[float]] | None:
+    """``"0.2:0.8,0.1:0.9"`` -> ``[[0.2, 0.8], [0.1, 0.9]]`` (None stays None): one ``lo:hi``
+    per channel. A bad value is an :class:`~musplit.errors.InputError` naming the flag
+    ``name``: an empty value or item, an item that is not two numbers joined by ``:``, or a
+    range outside ``0 <= lo <= hi``."""
+    if value is None:
+        return None
+    example = f"give one lo:hi per channel, e.g. {name} 0.2:0.8,0.2:0.8"
+    items = [v.strip() for v in value.split(",")]
+    if not value.strip() or "" in items:
+        what = "is empty" if not value.strip() else "has an empty item"
+        raise InputError(f"{name} '{value}' {what}; {example}")
+    out = []
+    for item in items:
+        parts = item.split(":")
+        try:
+            lo, hi = (float(p) for p in parts)
+        except ValueError:
+            raise InputError(f"{name}: '{item}' is not lo:hi (two numbers joined by ':'); "
+                             f"{example}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+            raise InputError(f"{name}: the range {item} must satisfy 0 <= lo <= hi")
+        out.append([lo, hi])
     return out
 
 
@@ -66,4 +94,4 @@ def image_options(what: str):
     return decorate
 
 
-__all__ = ["check_channels", "image_options", "int_list"]
+__all__ = ["check_channels", "image_options", "int_list", "range_list"]

@@ -109,6 +109,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
             batch_size=batch_size, seed=seed, precision=precision, std=with_std,
             overwrite=overwrite, progress=True, protect=[input_path], input_scale=input_scale,
             brightness=brightness, strict_range=strict_range, raw_std=raw_std)
+        _say_assumed_ratio(splitter)
         click.echo(f"wrote {written}")
         return
     _check_in_memory_prediction(src, splitter, samples, input_path,
@@ -126,7 +127,18 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     if not with_std:
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
+    _say_assumed_ratio(splitter)
     click.echo(f"wrote {written}")
+
+
+def _say_assumed_ratio(splitter) -> None:
+    """One line on stderr once the prediction is written: the mixing ratio the model assumed
+    (the files' metadata hold it too, ``mixing``; musplit.data.mixing)."""
+    from musplit.data.mixing import mixing_line, mixing_summary
+
+    names = splitter._names()
+    click.echo(mixing_line(mixing_summary(splitter.config.data, splitter.stats), names),
+               err=True)
 
 
 def _say_which_std(splitter, raw_std: bool) -> None:

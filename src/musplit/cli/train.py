@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from musplit.cli.options import int_list
+from musplit.cli.options import int_list, range_list
 from musplit.cli.outputs import prepare_run_dir
 from musplit.kinds import KINDS
 
@@ -70,6 +70,11 @@ from musplit.kinds import KINDS
 @click.option("--noise-models", "noise_models", default=None,
               help="Comma-separated noise-model files (musplit noise-model fit), one per "
                    "channel in channel order; needed by the denoisplit losses (default: none).")
+@click.option("--alpha-ranges", "alpha_ranges", default=None,
+              help="Train for an unknown mixing ratio: one lo:hi per channel, e.g. "
+                   "0.2:0.8,0.2:0.8; each training patch mixes its channels with weights "
+                   "drawn uniformly from these ranges, normalised to sum 1, and prediction "
+                   "assumes their midpoints (default: none, the fixed weights data.alpha).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Run folder (default runs/<name>).")
 @click.option("--resume", is_flag=True,
@@ -93,7 +98,7 @@ from musplit.kinds import KINDS
 def train(config_path, preset_name, data_path, channel_files, split, axes, channels, critters,
           kind, lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every,
           precision, seed, out_dir, resume, devices, strategy, init_from=None, logger="csv",
-          overwrite=False, loss=None, noise_models=None):
+          overwrite=False, loss=None, noise_models=None, alpha_ranges=None):
     """Train a model; the run folder gets the config, split, logs and checkpoints.
 
     \b
@@ -115,7 +120,8 @@ def train(config_path, preset_name, data_path, channel_files, split, axes, chann
         patch=patch, kind=kind, lc=lc, filters=filters, depth=depth, preset_name=preset_name,
         max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
         val_every=val_every, precision=precision, seed=seed, init_from=init_from, loss=loss,
-        noise_models=noise_models)
+        noise_models=noise_models,
+        alpha_ranges=range_list(alpha_ranges, "--alpha-ranges"))
     cfg = train_config(over, config_path=config_path, preset_name=preset_name, resume=resume,
                        out_dir=out_dir)
     # The run folder is checked (writable, not a file, not a previous run) before any work.

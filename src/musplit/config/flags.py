@@ -76,11 +76,13 @@ def train_overrides(*, data_path: str | None = None, split: str | None = None,
                     max_epochs: int | None = None, batch_size: int | None = None,
                     val_every: int | None = None, precision: str | None = None,
                     seed: int | None = None, init_from: str | None = None,
-                    loss: str | None = None, noise_models: str | None = None) -> dict:
+                    loss: str | None = None, noise_models: str | None = None,
+                    alpha_ranges: list[list[float]] | None = None) -> dict:
     """The overrides ``{"data": {...}, "model": {...}, "train": {...}}`` of ``musplit train``'s
     flags (None / empty: not given). ``channels`` is already parsed into a list of ints (None:
     not given; the command passes None for an empty ``--channels ""``); ``noise_models`` is
-    the comma-separated ``--noise-models`` list.
+    the comma-separated ``--noise-models`` list; ``alpha_ranges`` the parsed ``--alpha-ranges``
+    (one ``[lo, hi]`` per channel).
 
     Pure: reads nothing but :data:`musplit.config.PRESETS` (for the Deep-LC rule).
     """
@@ -116,6 +118,8 @@ def train_overrides(*, data_path: str | None = None, split: str | None = None,
             over["train"][key] = val
     if noise_models:
         over["train"]["noise_models"] = [p.strip() for p in noise_models.split(",")]
+    if alpha_ranges is not None:
+        over["data"]["alpha_ranges"] = [list(r) for r in alpha_ranges]
     return over
 
 
@@ -144,6 +148,7 @@ FLAG_OF_SETTING = {
     "train.batch_size": "--batch-size", "train.val_every_steps": "--val-every",
     "train.precision": "--precision", "train.seed": "--seed", "train.init_from": "--init-from",
     "train.loss": "--loss", "train.noise_models": "--noise-models",
+    "data.alpha_ranges": "--alpha-ranges",
 }
 
 

@@ -8,6 +8,7 @@ so an inconsistent run fails before it starts rather than at step 3,000 (docs/de
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -79,7 +80,13 @@ class DataConfig(Strict):
     channelwise_quantile: bool = False
     alpha: list[float] | None = None
     input_is_sum: bool = False
-    alpha_range: tuple[float, float] | None = None
+    alpha_range: tuple[float, float] | None = Field(
+        None, description="two channels: per training patch the weight of channel 0 is drawn "
+        "uniformly from (lo, hi), channel 1 gets one minus it")
+    alpha_ranges: list[tuple[float, float]] | None = Field(
+        None, description="one (lo, hi) per target channel: per training patch each channel's "
+        "weight is drawn uniformly from its range, then the weights are normalised to sum to 1 "
+        "(MicroSplit's unknown mixing ratio; docs/data.md, \"Input formation\")")
     augment: Literal["none", "d4"] = "none"
     split: str = Field("default", description="'default' (frames; a spatial split when there "
                        "are too few frames), 'spatial', 'hagen' or a split.json file")
@@ -105,9 +112,32 @@ class DataConfig(Strict):
         ar = self.alpha_range
         if ar is not None and not 0 <= ar[0] <= ar[1] <= 1:
             raise ValueError(f"data.alpha_range must satisfy 0 <= lo <= hi <= 1: {ar}")
+        if self.alpha_ranges is not None:
+            self._check_alpha_ranges()
         if self.patch % 2:
             raise ValueError(f"data.patch must be even, got {self.patch}")
         return self
+
+    def _check_alpha_ranges(self) -> None:
+        """``alpha_ranges``: one ``0 <= lo <= hi`` per channel, alone (the length against the
+        channel count is :class:`Config`'s check)."""
+        for other, why in (("alpha_range", "its two-channel form"),
+                           ("alpha", "fixed weights"),
+                           ("input_is_sum", "the plain sum of the channels")):
+            if getattr(self, other) not in (None, False):
+                raise ValueError(f"data.alpha_ranges draws the mixing weights per patch, "
+                                 f"data.{other} sets {why}: give only one of them")
+        rs = self.alpha_ranges
+        if len(rs) < 2:
+            raise ValueError(f"data.alpha_ranges needs one (lo, hi) per target channel, got "
+                             f"{len(rs)}")
+        for c, (lo, hi) in enumerate(rs):
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+                raise ValueError(f"data.alpha_ranges: channel {c}'s range ({lo:g}, {hi:g}) "
+                                 "must satisfy 0 <= lo <= hi")
+        if not any(hi > 0 for _, hi in rs):
+            raise ValueError("data.alpha_ranges: every range is (0, 0), so every weight would "
+                             "be 0")
 
     @property
     def n_channels(self) -> int | None:
@@ -245,6 +275,10 @@ class Config(Strict):
                 object.__setattr__(m, "out_channels", n)  # follows the data; stays unset
         if d.alpha is not None and len(d.alpha) != m.out_channels:
             raise ValueError(f"{len(d.alpha)} alpha weights for {m.out_channels} channels")
+        if d.alpha_ranges is not None and len(d.alpha_ranges) != m.out_channels:
+            raise ValueError(f"data.alpha_ranges has {len(d.alpha_ranges)} (lo, hi) ranges for "
+                             f"{m.out_channels} target channels (model.out_channels): give one "
+                             "per channel")
         t = self.train
         if t.loss != "usplit":
             if m.kind not in LADDER_KINDS:

@@ -16,7 +16,8 @@ in one vectorised gather; use :func:`musplit.data.dataset.make_loader` (or
 
 Memory: the dataset keeps the chosen frames' clipped targets ``(n, T, H, W)`` and a
 :class:`ContextStack` of their mix (about ``S`` frames per frame), all float32; with
-``alpha_range`` one stack per target channel instead (its scale 0 gives the targets).
+``alpha_range`` or ``alpha_ranges`` one stack per target channel instead (its scale 0 gives
+the targets).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from musplit.data.context import ContextStack, as_corners, d4_terms
 from musplit.data.frames import frame_shapes, n_channels
+from musplit.data.mixing import check_ranges, draw_weights, pair_weights
 from musplit.data.normalize import NormStats
 from musplit.errors import InputError
 
@@ -70,10 +72,10 @@ def _as_region(r) -> tuple[int, int, int, int, int]:
 class _Group:
     """Frames of one size: their clipped targets ``(n, T, H, W)`` and context stacks."""
 
-    def __init__(self, clipped: np.ndarray, stats: NormStats, alpha_range, kw: dict):
+    def __init__(self, clipped: np.ndarray, stats: NormStats, per_patch: bool, kw: dict):
         self.height, self.width = int(clipped.shape[2]), int(clipped.shape[3])
         self.n_channels = int(clipped.shape[1])
-        if alpha_range is None:
+        if not per_patch:
             self.stacks = [ContextStack(_Mixed(clipped, stats), **kw)]
             self.targets: np.ndarray | None = clipped
         else:
@@ -107,6 +109,7 @@ class _PatchSource(Dataset):
         alignment: str,
         alpha_range: tuple[float, float] | None,
         cache_frames: int | None,
+        alpha_ranges: Sequence[tuple[float, float]] | None = None,
     ):
         shapes_all = frame_shapes(targets)
         n_all, n_ch = len(shapes_all), n_channels(targets)
@@ -124,6 +127,8 @@ class _PatchSource(Dataset):
             raise InputError(f"patch must be an even integer >= 2, got {patch!r}")
         for i in idx:
             _check_size(*shapes_all[i], patch)
+        if alpha_range is not None and alpha_ranges is not None:
+            raise InputError("give alpha_range (two channels) or alpha_ranges, not both")
         if alpha_range is not None:
             lo, hi = (float(a) for a in alpha_range)
             if n_ch != 2:
@@ -133,9 +138,14 @@ class _PatchSource(Dataset):
             if not 0.0 <= lo <= hi <= 1.0:
                 raise InputError(f"alpha_range must satisfy 0 <= lo <= hi <= 1, got {alpha_range}")
             alpha_range = (lo, hi)
+        if alpha_ranges is not None:
+            if stats.input_is_sum:
+                raise InputError("alpha_ranges cannot be combined with a summed input")
+            alpha_ranges = check_ranges(alpha_ranges, n_ch)
 
         self.stats, self.patch, self.scales = stats, int(patch), int(scales)
         self.pad, self.alignment, self.alpha_range = pad, alignment, alpha_range
+        self.alpha_ranges = alpha_ranges
         self.frame_indices = idx
         self.n_channels = n_ch
         shapes = [shapes_all[i] for i in idx]
@@ -149,6 +159,7 @@ class _PatchSource(Dataset):
         self._local_of = np.zeros(len(idx), dtype=np.int64)
         kw = dict(patch=self.patch, scales=self.scales, pad=pad, alignment=alignment,
                   cache_frames=cache_frames)
+        per_patch = alpha_range is not None or alpha_ranges is not None
         self._groups: list[_Group] = []
         for g, (h, w) in enumerate(sizes):
             members = np.flatnonzero(self._group_of == g)
@@ -161,7 +172,7 @@ class _PatchSource(Dataset):
                 if not np.isfinite(frame).all():
                     raise InputError(f"target frame {i} contains NaN or Inf pixels")
                 clipped[j] = np.moveaxis(stats.clip(frame, axis=-1), -1, 0)
-            self._groups.append(_Group(clipped, stats, alpha_range, kw))
+            self._groups.append(_Group(clipped, stats, per_patch, kw))
         log.info(
             "%s: %d frames (%s), %d channels, P=%d S=%d pad=%s alignment=%s: %.2f GB",
             type(self).__name__, len(idx), ", ".join(f"{h}x{w}" for h, w in sizes), n_ch,
@@ -199,9 +210,11 @@ class _PatchSource(Dataset):
         transform : array-like of int, shape (K,), optional
             Dihedral transform per patch (see :func:`apply_d4`), applied to all scales and the
             targets alike.
-        alpha : array-like of float, shape (K,), optional
-            Per-patch weight of channel 1 (channel 2 gets ``1 - alpha``); only with
-            ``alpha_range``. Default: the statistics' alpha.
+        alpha : array-like of float, shape (K,) or (K, T), optional
+            Per-patch mixing weights, only with ``alpha_range`` or ``alpha_ranges``: shape
+            ``(K, T)``, the weight of every channel (used as given); shape ``(K,)``, two
+            channels only, the weight of channel 0 (channel 1 gets ``1 - alpha``). Default:
+            the statistics' alpha.
 
         Returns
         -------
@@ -213,7 +226,16 @@ class _PatchSource(Dataset):
         frame = np.asarray(frame, dtype=np.int64).reshape(-1)
         corners = as_corners(corners)
         t = None if transform is None else np.asarray(transform, dtype=np.int64).reshape(-1)
-        a = None if alpha is None else np.asarray(alpha, dtype=np.float32).reshape(-1)
+        a = None if alpha is None else np.asarray(alpha, dtype=np.float32)
+        if a is not None:
+            if a.ndim <= 1:
+                if self.n_channels != 2:
+                    raise InputError(f"one alpha per patch is channel 0's weight of two "
+                                     f"channels; give (K, {self.n_channels}) weights")
+                a = pair_weights(a)
+            if a.shape != (len(frame), self.n_channels):
+                raise InputError(f"alpha has shape {a.shape}, expected ({len(frame)}, "
+                                 f"{self.n_channels}): one weight per patch and channel")
         if len(self._groups) == 1:
             return self._sample_group(self._groups[0], frame, corners, t, a)
         k, p = len(frame), self.patch
@@ -235,10 +257,12 @@ class _PatchSource(Dataset):
         else:
             chans = [s.crops(frame, corners, transform=t) for s in group.stacks]
             y = np.stack([c[:, 0] for c in chans], axis=1)
-            a = np.full(len(frame), st.alpha[0], dtype=np.float32) if alpha is None else alpha
-            a = a[:, None, None, None]
-            x = chans[0] * a
-            x += chans[1] * (np.float32(1) - a)
+            if alpha is None:
+                alpha = np.broadcast_to(np.asarray(st.alpha, dtype=np.float32),
+                                        (len(frame), self.n_channels))
+            x = chans[0] * alpha[:, 0, None, None, None]
+            for c in range(1, self.n_channels):
+                x += chans[c] * alpha[:, c, None, None, None]
         # Normalise after the padding, which happened in raw intensity units
         # (docs/data.md, "Input formation", "Padding modes").
         x -= np.float32(st.input_mean)
@@ -303,8 +327,11 @@ class TrainPatches(_PatchSource):
         ``"d4"``: a uniformly random flip/rot90 per patch, applied to all S scales and the
         targets alike (docs/data.md, "Augmentation").
     alpha_range : (float, float), optional
-        Draw the input weight of channel 1 per patch uniformly from this range (docs/data.md,
-        "Input formation"); two target channels only.
+        Draw the input weight of channel 0 per patch uniformly from this range, channel 1
+        getting one minus it (docs/data.md, "Input formation"); two target channels only.
+    alpha_ranges : sequence of (float, float), optional
+        One ``(lo, hi)`` per target channel: per patch each weight is drawn uniformly from its
+        range, then the weights are normalised to sum to 1 (:mod:`musplit.data.mixing`).
     seed : int
         Seed of the patch draws. The stream of a process is keyed by ``(seed, epoch)`` and, in
         a DataLoader worker, the worker's seed (which torch derives per epoch from the loader's
@@ -330,12 +357,13 @@ class TrainPatches(_PatchSource):
         seed: int = 0,
         cache_frames: int | None = None,
         exclude: Sequence | None = None,
+        alpha_ranges: Sequence[tuple[float, float]] | None = None,
     ):
         if augment not in (None, "none", "d4"):
             raise InputError(f"augment must be None or 'd4', got {augment!r}")
         super().__init__(
             targets, stats, indices, patch=patch, scales=scales, pad=pad, alignment=alignment,
-            alpha_range=alpha_range, cache_frames=cache_frames,
+            alpha_range=alpha_range, cache_frames=cache_frames, alpha_ranges=alpha_ranges,
         )
         self.augment = None if augment == "none" else augment
         self.seed = int(seed)
@@ -426,7 +454,10 @@ class TrainPatches(_PatchSource):
         -------
         dict
             ``frame`` (K,) dataset frame positions (``index mod n``), ``corners`` (K, 2),
-            ``transform`` (K,) or None, ``alpha`` (K,) or None: the arguments of :meth:`sample`.
+            ``transform`` (K,) or None, ``alpha`` or None: the arguments of :meth:`sample`.
+            ``alpha`` is channel 0's weight ``(K,)`` with ``alpha_range``, and the normalised
+            weights of every channel ``(K, T)`` with ``alpha_ranges`` (drawn after the
+            corners and transforms, so a run without ranges draws the same patches).
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
@@ -452,6 +483,8 @@ class TrainPatches(_PatchSource):
         alpha = None
         if self.alpha_range is not None:
             alpha = rng.uniform(self.alpha_range[0], self.alpha_range[1], k).astype(np.float32)
+        elif self.alpha_ranges is not None:
+            alpha = draw_weights(rng, k, self.alpha_ranges)
         return {"frame": frame, "corners": corners, "transform": transform, "alpha": alpha}
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

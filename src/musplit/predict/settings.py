@@ -12,6 +12,7 @@ from torch import nn
 from musplit import __version__
 from musplit.config import Config
 from musplit.data.io import _check_pixel_size
+from musplit.data.mixing import mixing_summary
 from musplit.data.normalize import NormStats
 from musplit.data.tiling import Tiling, _is_int, make_tiling
 from musplit.errors import ConfigError, InputError
@@ -88,6 +89,7 @@ def _settings(config, stats, tiling, *, samples, seed, sample_mode, normalized, 
         "consistent": bool(config.predict.consistent),
         "clip": input_clip(stats),
         "stats": stats.to_dict(),
+        "mixing": mixing_summary(config.data, stats),
         "model": {"kind": config.model.kind, "lc": config.model.lc},
         "musplit_version": __version__,
     }
