@@ -41,6 +41,11 @@ def _refuse(what: str, why: str) -> InputError:
     return InputError(f"cannot export {what} to the BioImage Model Zoo: {why}")
 
 
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
 def _test_image(splitter, size: int, image) -> np.ndarray:
     """The test input: the centre ``size x size`` crop of ``image``, or a fresh frame of the
     synthetic training data mixed as in training (docs/method.md, "Superposition model")."""
@@ -250,7 +255,7 @@ def export_bmz(checkpoint: str | os.PathLike, out: str | os.PathLike, *, size: i
         torch.jit.save(traced, io.BytesIO())  # what cannot be serialised fails here
     except Exception as e:  # noqa: BLE001 - any tracing failure is the one-line refusal
         raise _refuse(f"{name} ({cfg.model.kind})", "torch.jit.trace failed: "
-                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                      f"{_first_line(e)}") from None
     ref = _predict.predict_image(splitter.model, cfg, stats, test_in, padding="inner",
                                  grid=tiling.grid, samples=1, sample_mode="mean",
                                  brightness="off", aleatoric=False).mean[0]
