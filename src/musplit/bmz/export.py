@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +250,10 @@ def export_bmz(checkpoint: str | os.PathLike, out: str | os.PathLike, *, size: i
                                 batch_size or cfg.predict.batch_size)
     x = torch.from_numpy(test_in)[None, None]
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        # The shape arithmetic of the models is constant at a fixed size: tracing it is
+        # the point, so its TracerWarnings say nothing here.
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(wrapper, x, check_trace=False)
             test_out = traced(x).numpy()
         torch.jit.save(traced, io.BytesIO())  # what cannot be serialised fails here
