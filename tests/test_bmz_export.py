@@ -39,12 +39,16 @@ def test_package_passes_bioimageio_core_and_matches_predict(ckpt, package, tmp_p
 
     summary = test_model(out)
     assert summary.status == "passed", summary.format()
+    reproduced = {d.name for d in summary.details if d.status == "passed"
+                  and d.name.startswith("Reproduce test outputs")}
+    assert reproduced == {"Reproduce test outputs from test inputs (torchscript)",
+                          "Reproduce test outputs from test inputs (pytorch_state_dict)"}
 
     with zipfile.ZipFile(out) as z:
         names = set(z.namelist())
         z.extractall(tmp_path)
     assert {"rdf.yaml", "README.md", "cover.png", "musplit_config.yaml", "test_input.npy",
-            "test_output.npy", "musplit_split.pt"} <= names
+            "test_output.npy", "musplit_split.pt", "musplit_state_dict.pt"} <= names
     rdf = yaml.safe_load((tmp_path / "rdf.yaml").read_text())
     assert rdf["format_version"].startswith("0.5") and rdf["license"] == "BSD-3-Clause"
     tol = rdf["config"]["bioimageio"]["reproducibility_tolerance"][0]["absolute_tolerance"]

@@ -274,8 +274,8 @@ def export_bmz(checkpoint: str | os.PathLike, out: str | os.PathLike, *, size: i
     tmp = temp_path(out, "partial")
     work = Path(tempfile.mkdtemp(prefix="musplit-bmz-"))
     try:
-        rdf = _describe(work, name, splitter, traced, test_in, test_out, names, size, tiling,
-                        tol, measured)
+        rdf = _describe(work, name, splitter, wrapper, traced, test_in, test_out, names, size,
+                        tiling, tol, measured)
         from bioimageio.spec import save_bioimageio_package
 
         save_bioimageio_package(rdf, output_path=tmp)
@@ -288,8 +288,8 @@ def export_bmz(checkpoint: str | os.PathLike, out: str | os.PathLike, *, size: i
             "grid": tiling.grid}
 
 
-def _describe(work: Path, name, splitter, traced, test_in, test_out, names, size, tiling,
-              tol, measured):
+def _describe(work: Path, name, splitter, wrapper, traced, test_in, test_out, names, size,
+              tiling, tol, measured):
     """The bioimageio 0.5 ModelDescr, its files written into ``work``."""
     import yaml
     from bioimageio.spec.model import v0_5 as v
@@ -331,8 +331,18 @@ def _describe(work: Path, name, splitter, traced, test_in, test_out, names, size
         data=v.IntervalOrRatioDataDescr(type="float32"),
         postprocessing=[v.EnsureDtypeDescr(kwargs=v.EnsureDtypeKwargs(dtype="float32"))],
     )
-    weights = v.WeightsDescr(torchscript=v.TorchscriptWeightsDescr(
-        source=w_path, pytorch_version=v.Version(torch.__version__.split("+")[0])))
+    torch_version = v.Version(torch.__version__.split("+")[0])
+    sd_path = work / "musplit_state_dict.pt"
+    torch.save(wrapper.state_dict(), sd_path)
+    arch = v.ArchitectureFromLibraryDescr(
+        callable=v.Identifier("from_musplit_config"), import_from="musplit.bmz.wrapper",
+        kwargs={"config": cfg.model_dump(mode="json"), "stats": splitter.stats.to_dict(),
+                "size": size, "grid": tiling.grid, "batch_size": wrapper.batch_size})
+    weights = v.WeightsDescr(
+        torchscript=v.TorchscriptWeightsDescr(source=w_path, pytorch_version=torch_version,
+                                              parent="pytorch_state_dict"),
+        pytorch_state_dict=v.PytorchStateDictWeightsDescr(
+            source=sd_path, architecture=arch, pytorch_version=torch_version))
     tolerance = v.ReproducibilityTolerance(absolute_tolerance=tol, relative_tolerance=0.0,
                                            mismatched_elements_per_million=0)
     return v.ModelDescr(

@@ -152,3 +152,25 @@ class FixedSizeSplitter(nn.Module):
         out = torch.zeros(self.c, self.height * self.width, dtype=vals.dtype, device=vals.device)
         out = out.index_copy(1, self.dst, vals)
         return out.reshape(1, self.c, self.height, self.width)
+
+
+def from_musplit_config(config: dict, stats: dict, size: int, grid: int,
+                        batch_size: int = 64) -> FixedSizeSplitter:
+    """The untrained :class:`FixedSizeSplitter` a package's ``pytorch_state_dict`` weights
+    load into: the architecture entry of the rdf (docs/bmz.md, "What the package holds").
+
+    ``config`` is the musplit config as a mapping, ``stats`` the normalisation statistics
+    (``NormStats.to_dict()``); ``size`` and ``grid`` are the export's.
+    """
+    from musplit.config import Config
+    from musplit.data.normalize import NormStats
+    from musplit.data.tiling import make_tiling
+    from musplit.models import build
+    from musplit.predict.brightness import input_clip
+
+    cfg = Config.validated(config, source="the package's musplit config")
+    st = NormStats.from_dict(stats)
+    tiling = make_tiling(cfg, "inner", int(grid), blend="none", blend_width=None,
+                         paper_geometry=False)
+    return FixedSizeSplitter(build(cfg.model), cfg, st, tiling, (int(size), int(size)),
+                             input_clip(st), int(batch_size))
