@@ -89,3 +89,22 @@ def test_refusals_are_one_line(ckpt, package, tmp_path, capsys):
         export_bmz(ckpt, tmp_path / "m.zip", size=72, grid=16)
     assert not (tmp_path / "m.zip").exists()
     assert out.is_file()  # the existing package is left as it was
+
+
+def test_variants_that_cannot_be_exported_say_which_and_why(ckpt):
+    from musplit.bmz.export import _check_exportable
+
+    s = Splitter.load(ckpt)
+    _check_exportable(s, "tiny")  # the plain model is exportable
+    cfg = s.config
+    consistent = cfg.model_copy(update={"predict": cfg.predict.model_copy(
+        update={"consistent": True})})
+    floor = cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"lc_alignment": "floor"})})
+    for c, why in ((consistent, "predict.consistent"), (floor, "floor LC alignment")):
+        with pytest.raises(InputError) as e:
+            _check_exportable(Splitter(s.model, c, s.stats), "tiny")
+        msg = str(e.value)
+        assert "cannot export tiny (hvae, lc=lean)" in msg and why in msg and "\n" not in msg
+    with pytest.raises(InputError, match="no normalisation statistics"):
+        _check_exportable(Splitter(s.model, cfg, None), "tiny")
