@@ -127,21 +127,17 @@ def _check_exportable(splitter, name: str) -> None:
 
 def _cover(image: np.ndarray, out: np.ndarray, names: list[str], path: Path) -> None:
     """Input and split side by side, 2:1 (the Model Zoo's cover shape)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     n = 1 + out.shape[0]
-    fig, axes = plt.subplots(1, n, figsize=(2 * n, 2 * n / 2 if n > 2 else 2), dpi=100)
-    fig.set_size_inches(8, 4)
+    fig = Figure(figsize=(8, 4), dpi=100)
+    axes = fig.subplots(1, n)
     for ax, img, title in zip(axes, [image, *out], ["input", *names], strict=True):
         ax.imshow(img, cmap="magma")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def _readme(name: str, splitter, size: int, tiling, tol: float, measured: float,
