@@ -67,6 +67,10 @@ def test_package_passes_bioimageio_core_and_matches_predict(ckpt, package, tmp_p
                           samples=1, sample_mode="mean", brightness="off").mean[0]
     assert y.shape == (1, 2, 64, 64)
     assert np.abs(y[0] - np.moveaxis(ref, -1, 0)).max() <= tol
+    # the facade, with the model in its deterministic mode, gives the same split
+    s.model.sample_mode = "mean"
+    facade = s.predict(x[0, 0], padding="inner", grid=16, samples=1).mean[0]
+    assert np.abs(y[0] - np.moveaxis(facade, -1, 0)).max() <= tol
     # and on another image: the traced graph is not specialised to the test input
     x2 = (np.random.default_rng(3).random((64, 64)) * float(x.max())).astype(np.float32)
     with torch.no_grad():

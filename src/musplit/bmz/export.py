@@ -160,8 +160,9 @@ Splits one superimposed fluorescence image into {len(names)} images, one per str
 
 The model builds the lateral-context stack ({cfg.model.scales} scales, pad={cfg.data.pad}) and
 the inner-padded tiles (patch {tiling.patch}, grid {tiling.grid}) inside, runs the network at
-the posterior means (the deterministic top-down pass) and stitches the tiles: its output is the
-one `musplit predict --samples 1` gives in "mean" mode. Larger images: run it tile by tile with
+the posterior means (the deterministic top-down pass) and stitches the tiles: its output is
+musplit's tiled prediction with one pass in "mean" mode (`Splitter.predict(image, samples=1)`
+with `model.sample_mode = "mean"`). Larger images: run it tile by tile with
 a halo, or use `musplit predict` on the checkpoint.
 
 ## Training data
