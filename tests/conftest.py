@@ -9,10 +9,16 @@ import torch
 
 # The napari plugin's tests need napari (pip install -e '.[napari]'; .ci/run installs it): they
 # are not collected without it, and run headless (offscreen Qt) with it.
+collect_ignore = []
 if importlib.util.find_spec("napari") is None:
-    collect_ignore = ["test_napari_plugin.py"]
+    collect_ignore.append("test_napari_plugin.py")
 else:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# The BioImage Model Zoo export's test needs bioimageio.core (pip install -e '.[bmz]'; .ci/run
+# installs it).
+if importlib.util.find_spec("bioimageio") is None or \
+        importlib.util.find_spec("bioimageio.core") is None:
+    collect_ignore.append("test_bmz_export.py")
 
 
 @pytest.fixture(autouse=True)

@@ -68,7 +68,7 @@ def test_every_command_is_attached():
 
     assert set(cli.commands) == {"generate", "info", "train", "predict", "evaluate",
                                  "double-dip", "import-official", "demo", "detect", "synth",
-                                 "pretrain", "noise-model", "calibrate"}
+                                 "pretrain", "noise-model", "calibrate", "export-bmz"}
 
 
 def test_deep_lc_on_a_small_preset_gets_eight_levels_of_its_width():

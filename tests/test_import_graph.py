@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("musplit.training", "musplit.training_logs", "musplit.training_progress",
      "musplit.training_resume"),
     ("musplit.predict", "musplit.splitter", "musplit.doubledip"),
+    ("musplit.bmz",),  # the Model Zoo export: a whole prediction as one traced module
     ("musplit.calibration",),  # fits the std that prediction then applies (musplit.predict)
     ("musplit.evaluation",),
     ("musplit.figures", "musplit.report", "musplit.noise.plot"),

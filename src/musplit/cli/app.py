@@ -18,6 +18,7 @@ from musplit.cli.demo import demo
 from musplit.cli.detect import detect, synth
 from musplit.cli.doubledip import double_dip
 from musplit.cli.evaluate import evaluate
+from musplit.cli.export_bmz import export_bmz
 from musplit.cli.generate import generate
 from musplit.cli.import_official import import_official_cmd
 from musplit.cli.info import info
@@ -46,7 +47,7 @@ def cli(verbose: int) -> None:
 
 # Every command of ``musplit``, in one place (``musplit --help`` lists them sorted by name).
 for _command in (generate, info, train, predict, evaluate, double_dip, import_official_cmd,
-                 demo, detect, synth, pretrain, noise_model, calibrate):
+                 demo, detect, synth, pretrain, noise_model, calibrate, export_bmz):
     cli.add_command(_command)
 del _command
 

@@ -143,7 +143,11 @@ class Gate(nn.Module):
         self.conv = Conv2d(channels, 2 * channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _GateFn.apply(self.conv(x))
+        y = self.conv(x)
+        if torch.jit.is_tracing():  # a traced graph cannot hold an autograd.Function (docs/bmz.md)
+            a, g = y.chunk(2, dim=1)
+            return F.elu(a) * torch.sigmoid(g)
+        return _GateFn.apply(y)
 
 
 class ResBlock(nn.Module):

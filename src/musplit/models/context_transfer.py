@@ -271,6 +271,11 @@ def directional_scan(x: Tensor, w: Tensor, *, dim: int, reverse: bool) -> Tensor
     if x.ndim != 4 or tuple(w.shape) != tuple(x.shape[-2:]):
         raise ValueError(f"x must be (B, C, H, W) and w (H, W); got {tuple(x.shape)} and "
                          f"{tuple(w.shape)}")
+    if torch.jit.is_tracing():  # a traced graph cannot hold an autograd.Function (docs/bmz.md)
+        xw = _wide(x)
+        h = _scan(xw, _shift_to_target(w.to(xw.dtype), dim, reverse), dim, bool(reverse),
+                  relu=True)
+        return h.to(x.dtype)
     return _DirectionalScan.apply(x, w, dim, bool(reverse))
 
 

@@ -197,9 +197,11 @@ def _layout(t: Tensor) -> int | None:
 def supports(*tensors: Tensor) -> bool:
     """True if the kernels can take these float32 CPU tensors as they are laid out.
 
-    All 4-d tensors among them must share one layout (channels_last or contiguous NCHW).
+    All 4-d tensors among them must share one layout (channels_last or contiguous NCHW). False
+    while ``torch.jit.trace`` records a graph: a ctypes call cannot be part of one (the
+    BioImage Model Zoo export, docs/bmz.md, traces the eager route).
     """
-    if load() is None:
+    if torch.jit.is_tracing() or load() is None:
         return False
     layouts = set()
     for t in tensors:
