@@ -41,6 +41,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("musplit.evaluation",),
     ("musplit.figures", "musplit.report", "musplit.noise.plot"),
     ("musplit.demo", "musplit.demo_real"),
+    # The napari plugin: widgets over training and prediction, sample data from the demos.
+    # Nothing below imports it, so musplit works without napari.
+    ("musplit.napari_plugin",),
     ("musplit.cli", "musplit.__main__"),
 ]
 
