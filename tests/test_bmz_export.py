@@ -67,6 +67,16 @@ def test_package_passes_bioimageio_core_and_matches_predict(ckpt, package, tmp_p
                           samples=1, sample_mode="mean", brightness="off").mean[0]
     assert y.shape == (1, 2, 64, 64)
     assert np.abs(y[0] - np.moveaxis(ref, -1, 0)).max() <= tol
+    # the command line, the way a user checks a package: musplit predict --sample-mode mean
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "test_input.tif", x[0, 0])
+    code = main(["predict", str(ckpt), str(tmp_path / "test_input.tif"), "--out",
+                 str(tmp_path / "cli.tif"), "--grid", "16", "--samples", "1",
+                 "--sample-mode", "mean", "--brightness", "off"])
+    assert code == 0
+    cli = tifffile.imread(tmp_path / "cli.tif")  # (C, H, W): one frame
+    assert np.abs(y[0] - cli.reshape(y[0].shape)).max() <= tol
     # the facade, with the model in its deterministic mode, gives the same split
     s.model.sample_mode = "mean"
     facade = s.predict(x[0, 0], padding="inner", grid=16, samples=1).mean[0]

@@ -88,7 +88,8 @@ class Splitter:
                  precision: str | None = None, normalized: bool = False,
                  progress: bool = False, pixel_size: tuple[float, float] | None = None,
                  input_scale: float = 1.0, brightness: str | None = None,
-                 strict_range: bool = False, raw_std: bool = False):
+                 strict_range: bool = False, raw_std: bool = False,
+                 sample_mode: str | None = None):
         """Split ``image`` into its channels by tiled prediction (docs/tiling.md).
 
         Parameters
@@ -147,7 +148,7 @@ class Splitter:
             **self._options(padding, grid, samples, batch_size, precision), seed=seed,
             normalized=normalized, progress=progress, pixel_size=pixel_size,
             input_scale=input_scale, brightness=brightness, strict_range=strict_range,
-            **self._calibration(raw_std),
+            sample_mode=sample_mode, **self._calibration(raw_std),
         )
 
     def predict_to_zarr(self, source, out_path: str | os.PathLike, *,
@@ -158,7 +159,8 @@ class Splitter:
                         block: int = 2048, overwrite: bool = False, progress: bool = False,
                         protect=(), pixel_size: tuple[float, float] | None = None,
                         input_scale: float = 1.0, brightness: str | None = None,
-                        strict_range: bool = False, raw_std: bool = False) -> Path:
+                        strict_range: bool = False, raw_std: bool = False,
+                        sample_mode: str | None = None) -> Path:
         """Split an image larger than memory, block by block, into OME-Zarr.
 
         ``source`` is a file (TIFF, Zarr, ... read lazily) or an array; memory is bounded by
@@ -181,7 +183,7 @@ class Splitter:
             progress=progress, std=std, axes=axes, channel=channel, block=block,
             overwrite=overwrite, protect=protect, pixel_size=pixel_size,
             input_scale=input_scale, brightness=brightness, strict_range=strict_range,
-            **self._calibration(raw_std),
+            sample_mode=sample_mode, **self._calibration(raw_std),
         )
 
     def _calibration(self, raw_std: bool) -> dict:

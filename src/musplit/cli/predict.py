@@ -60,10 +60,14 @@ log = logging.getLogger("musplit")
                    "the training clip in normalised units, or below the training minimum by "
                    "more than twice the clip) instead of warning.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sample-mode", type=click.Choice(["sample", "mean"]), default=None,
+              help="LadderVAE latents: 'sample' draws them (the posterior samples the MMSE "
+                   "averages), 'mean' takes their means, a deterministic split (what an "
+                   "export-bmz package computes). Default: the model's config, sample.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
             batch_size, precision, seed, overwrite, series=None, level=0, input_scale=1.0,
-            brightness=None, strict_range=False, raw_std=False):
+            brightness=None, strict_range=False, raw_std=False, sample_mode=None):
     """Split the superimposed image INPUT with the trained MODEL.
 
     With a .zarr output (and no --mix-channels) the image is read and predicted block by
@@ -108,7 +112,8 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
             src, out_path, padding=padding, grid=grid, samples=samples,
             batch_size=batch_size, seed=seed, precision=precision, std=with_std,
             overwrite=overwrite, progress=True, protect=[input_path], input_scale=input_scale,
-            brightness=brightness, strict_range=strict_range, raw_std=raw_std)
+            brightness=brightness, strict_range=strict_range, raw_std=raw_std,
+            sample_mode=sample_mode)
         _say_assumed_ratio(splitter)
         click.echo(f"wrote {written}")
         return
@@ -123,7 +128,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
                             batch_size=batch_size, seed=seed, precision=precision,
                             progress=True, pixel_size=src.pixel_size, input_scale=input_scale,
                             brightness=brightness, strict_range=strict_range,
-                            raw_std=raw_std)
+                            raw_std=raw_std, sample_mode=sample_mode)
     if not with_std:
         pred.std = None
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
