@@ -63,7 +63,7 @@ log = logging.getLogger("musplit")
 @click.option("--sample-mode", type=click.Choice(["sample", "mean"]), default=None,
               help="LadderVAE latents: 'sample' draws them (the posterior samples the MMSE "
                    "averages), 'mean' takes their means, a deterministic split (what an "
-                   "export-bmz package computes). Default: the model's config, sample.")
+                   "export-bmz package computes; default: the model's config, sample).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
             batch_size, precision, seed, overwrite, series=None, level=0, input_scale=1.0,
