@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import yaml
 
-from musplit.cli import main
 from musplit.cli.options import range_list
 from musplit.config import Config, preset
 from musplit.config.flags import train_overrides
@@ -23,23 +22,12 @@ from musplit.data.normalize import compute_stats
 from musplit.data.patches import TrainPatches
 from musplit.errors import ConfigError, InputError
 from musplit.predict.result import Prediction
+from tests.test_cli_denoisplit import one_line_error, run
 from tests.test_dataset import smooth_targets
 from tests.test_training import tiny_config
 
 P, S = 16, 3
 RANGES3 = [(0.1, 0.3), (0.5, 0.9), (0.0, 0.2)]
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code, err, *needles):
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 def four_channel(**data):

@@ -11,23 +11,11 @@ import pytest
 import tifffile
 import yaml
 
-from musplit.cli import main
 from musplit.config import preset
 from musplit.data.io import write_tiff
 from musplit.data.structures import STRUCTURES, add_poisson_gaussian, generate_structures
 from musplit.errors import ConfigError, InputError
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code, err, *needles):
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
-    for n in needles:
-        assert n in err, (n, err)
+from tests.test_cli_denoisplit import one_line_error, run
 
 
 # -- the generator ------------------------------------------------------------------------

@@ -9,9 +9,7 @@ checkpoint's. Errors are one-line napari notifications, as the CLI prints them.
 
 from __future__ import annotations
 
-import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +23,14 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QWidget,
 )
 
 from musplit.errors import InputError, MusplitError
-
-log = logging.getLogger(__name__)
+from musplit.napari_plugin._common import Failed, failure_message, run_controls
 
 #: Colours of the structure layers, in channel order (additive blending shows the overlay).
 COLOURS = ("magenta", "green", "cyan", "yellow")
@@ -43,13 +38,6 @@ COLOURS = ("magenta", "green", "cyan", "yellow")
 
 class Cancelled(Exception):
     """Raised inside the prediction when the user pressed Cancel."""
-
-
-@dataclass(frozen=True)
-class _Failed:
-    """What the worker returns for a user mistake: the one line to show."""
-
-    message: str
 
 
 def prediction_layers(pred, source: Image, std: bool) -> list[tuple]:
@@ -121,17 +109,8 @@ class PredictWidget(QWidget):
                                    "training mixes; match: rescale it to them; off: split as is")
         self.std = QCheckBox("add an uncertainty layer (std of the samples)")
         self.std.setChecked(True)
-        self.run_button = QPushButton("Split")
-        self.run_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        (self.run_button, self.cancel_button, buttons, self.progress,
+         self.status) = run_controls("Split", "Cancel", self.start, self.cancel)
 
         form = QFormLayout(self)
         form.addRow("checkpoint", row)
@@ -230,7 +209,7 @@ class PredictWidget(QWidget):
         except Cancelled:
             return None
         except MusplitError as e:  # a user mistake: a notification, not a worker error
-            return _Failed(str(e))  # (a returned exception would be raised by the worker)
+            return Failed(str(e))
 
     def _show_progress(self):
         if self._total:
@@ -241,7 +220,7 @@ class PredictWidget(QWidget):
         if pred is None:
             self.status.setText("cancelled: nothing was added")
             return
-        if isinstance(pred, _Failed):
+        if isinstance(pred, Failed):
             self._failed(MusplitError(pred.message))
             return
         self._show_progress()
@@ -252,11 +231,7 @@ class PredictWidget(QWidget):
         show_info(f"musplit: split '{layer.name}' into {names}")
 
     def _failed(self, exc: Exception):
-        if isinstance(exc, MusplitError):
-            msg = str(exc)
-        else:  # a bug, not a user mistake: one line here, the traceback in the log
-            log.error("prediction failed", exc_info=exc)
-            msg = f"prediction failed: {type(exc).__name__}: {exc}"
+        msg = failure_message(exc, "prediction")
         self.status.setText(msg)
         show_error(msg)
 

@@ -11,7 +11,6 @@ layers. Cancel stops after the current step and keeps the last checkpoint.
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,8 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QListWidget,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QWidget,
@@ -41,9 +38,8 @@ from qtpy.QtWidgets import (
 
 from musplit.errors import InputError, MusplitError
 from musplit.kinds import MAX_CHANNELS, MIN_CHANNELS
+from musplit.napari_plugin._common import Failed, failure_message, run_controls
 from musplit.napari_plugin.predict_widget import COLOURS
-
-log = logging.getLogger(__name__)
 
 #: The presets the widget offers (musplit train --preset), CPU-sized first.
 PRESETS = ("cpu-small", "cpu-real")
@@ -169,17 +165,9 @@ class TrainWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.out)
         row.addWidget(browse)
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(self.start)
-        self.cancel_button = QPushButton("Cancel (keeps the last checkpoint)")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.train_button)
-        buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        (self.train_button, self.cancel_button, buttons, self.progress,
+         self.status) = run_controls("Train", "Cancel (keeps the last checkpoint)", self.start,
+                                     self.cancel)
         self.figure = Figure(figsize=(4, 2.4), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
@@ -287,7 +275,7 @@ class TrainWidget(QWidget):
             best = train(cfg, out, progress=False, callbacks=[callback])
             return best if best.exists() else out / LAST
         except MusplitError as e:
-            return _Failed(str(e))
+            return Failed(str(e))
 
     def _show_live(self):
         live = self.live
@@ -332,7 +320,7 @@ class TrainWidget(QWidget):
 
     def _done(self, result):
         self._show_live()
-        if isinstance(result, _Failed):
+        if isinstance(result, Failed):
             self._failed(MusplitError(result.message))
             return
         self.best = Path(result)
@@ -343,11 +331,7 @@ class TrainWidget(QWidget):
         show_info(f"musplit: {msg}")
 
     def _failed(self, exc: Exception):
-        if isinstance(exc, MusplitError):
-            msg = str(exc)
-        else:
-            log.error("training failed", exc_info=exc)
-            msg = f"training failed: {type(exc).__name__}: {exc}"
+        msg = failure_message(exc, "training")
         self.status.setText(msg)
         show_error(msg)
 
@@ -356,11 +340,6 @@ class TrainWidget(QWidget):
         self.worker = None
         self.train_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-
-
-@dataclass(frozen=True)
-class _Failed:
-    message: str
 
 
 #: Metadata key of the preview layers (never offered as training targets).
