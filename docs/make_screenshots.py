@@ -1,22 +1,20 @@
 """Screenshots of the napari widgets after a real run, for the README and docs/napari.md.
 
-Trains a small model on the plugin's critters sample with the *Train* widget, splits the
-superimposed sample with it in the *Split* widget, and saves what each widget shows
-(``docs/images/napari_train.png``, ``docs/images/napari_split.png``). Runs headless:
+Opens a real napari viewer, trains a small model on the plugin's critters sample with the
+*Train* widget docked in it, splits the superimposed sample with the *Split* widget, and saves the
+whole window each time, canvas included (``docs/images/napari_train.png``,
+``docs/images/napari_split.png``). Needs an X display; headless, under Xvfb:
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python docs/make_screenshots.py --steps 150
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py --steps 150
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,22 +36,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "images")
     args = ap.parse_args(argv)
 
-    from napari.components import ViewerModel
+    import napari
     from qtpy.QtWidgets import QApplication
 
     from musplit.napari_plugin.predict_widget import PredictWidget
     from musplit.napari_plugin.sample_data import critters
     from musplit.napari_plugin.train_widget import TrainWidget
 
-    app = QApplication.instance() or QApplication(sys.argv)
-    viewer = ViewerModel()
+    viewer = napari.Viewer(title="musplit in napari")
+    viewer.window.resize(1500, 900)
+    app = QApplication.instance()
     layers = critters(frames=6, size=128)
     for data, kw, _ in layers:
         viewer.add_image(data, **{**kw, "visible": True})
     with tempfile.TemporaryDirectory() as tmp:
         train = TrainWidget(viewer)
-        train.resize(420, 560)
-        train.show()
+        train_dock = viewer.window.add_dock_widget(train, name="musplit: Train")
         train.select([kw["name"] for _, kw, _ in layers[1:]])
         train.steps.setValue(args.steps)
         train.out.setText(str(Path(tmp) / "run"))
@@ -63,17 +61,27 @@ def main(argv=None) -> int:
             print(train.status.text(), file=sys.stderr)
             return 1
         args.out.mkdir(parents=True, exist_ok=True)
-        train.grab().save(str(args.out / "napari_train.png"))
+        for lay in viewer.layers:  # the truth and the live preview side by side
+            lay.visible = lay.name.startswith(("critters ch1", "preview"))
+        viewer.grid.enabled = True
+        viewer.reset_view()
+        _wait(app, lambda: True, 1)
+        viewer.screenshot(str(args.out / "napari_train.png"), canvas_only=False, flash=False)
 
+        viewer.window.remove_dock_widget(train_dock)
         split = PredictWidget(viewer)
-        split.resize(420, 360)
-        split.show()
+        viewer.window.add_dock_widget(split, name="musplit: Split")
         split.checkpoint.setText(str(train.best))
         split.layer.setCurrentText("critters mix")
         split.samples.setValue(3)
         split.run_button.click()
         _wait(app, lambda: not split.running, 600)
-        split.grab().save(str(args.out / "napari_split.png"))
+        shown = [lay for lay in split.result_layers if "uncertainty" not in lay.name]
+        for lay in viewer.layers:  # the mix and the structures it was split into
+            lay.visible = lay.name == "critters mix" or lay in shown
+        viewer.reset_view()
+        _wait(app, lambda: True, 1)
+        viewer.screenshot(str(args.out / "napari_split.png"), canvas_only=False, flash=False)
         print(train.status.text())
         print(split.status.text())
         print("layers:", ", ".join(lay.name for lay in viewer.layers))

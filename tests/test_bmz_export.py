@@ -122,3 +122,20 @@ def test_variants_that_cannot_be_exported_say_which_and_why(ckpt):
         assert "cannot export tiny (hvae, lc=lean)" in msg and why in msg and "\n" not in msg
     with pytest.raises(InputError, match="no normalisation statistics"):
         _check_exportable(Splitter(s.model, cfg, None), "tiny")
+
+
+@pytest.mark.parametrize("lc", ["lean", "none"])
+def test_the_demo_s_models_export_and_pass_bioimageio_core(lc, tmp_path):
+    """The two architectures ``make demo`` trains (Lean-LC and Vanilla at the demo's size),
+    briefly trained: their packages pass bioimageio.core's test and reproduce predict."""
+    from bioimageio.core import test_model
+
+    from musplit.config.presets import demo_preset
+
+    best = train(demo_preset(lc, frames=8, size=128, steps=4, seed=0), tmp_path / "run",
+                 progress=False)
+    info = export_bmz(best, tmp_path / f"demo-{lc}.zip", size=128)
+    assert 0 <= info["measured"] <= info["tolerance"] < 1e-2
+    patch_bioimageio()
+    summary = test_model(tmp_path / f"demo-{lc}.zip")
+    assert summary.status == "passed", summary.format()

@@ -1,17 +1,13 @@
-"""The napari plugin driven for real (issue 19, item 1): the Split widget on offscreen Qt
-(pytest-qt) with a napari viewer, set up and clicked, its worker waited for, the resulting
+"""The napari plugin driven for real (issue 19, item 1): both widgets docked in a real napari
+viewer (napari's ``make_napari_viewer``, OpenGL canvas included, on a virtual X display started by
+pytest-xvfb), values set, buttons clicked with pytest-qt, the worker waited for, and the resulting
 layers checked.
-Collected only where napari is installed (``pip install -e '.[napari]'``; tests/conftest.py).
-
-The viewer is napari's ``ViewerModel``: the layer list, the events and sample data the widget uses,
-without the OpenGL canvas, which this machine (and CI) cannot create offscreen. The widget only
-talks to the model, so what is tested is what a user's viewer gets."""
+Collected only where napari is installed (``pip install -e '.[napari]'``; tests/conftest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari.components import ViewerModel
 from napari.layers import Image
 
 from musplit.napari_plugin.predict_widget import PredictWidget
@@ -21,11 +17,6 @@ from musplit.training import train
 from tests.test_training import tiny_config
 
 
-@pytest.fixture
-def make_napari_viewer(qtbot):
-    return ViewerModel
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return train(tiny_config(max_steps=2), tmp_path_factory.mktemp("run"), progress=False)
@@ -33,7 +24,7 @@ def checkpoint(tmp_path_factory):
 
 def _widget(viewer, qtbot, ckpt):
     w = PredictWidget(viewer)
-    qtbot.addWidget(w)
+    viewer.window.add_dock_widget(w, name="Split")
     w.checkpoint.setText(str(ckpt))
     return w
 
@@ -45,7 +36,7 @@ def _split(w, qtbot, timeout=120_000):
 
 def test_split_widget_adds_one_layer_per_structure_with_the_input_s_scale(
         make_napari_viewer, qtbot, checkpoint):
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
     rng = np.random.default_rng(0)
     mix = (rng.random((2, 64, 64)) * 50).astype(np.float32)
     viewer.add_image(mix, name="mix", scale=(1, 0.2, 0.2), translate=(0, 5, 7))
@@ -65,6 +56,14 @@ def test_split_widget_adds_one_layer_per_structure_with_the_input_s_scale(
     assert std.data.shape == (2, 2, 64, 64) and not std.visible
     assert tuple(std.scale) == (1, 1, 0.2, 0.2)
     assert "split 'mix' into ch1, ch2" in w.status.text()
+    # and the canvas draws them: a structure alone on screen is an image, an empty canvas is flat
+    for lay in viewer.layers:
+        lay.visible = False
+    blank = viewer.screenshot(canvas_only=True, flash=False)
+    viewer.layers["ch1"].visible = True
+    viewer.reset_view()
+    drawn = viewer.screenshot(canvas_only=True, flash=False)
+    assert blank[..., :3].std() == 0 and drawn[..., :3].std() > 5
 
 
 def test_a_2d_layer_gives_2d_layers_and_no_std_without_samples(make_napari_viewer, qtbot,
@@ -159,7 +158,7 @@ def test_train_widget_trains_draws_the_curve_and_previews_the_split(make_napari_
     viewer = make_napari_viewer()
     names = _targets(viewer)
     w = TrainWidget(viewer)
-    qtbot.addWidget(w)
+    viewer.window.add_dock_widget(w, name="Train")
     w.select(names)
     w.steps.setValue(10)
     w.out.setText(str(tmp_path / "run"))
@@ -190,7 +189,7 @@ def test_train_widget_cancel_keeps_the_last_checkpoint(make_napari_viewer, qtbot
 
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)
-    qtbot.addWidget(w)
+    viewer.window.add_dock_widget(w, name="Train")
     w.select(_targets(viewer))
     w.steps.setValue(10_000)
     w.out.setText(str(tmp_path / "run"))
@@ -217,9 +216,55 @@ def test_train_widget_mistakes_are_one_line(make_napari_viewer, qtbot, tmp_path,
     viewer.add_image(np.zeros((64, 64), np.float32), name="a")
     viewer.add_image(np.zeros((64, 80), np.float32), name="b")
     w = TrainWidget(viewer)
-    qtbot.addWidget(w)
+    viewer.window.add_dock_widget(w, name="Train")
     w.select({"none": [], "one": ["a"], "shapes": ["a", "b"]}[case])
     w.out.setText(str(tmp_path / "run"))
     w.train_button.click()
     assert not w.running and len(shown) == 1 and needle in shown[0] and "\n" not in shown[0]
     assert not (tmp_path / "run").exists()
+
+
+# -- a .zarr prediction read by the OME-Zarr tools (issue 19, item 3) ---------------------------
+@pytest.fixture(scope="module")
+def zarr_prediction(checkpoint, tmp_path_factory):
+    """``musplit predict`` from the command line: a 2-frame OME-TIFF with a 0.2 µm pixel size
+    in, an OME-Zarr out."""
+    import tifffile
+
+    from musplit.cli import main
+
+    d = tmp_path_factory.mktemp("zarr")
+    mix = (np.random.default_rng(4).random((2, 64, 64)) * 50).astype(np.float32)
+    tifffile.imwrite(d / "mix.ome.tif", mix, metadata={"axes": "TYX", "PhysicalSizeX": 0.2,
+                                                       "PhysicalSizeY": 0.2})
+    assert main(["predict", str(checkpoint), str(d / "mix.ome.tif"), "--out", str(d / "split.zarr"),
+                 "--samples", "2"]) == 0
+    return d / "split.zarr", mix
+
+
+def test_ome_zarr_reads_the_prediction_s_axes_channel_names_and_scale(zarr_prediction):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    path, mix = zarr_prediction
+    loc = parse_url(str(path))
+    assert loc is not None and loc.version == "0.5"
+    (image,) = [n for n in Reader(loc)() if n.load(Multiscales)]
+    md = image.metadata
+    assert [a["name"] for a in md["axes"]] == ["t", "c", "y", "x"]
+    assert md["channel_names"] == ["ch1", "ch2"]
+    assert md["coordinateTransformations"][0] == [
+        {"type": "scale", "scale": pytest.approx([1, 1, 0.2, 0.2])}]
+    level0 = np.asarray(image.data[0])
+    assert level0.shape == (2, 2, 64, 64) and np.isfinite(level0).all()
+
+
+def test_napari_s_ome_zarr_reader_opens_one_layer_per_structure(make_napari_viewer,
+                                                                zarr_prediction):
+    path, _ = zarr_prediction
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin="napari-ome-zarr")
+    assert [lay.name.split(": ")[-1] for lay in layers] == ["ch1", "ch2"]
+    for lay in layers:
+        assert tuple(lay.scale) == pytest.approx((1, 0.2, 0.2))
+        assert np.asarray(lay.data).shape == (2, 64, 64)
