@@ -23,6 +23,7 @@ import sys
 import time
 from contextlib import nullcontext
 
+import musplit  # noqa: F401  (first: the CLI's OpenMP defaults, musplit.runtime)
 import torch
 
 from musplit import native
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", choices=["none", "lean", "regular", "deep"], default="lean")
     ap.add_argument("--kind", choices=["hvae", "hae"], default="hvae")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--filters", type=int, default=None,
+                    help="channels per layer (default: the paper's 64; cpu-small: 32)")
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after warm-up)")
@@ -112,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    cfg = ModelConfig(kind=args.kind, lc=args.variant, patch=args.patch)
+    cfg = ModelConfig(kind=args.kind, lc=args.variant, patch=args.patch,
+                      **({"filters": args.filters, "z_dims": [args.filters] * 4}
+                         if args.filters else {}))
     model = build(cfg).to(device).train()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_gb": round(rss / 1024**2, 2),
         "steps": args.steps,
         "threads": torch.get_num_threads(),
+        "openmp": musplit.runtime.prefer_passive_openmp(),
         "channels_last": args.channels_last,
         "device": device.type,
         "tune_malloc": args.tune_malloc,

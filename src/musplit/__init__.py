@@ -9,6 +9,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# Before anything imports torch: OpenMP threads that sleep rather than spin when idle, so that a
+# busy machine slows musplit in proportion to the CPU it takes (musplit.runtime).
+from musplit.runtime import prefer_passive_openmp as _prefer_passive_openmp  # noqa: E402
+
+_prefer_passive_openmp()
+
 __all__ = ["Splitter", "train", "__version__"]
 
 

@@ -1,4 +1,9 @@
-"""The process and its machine: allocator tuning and memory that is left.
+"""The process and its machine: OpenMP and threads, allocator tuning, memory that is left.
+
+:func:`prefer_passive_openmp` runs when ``musplit`` is imported: it asks the OpenMP runtime that
+PyTorch loads afterwards to let idle threads sleep instead of spinning (see its docstring and
+docs/performance.md for the measurements). :func:`apply_threads` sets the number of CPU threads
+(``MUSPLIT_THREADS`` overrides it) and :func:`cpu_settings` says what a run uses, for the run log.
 
 :func:`tune_allocator` makes CPU training and prediction faster; it is called by the
 ``musplit`` command line (set ``MUSPLIT_TUNE_MALLOC=0`` to turn it off). Python users who train
@@ -17,6 +22,91 @@ import os
 import sys
 
 log = logging.getLogger("musplit")
+
+#: What :func:`prefer_passive_openmp` found or did, for :func:`cpu_settings`.
+_openmp_note: str | None = None
+
+
+def prefer_passive_openmp() -> str:
+    """Let OpenMP threads sleep at barriers (``OMP_WAIT_POLICY=PASSIVE``); say what holds.
+
+    PyTorch's CPU kernels run on an OpenMP thread pool. With the default wait policy a thread
+    that reaches the end of a parallel region spins for a while before it sleeps, so that the
+    next region starts without a wake-up. That is free on an idle machine and ruinous on a busy
+    one: when another program holds one of the cores, the spinning threads take the CPU time
+    the lagging thread needs, at every one of the thousands of parallel regions of a training
+    step. Measured on 2 cores with other work running (docs/performance.md): a ``cpu-small``
+    training step took 13-14 s with spinning threads and 3.0-4.5 s with sleeping ones.
+
+    The variable is read once, when the OpenMP runtime is loaded (with ``import torch``), so
+    this only acts when musplit is imported first; ``musplit`` commands always are. It never
+    overrides an ``OMP_WAIT_POLICY`` the user set, and ``MUSPLIT_OPENMP=default`` leaves the
+    runtime's own default in place. Returns the note :func:`cpu_settings` reports.
+    """
+    global _openmp_note
+    if _openmp_note is not None:
+        return _openmp_note
+    user = os.environ.get("OMP_WAIT_POLICY")
+    if user:
+        _openmp_note = f"OpenMP wait policy {user.lower()} (OMP_WAIT_POLICY)"
+    elif os.environ.get("MUSPLIT_OPENMP", "").strip().lower() == "default":
+        _openmp_note = "OpenMP wait policy: the runtime's default (MUSPLIT_OPENMP=default)"
+    elif "torch" in sys.modules:
+        _openmp_note = ("OpenMP wait policy: the runtime's default (spinning), because torch "
+                        "was imported before musplit; set OMP_WAIT_POLICY=PASSIVE to change it")
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        _openmp_note = "OpenMP wait policy passive"
+    return _openmp_note
+
+
+_torch_default_threads: int | None = None
+
+
+def default_threads() -> int:
+    """CPU threads for training and prediction: ``MUSPLIT_THREADS`` when set, else PyTorch's own
+    choice (one per physical core, or ``OMP_NUM_THREADS``), capped at the cores this process may
+    run on (its CPU affinity, which a container or ``taskset`` narrows)."""
+    global _torch_default_threads
+    raw = os.environ.get("MUSPLIT_THREADS", "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if n < 1:
+            from musplit.errors import ConfigError
+
+            raise ConfigError(f"MUSPLIT_THREADS must be a whole number of threads >= 1, "
+                              f"not '{raw}'")
+        return n
+    import torch
+
+    if _torch_default_threads is None:
+        _torch_default_threads = torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(_torch_default_threads, cores))
+
+
+def apply_threads(threads: int | None = None) -> int:
+    """Set PyTorch's intra-op threads to ``threads`` (default :func:`default_threads`); return
+    the number in use."""
+    import torch
+
+    n = default_threads() if threads is None else int(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def cpu_settings() -> str:
+    """One line for the run log: threads and the OpenMP wait policy in use."""
+    import torch
+
+    return f"{torch.get_num_threads()} CPU threads, {prefer_passive_openmp()}"
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -108,5 +198,6 @@ def prediction_file_bytes(n_frames: int, height: int, width: int, *, n_channels:
     return n_files * (4 * n_frames * height * width * n_channels + (64 << 10))
 
 
-__all__ = ["available_memory", "in_memory_prediction_bytes", "prediction_file_bytes",
+__all__ = ["apply_threads", "available_memory", "cpu_settings", "default_threads",
+           "in_memory_prediction_bytes", "prediction_file_bytes", "prefer_passive_openmp",
            "tune_allocator"]
