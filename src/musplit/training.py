@@ -10,6 +10,12 @@ run, kept across resumes: musplit.training_logs), the musplit checkpoints ``best
 ``resume.ckpt`` (the trainer state, for ``--resume``). Progress is shown in steps over the whole
 run (musplit.training_progress); a resume is checked before anything is written
 (musplit.training_resume).
+
+Data-parallel training (docs/training.md, "Several GPUs or a SLURM cluster") is Lightning's: with
+``train.strategy: ddp`` every process trains on its own share of the patches (:class:`PatchData`),
+the gradients are averaged by Lightning's DDP strategy, the validation sums of all processes are
+reduced before ``val_psnr`` is computed, and only the first process (global rank 0) writes the
+run folder.
 """
 
 from __future__ import annotations
@@ -22,8 +28,12 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import Dataset, DistributedSampler
 
 from musplit import __version__
 from musplit.checkpoints.format import _atomic_write, save_checkpoint
@@ -40,6 +50,7 @@ from musplit.losses import (
     NonFiniteGuard,
     deep_supervision_mse,
     gaussian_nll,
+    is_finite,
     kl_annealing_beta,
     split_elbo,
 )
@@ -77,6 +88,20 @@ class TrainingDiverged(MusplitError):
     """Training produced a non-finite loss too many steps in a row."""
 
 
+def writes_run_folder() -> bool:
+    """Whether this process is the one that writes the run folder.
+
+    A data-parallel run starts the same command once per process: Lightning's launcher starts
+    the other processes of a machine with ``LOCAL_RANK`` set (and ``NODE_RANK`` on the other
+    machines), srun starts every task with ``SLURM_PROCID``, torchrun with ``RANK``. Before the
+    trainer exists, Lightning's ``rank_zero_only.rank`` holds the rank these give; only global
+    rank 0 on node 0 (every process of a one-process run) checks, clears and writes the run
+    folder and prints. Inside the trainer, ``trainer.is_global_zero`` says the same.
+    """
+    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
+    return int(getattr(rank_zero_only, "rank", 0)) == 0 and int(node) == 0
+
+
 class SplitModule(L.LightningModule):
     """LightningModule around a musplit model: split-ELBO training, ``val_psnr`` validation.
 
@@ -107,6 +132,7 @@ class SplitModule(L.LightningModule):
         self.guard = NonFiniteGuard()
         self.probabilistic = config.model.kind in LADDER_KINDS
         self._val: dict[str, torch.Tensor] | None = None
+        self._skip_step = False  # a data-parallel step that every process skips
         self._consecutive_bad = 0
         self.max_consecutive_nonfinite = 25
         self.skipped_validations = 0
@@ -153,9 +179,9 @@ class SplitModule(L.LightningModule):
                   "usplit_loss", "denoisplit_loss"):
             if k in logs:
                 self.log(f"train_{k}", logs[k], on_step=True, on_epoch=False)
-        kept = self.guard(loss)
+        kept, skipped = self._keep(loss)
         self.log("skipped_steps", float(self.guard.skipped), on_step=True, on_epoch=False)
-        if kept is None:
+        if skipped:
             self._consecutive_bad += 1
             if self._consecutive_bad >= self.max_consecutive_nonfinite:
                 # Stop rather than keep saving a model that no longer learns (issue 4).
@@ -167,6 +193,50 @@ class SplitModule(L.LightningModule):
         else:
             self._consecutive_bad = 0
         return kept
+
+    def _world_size(self) -> int:
+        return 1 if self._trainer is None else int(self.trainer.world_size)
+
+    def _keep(self, loss):
+        """``(loss to backpropagate or None, whether the step is skipped)``: a non-finite loss
+        skips the optimiser step (:class:`~musplit.losses.NonFiniteGuard`).
+
+        In a data-parallel run the processes decide together: one non-finite loss skips the
+        step everywhere, so that no NaN reaches the averaged gradients, every process keeps
+        the same weights and the skip count is the same. Lightning cannot skip one step of a
+        data-parallel run (``training_step`` returning None); the step backpropagates a zero
+        loss that reaches every trainable weight (so that DDP's gradient averaging completes)
+        and :meth:`on_before_optimizer_step` drops the zero gradients, which leaves the weights
+        and the optimiser's state as they were, as a skipped step of a one-process run does.
+        """
+        if self._world_size() == 1:
+            kept = self.guard(loss)
+            return kept, kept is None
+        bad = not is_finite(loss.detach(), nan_only=self.guard.nan_only)
+        if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return loss, False
+        if bad:
+            self.guard(loss)  # counts and says so
+        else:
+            self.guard.skipped += 1
+            log.warning("non-finite loss in another process: optimiser step skipped (%d so "
+                        "far)", self.guard.skipped)
+        self._skip_step = True
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.sum() for p in trainable]).sum() * 0.0, True
+
+    def on_before_optimizer_step(self, optimizer):
+        if self._skip_step:  # see _keep: no gradient, no update
+            for p in self.parameters():
+                p.grad = None
+            self._skip_step = False
+
+    def on_fit_start(self):
+        if self._world_size() > 1:
+            # Every process was seeded alike (the same initial weights, which DDP also
+            # broadcasts); from here each draws its own latent samples and dropout masks.
+            seq = np.random.SeedSequence([self.config.train.seed, self.trainer.global_rank])
+            torch.manual_seed(int(seq.generate_state(1, np.uint64)[0] % 2**63))
 
     # -- validation (docs/evaluation.md, "Validation PSNR") ----------------------------------------
     def on_validation_epoch_start(self):
@@ -185,7 +255,12 @@ class SplitModule(L.LightningModule):
             self._val["nm_n"] = torch.zeros((), dtype=torch.float64, device=dev)
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        x, y = batch[0], batch[1]
+        if len(batch) > 2:  # a data-parallel run: padding entries (see PatchData) count nothing
+            real = batch[2]
+            if not bool(real.any()):
+                return
+            x, y = x[real], y[real]
         params = params_of(self.model(x))
         c = y.shape[1]
         mu = params[:, :c].float()
@@ -209,8 +284,17 @@ class SplitModule(L.LightningModule):
             v["nll_sum"] += nll.double().sum()
             v["nll_n"] += nll.numel()
 
+    def _reduced(self, v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The validation sums of every process together (a data-parallel run validates a
+        share of the grid in each): the same values, hence the same ``val_psnr``, in all."""
+        if self._world_size() == 1:
+            return v
+        reduce = self.trainer.strategy.reduce  # Lightning's all-reduce, in place
+        return {k: reduce(t, reduce_op="max" if k == "max" else "min" if k == "min" else "sum")
+                for k, t in v.items()}
+
     def on_validation_epoch_end(self):
-        v = self._val
+        v = self._reduced(self._val)
         mse = v["mse_sum"] / v["count"].clamp(min=1)
         psnr = 20 * torch.log10((v["max"] - v["min"]).double() / mse.sqrt())
         # A channel whose PSNR cannot be computed (a constant target in the validation region,
@@ -225,7 +309,7 @@ class SplitModule(L.LightningModule):
         self.log("val_skipped_channels", float(skipped))
         if skipped and not self.trainer.sanity_checking:
             self.skipped_validations += 1
-            if self.skipped_validations == 1:
+            if self.skipped_validations == 1 and self.trainer.is_global_zero:
                 bad = [k for k in range(psnr.numel()) if not ok[k]]
                 log.warning(
                     "validation: the PSNR of channel%s %s cannot be computed (constant or empty "
@@ -279,7 +363,11 @@ class SplitModule(L.LightningModule):
 class MusplitCheckpoints(Callback):
     """Write ``best.ckpt`` / ``last.ckpt`` (musplit format) and ``resume.ckpt`` (trainer state)
     after every validation, each atomically (temporary name, then rename). The logs are
-    written out before each ``resume.ckpt``, which records how many rows they hold."""
+    written out before each ``resume.ckpt``, which records how many rows they hold.
+
+    In a data-parallel run every process runs these hooks (the best ``val_psnr``, reduced
+    over all processes, is the same in each, and Lightning's ``save_checkpoint`` waits for
+    every process); only global rank 0 writes."""
 
     def __init__(self, run_dir: Path, extra: dict, csv_log: HistoryCSVLogger | None = None):
         self.run_dir = Path(run_dir)
@@ -297,38 +385,43 @@ class MusplitCheckpoints(Callback):
 
     def _save_resume(self, trainer):
         for logger in trainer.loggers:  # the history up to this state is on disk with it
-            logger.save()
-        if trainer.is_global_zero:  # as every caller: only rank 0 writes
+            logger.save()  # (rank 0 only: Lightning's rank_zero_only)
+        if trainer.is_global_zero:
             _atomic_write(self.run_dir / RESUME, trainer.save_checkpoint)
+        else:  # writes nothing in this process, but every process must call it
+            trainer.save_checkpoint(self.run_dir / RESUME)
 
     def state_dict(self):
         return {"best": self.best}
 
     def on_save_checkpoint(self, trainer, module, checkpoint):
-        if self.csv_log is not None:
+        if self.csv_log is not None and trainer.is_global_zero:
             checkpoint[LOG_ROWS_KEY] = self.csv_log.rows_written
 
     def load_state_dict(self, state_dict):
         self.best = float(state_dict.get("best", -math.inf))
 
     def on_validation_end(self, trainer, module):
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
         v = trainer.callback_metrics.get("val_psnr")
         val = float(v) if v is not None else None
+        writer = trainer.is_global_zero
         if val is not None and math.isfinite(val) and val > self.best:
             self.best = val
-            self._save(trainer, module, BEST, val)
-        self._save(trainer, module, LAST, val)
+            if writer:
+                self._save(trainer, module, BEST, val)
+        if writer:
+            self._save(trainer, module, LAST, val)
         self._save_resume(trainer)
 
     def on_train_end(self, trainer, module):
-        if not trainer.is_global_zero:
-            return
-        self._save(trainer, module, LAST, None)
+        writer = trainer.is_global_zero
+        if writer:
+            self._save(trainer, module, LAST, None)
         self._save_resume(trainer)
-        if not (self.run_dir / BEST).exists():  # no validation ran: last is the best we have
-            self._save(trainer, module, BEST, None)
+        if writer and not (self.run_dir / BEST).exists():  # no validation ran: last is the
+            self._save(trainer, module, BEST, None)  # best we have
 
 
 class StopReport(Callback):
@@ -357,6 +450,94 @@ class StopReport(Callback):
         log.warning("%s", self.message)
 
 
+class _TrainShard(DistributedSampler):
+    """One process's share of the training samples of a data-parallel run: torch's
+    DistributedSampler (one seeded permutation per epoch, cut into one slice per process, the
+    last padded so that every process runs the same number of steps). Each epoch it also
+    restarts the dataset's patch stream, keyed by ``(seed, epoch, rank)``
+    (:meth:`TrainPatches.set_epoch <musplit.data.patches.TrainPatches.set_epoch>`)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+
+
+class _ValShard(DistributedSampler):
+    """One process's share of the validation grid: patches ``rank, rank + W, ...`` in order,
+    then index -1 (padding, counted nowhere) up to the length of the longest share, so that
+    every process runs the same number of batches (DDP synchronises the BatchNorm statistics
+    at each forward) and every patch is counted exactly once."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self):
+        own = list(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(own + [-1] * (self.num_samples - len(own)))
+
+
+class _Padded(Dataset):
+    """A validation dataset that also takes index -1 (:class:`_ValShard`'s padding): batches
+    ``(inputs, targets, real)``, ``real`` (B,) bool False for the padding entries."""
+
+    def __init__(self, dataset: GridPatches):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices):
+        idx = np.asarray(indices, dtype=np.int64)
+        real = idx >= 0
+        x, y = self.dataset.__getitems__(np.where(real, idx, 0))
+        return x, y, torch.from_numpy(real)
+
+
+class PatchData(L.LightningDataModule):
+    """The loaders of a run, made once the trainer knows its processes.
+
+    One process: random training patches and the whole validation grid. A data-parallel run
+    of ``W`` processes: process ``r`` trains on its slice of a seeded permutation of the
+    samples (:class:`_TrainShard`) with its own patch stream, keyed by ``(seed, epoch, r)``
+    (:meth:`TrainPatches.set_rank <musplit.data.patches.TrainPatches.set_rank>`), so that the
+    processes draw distinct patches, reproducibly from the seed; and it validates every
+    ``W``-th patch of the grid (:class:`_ValShard`), the sums of all processes being reduced
+    before ``val_psnr`` is computed (:meth:`SplitModule.on_validation_epoch_end`).
+    ``batch_size`` is per process: a step averages the gradients of ``W * batch_size``
+    patches.
+    """
+
+    def __init__(self, train_ds: TrainPatches, val_ds: GridPatches, *, batch_size: int,
+                 val_batch_size: int, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.train_ds, self.val_ds = train_ds, val_ds
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers, self.seed = num_workers, seed
+
+    def _world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (1, 0) if t is None else (int(t.world_size), int(t.global_rank))
+
+    def train_dataloader(self):
+        world, rank = self._world()
+        if world == 1:
+            return make_loader(self.train_ds, self.batch_size, num_workers=self.num_workers,
+                               seed=self.seed)
+        self.train_ds.set_rank(rank, world)
+        sampler = _TrainShard(self.train_ds, num_replicas=world, rank=rank, shuffle=True,
+                              seed=self.seed)
+        return make_loader(self.train_ds, self.batch_size, shuffle=False, sampler=sampler,
+                           num_workers=self.num_workers, seed=self.seed)
+
+    def val_dataloader(self):
+        world, rank = self._world()
+        if world == 1:
+            return make_loader(self.val_ds, self.val_batch_size, num_workers=self.num_workers)
+        return make_loader(_Padded(self.val_ds), self.val_batch_size, shuffle=False,
+                           sampler=_ValShard(self.val_ds, world, rank),
+                           num_workers=self.num_workers)
+
+
 def _quiet_lightning() -> None:
     """Hide Lightning messages that are expected in musplit runs and would only confuse."""
     for pattern in (
@@ -367,6 +548,9 @@ def _quiet_lightning() -> None:
         r".*isinstance\(treespec, LeafSpec\).*",
         r".*does not have many workers.*",
         r".*Early stopping conditioned on metric.*",  # a validation with no computable channel
+        # The validation sums are reduced over the processes before the metrics are
+        # computed (SplitModule._reduced): every process logs the same values.
+        r".*when logging on epoch level in distributed setting.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch",
@@ -425,8 +609,40 @@ def _set_aside_interrupted_rows(run_dir: Path, state: dict) -> None:
                     "last resume.ckpt) are trained again; they were moved to %s", step, moved)
 
 
+def _where(config: Config, **given) -> Config:
+    """``config`` with the ``accelerator``, ``devices``, ``strategy`` and ``num_nodes`` given to
+    :func:`train` (None: the config's own)."""
+    over = {k: v for k, v in given.items() if v is not None}
+    return config.updated({"train": over}) if over else config
+
+
+def _trainer(tc, **kwargs) -> L.Trainer:
+    """Lightning's Trainer; a device setting it refuses is one line naming the settings."""
+    try:
+        return L.Trainer(accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy,
+                         num_nodes=tc.num_nodes, **kwargs)
+    except (MisconfigurationException, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"train.accelerator {tc.accelerator!r}, devices {tc.devices!r}, strategy "
+            f"{tc.strategy!r}, num_nodes {tc.num_nodes} (--accelerator, --devices, --strategy, "
+            f"--num-nodes): {first}") from None
+
+
+def unused_weights_error(error: BaseException, strategy: str) -> ConfigError | None:
+    """The one-line error for DDP's refusal of weights that take no part in the loss (the
+    HAE's priors, for one: it has no KL), or None for any other error."""
+    if not (isinstance(error, RuntimeError) and "find_unused_parameters" in str(error)):
+        return None
+    return ConfigError(
+        f"train.strategy {strategy!r}: some of the model's weights take no part in the loss "
+        "(the HAE's priors, a lateral-context branch beyond model.scales), which DDP refuses; "
+        "use --strategy ddp_find_unused_parameters_true")
+
+
 def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
-          devices: int | str = "auto", strategy: str = "auto", accelerator: str = "auto",
+          devices: int | str | None = None, strategy: str | None = None,
+          accelerator: str | None = None, num_nodes: int | None = None,
           progress: bool = True, overwrite: bool = False,
           callbacks: list[Callback] | None = None, echo=None, logger: str = "csv") -> Path:
     """Train a model as ``config`` describes; return the path of the best checkpoint.
@@ -442,8 +658,13 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         from the run's only in the settings :data:`musplit.config.resume.RESUMABLE` lists;
         the file is checked before anything is written, and a run already at its limit is left
         as it is.
-    devices, strategy, accelerator
-        Passed to Lightning (e.g. ``devices=2, strategy="ddp"`` for data parallel training).
+    devices, strategy, accelerator, num_nodes
+        Where to train, as Lightning's Trainer takes them (default: ``config.train``'s, which
+        they replace): e.g. ``devices=4, strategy="ddp"`` for data-parallel training on four
+        GPUs, one process each with ``train.batch_size`` patches (docs/training.md, "Several
+        GPUs or a SLURM cluster"). In a data-parallel run every process calls this function
+        (Lightning's launcher or srun starts them); only global rank 0 writes the run folder
+        (:func:`writes_run_folder`).
     overwrite : bool
         Allow training into a folder that already holds checkpoints (without ``resume``).
     progress : bool
@@ -457,11 +678,18 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         ``logs/metrics.csv`` is always written; ``"tensorboard"`` adds a TensorBoard log in
         ``logs/tensorboard`` (needs the tensorboard package).
     """
+    config = _where(config, accelerator=accelerator, devices=devices, strategy=strategy,
+                    num_nodes=num_nodes)
     tc = config.train
     if tc.max_steps is None and tc.max_epochs is None:
         raise ConfigError("give train.max_steps or train.max_epochs (--max-steps/--max-epochs)")
     check_logger(logger)
     run_dir = Path(out_dir or Path("runs") / config.name)
+    # The other processes of a data-parallel run read the run folder, never write it: rank 0
+    # checks it, and its writes may be under way while they start.
+    writer = writes_run_folder()
+    if not writer:
+        echo = None
     resume_path = run_dir / RESUME
     state = None
     if resume:
@@ -473,19 +701,20 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         if done is not None:
             log.warning("%s", done)
             return run_dir / BEST
-    elif (run_dir / LAST).exists() and not overwrite:
+    elif writer and (run_dir / LAST).exists() and not overwrite:
         raise MusplitError(f"{run_dir} already holds a trained model: choose another --out, "
                            "or --resume to continue it")
     noise = None
     if tc.loss in NOISE_MODEL_LOSSES:  # read (or, resuming, restored) before anything is written
         stored = state["musplit"].get("noise_models") if state is not None else None
         noise = training_noise_models(tc.noise_models, config.model.out_channels, stored=stored)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.to_yaml(run_dir / "config.yaml")
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.to_yaml(run_dir / "config.yaml")
     _quiet_lightning()
     _seed_everything(tc.seed)
     t0 = time.time()
-    data, stats = prepare_data(config, run_dir)
+    data, stats = prepare_data(config, run_dir if writer else None)
     if noise is not None and len(noise[0]) != stats.n_channels:
         raise InputError(f"{len(noise[0])} noise model(s) (--noise-models) for the "
                          f"{stats.n_channels} target channels of {data.source}: give one "
@@ -495,21 +724,23 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
             config = config.with_channels(stats.n_channels)
         except ConfigError as e:
             raise ConfigError(f"{data.source}: {e}") from None
-        config.to_yaml(run_dir / "config.yaml")
+        if writer:
+            config.to_yaml(run_dir / "config.yaml")
     if noise is not None:
         check_noise_model_data(noise[0], data.targets, data.split.train,
                                clip_quantile=config.data.clip_quantile)
     train_ds, val_ds = make_datasets(config, data, stats)
     log.info("data ready in %.1f s: %d training patches per epoch, %d validation patches",
              time.time() - t0, len(train_ds), len(val_ds))
-    train_loader = make_loader(train_ds, tc.batch_size, num_workers=tc.num_workers,
-                               seed=tc.seed)
-    val_loader = make_loader(val_ds, max(tc.batch_size, 64), num_workers=tc.num_workers)
+    loaders = PatchData(train_ds, val_ds, batch_size=tc.batch_size,
+                        val_batch_size=max(tc.batch_size, 64), num_workers=tc.num_workers,
+                        seed=tc.seed)
 
     module = SplitModule(config, stats, noise_models=noise)
     if tc.init_from and not resume:  # resume restores the trained weights instead
         report = load_pretrained_encoder(module.model, tc.init_from)
-        write_report(report, run_dir / "init_report.json")
+        if writer:
+            write_report(report, run_dir / "init_report.json")
     description = data.split.describe(data.shapes)
     log.info("%s: %s", data.source, description)
     if echo is not None:
@@ -534,11 +765,13 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     if progress and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(StepProgress())
     every = tc.val_every_steps
-    steps_per_epoch = math.ceil(len(train_ds) / tc.batch_size)
+    processes = (tc.devices if isinstance(tc.devices, int) and tc.devices > 0 else 1) * \
+        tc.num_nodes
+    steps_per_epoch = math.ceil(len(train_ds) / (tc.batch_size * processes))
     # Validation every N steps (across epochs) when asked, otherwise once per epoch.
     val_kwargs = {"val_check_interval": every, "check_val_every_n_epoch": None} if every else {}
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=devices, strategy=strategy,
+    trainer = _trainer(
+        tc,
         precision=tc.precision,
         max_steps=tc.max_steps if tc.max_steps is not None else -1,
         max_epochs=tc.max_epochs if tc.max_epochs is not None else -1,
@@ -553,10 +786,16 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         default_root_dir=run_dir,
         **val_kwargs,
     )
-    if state is not None:
+    if state is not None and writer:
         _set_aside_interrupted_rows(run_dir, state)
-    trainer.fit(module, train_loader, val_loader,
-                ckpt_path=resume_path if resume else None, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=loaders, ckpt_path=resume_path if resume else None,
+                    weights_only=True)
+    except RuntimeError as e:
+        refused = unused_weights_error(e, tc.strategy)
+        if refused is None:
+            raise
+        raise refused from None
     best = run_dir / BEST
     log.info("training done in %.1f s; best checkpoint %s", time.time() - t0, best)
     return best

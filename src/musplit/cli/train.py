@@ -79,14 +79,28 @@ from musplit.kinds import KINDS
               default=None, help="Run folder (default runs/<name>).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its resume.ckpt. --max-steps/--max-epochs "
-                   "(e.g. larger, to train longer) and --val-every may change; a change to "
+                   "(e.g. larger, to train longer), --val-every and where it trains "
+                   "(--accelerator, --devices, --strategy, --num-nodes) may change; a change to "
                    "the model, data, patch, channels, batch size, precision, seed or loss is "
                    "refused.")
 @click.option("--overwrite", is_flag=True,
               help="Train into an --out folder that holds files: the previous run's "
                    "checkpoints, config, split and logs there are deleted first.")
-@click.option("--devices", default="auto", show_default=True)
-@click.option("--strategy", default="auto", show_default=True, help="e.g. ddp")
+@click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu", "cuda", "mps", "tpu"]),
+              default=None,
+              help="What trains: auto (a GPU when there is one), cpu, gpu (default: the "
+                   "config's, auto).")
+@click.option("--devices", default=None,
+              help="Processes per node, each on its own device with its own --batch-size "
+                   "patches: a count such as 4, GPU indices such as 0,1, or auto (every GPU; "
+                   "default: the config's, 1).")
+@click.option("--strategy", default=None,
+              help="Lightning strategy: ddp for data-parallel training on several devices or "
+                   "nodes, ddp_spawn, ddp_find_unused_parameters_true (default: the "
+                   "config's, auto).")
+@click.option("--num-nodes", "num_nodes", type=click.IntRange(min=1), default=None,
+              help="Machines of a data-parallel run; on SLURM the job's --nodes, one task per "
+                   "device (default: the config's, 1).")
 @click.option("--init-from", "init_from", default=None,
               help="Start from the encoder of a pre-training checkpoint (musplit pretrain; "
                    "default: none, random initialisation).")
@@ -98,7 +112,8 @@ from musplit.kinds import KINDS
 def train(config_path, preset_name, data_path, channel_files, split, axes, channels, critters,
           kind, lc, filters, depth, patch, max_steps, max_epochs, batch_size, val_every,
           precision, seed, out_dir, resume, devices, strategy, init_from=None, logger="csv",
-          overwrite=False, loss=None, noise_models=None, alpha_ranges=None):
+          overwrite=False, loss=None, noise_models=None, alpha_ranges=None, accelerator=None,
+          num_nodes=None):
     """Train a model; the run folder gets the config, split, logs and checkpoints.
 
     \b
@@ -107,12 +122,18 @@ def train(config_path, preset_name, data_path, channel_files, split, axes, chann
       2. the YAML file (--config): only the settings it gives,
       3. the flags.
     With --resume they come from the run's config.yaml; the flags may change only how long
-    and how often it goes on (--max-steps, --max-epochs, --val-every).
+    and how often it goes on (--max-steps, --max-epochs, --val-every) and where it trains
+    (--accelerator, --devices, --strategy, --num-nodes).
     Progress is shown in steps over the whole run: a bar on a terminal, plain lines when
     stderr is a file.
+    \b
+    Data-parallel training: --devices 4 --strategy ddp (one process per device, each with
+    --batch-size patches); on a SLURM cluster run it under srun with --ntasks-per-node equal
+    to --devices and --num-nodes equal to the job's nodes.
     """
     from musplit.config.flags import train_config, train_overrides  # pydantic, torch
     from musplit.training import train as run_training  # lightning
+    from musplit.training import writes_run_folder
 
     over = train_overrides(
         data_path=data_path, split=split, channel_files=channel_files, critters=critters,
@@ -121,15 +142,21 @@ def train(config_path, preset_name, data_path, channel_files, split, axes, chann
         max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
         val_every=val_every, precision=precision, seed=seed, init_from=init_from, loss=loss,
         noise_models=noise_models,
-        alpha_ranges=range_list(alpha_ranges, "--alpha-ranges"))
+        alpha_ranges=range_list(alpha_ranges, "--alpha-ranges"), accelerator=accelerator,
+        devices=devices, strategy=strategy, num_nodes=num_nodes)
     cfg = train_config(over, config_path=config_path, preset_name=preset_name, resume=resume,
                        out_dir=out_dir)
-    # The run folder is checked (writable, not a file, not a previous run) before any work.
-    out_dir = prepare_run_dir(out_dir or Path("runs") / cfg.name, overwrite=overwrite,
-                              resume=resume)
-    best = run_training(cfg, out_dir, resume=resume, devices=devices, strategy=strategy,
-                        echo=click.echo, logger=logger, overwrite=overwrite)
-    click.echo(f"best checkpoint: {best}")
+    out_dir = Path(out_dir or Path("runs") / cfg.name).expanduser()
+    # A data-parallel run starts this command once per process (Lightning's launcher, srun):
+    # only the first process checks and clears the run folder, writes it and prints.
+    writer = writes_run_folder()
+    if writer:
+        # The run folder is checked (writable, not a file, not a previous run) before any work.
+        out_dir = prepare_run_dir(out_dir, overwrite=overwrite, resume=resume)
+    best = run_training(cfg, out_dir, resume=resume, echo=click.echo if writer else None,
+                        logger=logger, overwrite=overwrite)
+    if writer:
+        click.echo(f"best checkpoint: {best}")
 
 
 __all__ = ["train"]

@@ -77,7 +77,9 @@ def train_overrides(*, data_path: str | None = None, split: str | None = None,
                     val_every: int | None = None, precision: str | None = None,
                     seed: int | None = None, init_from: str | None = None,
                     loss: str | None = None, noise_models: str | None = None,
-                    alpha_ranges: list[list[float]] | None = None) -> dict:
+                    alpha_ranges: list[list[float]] | None = None,
+                    accelerator: str | None = None, devices: int | str | None = None,
+                    strategy: str | None = None, num_nodes: int | None = None) -> dict:
     """The overrides ``{"data": {...}, "model": {...}, "train": {...}}`` of ``musplit train``'s
     flags (None / empty: not given). ``channels`` is already parsed into a list of ints (None:
     not given; the command passes None for an empty ``--channels ""``); ``noise_models`` is
@@ -113,7 +115,8 @@ def train_overrides(*, data_path: str | None = None, split: str | None = None,
     for key, val in (("max_steps", max_steps), ("max_epochs", max_epochs),
                      ("batch_size", batch_size), ("val_every_steps", val_every),
                      ("precision", precision), ("seed", seed), ("init_from", init_from),
-                     ("loss", loss)):
+                     ("loss", loss), ("accelerator", accelerator), ("devices", devices),
+                     ("strategy", strategy), ("num_nodes", num_nodes)):
         if val is not None:
             over["train"][key] = val
     if noise_models:
@@ -148,7 +151,9 @@ FLAG_OF_SETTING = {
     "train.batch_size": "--batch-size", "train.val_every_steps": "--val-every",
     "train.precision": "--precision", "train.seed": "--seed", "train.init_from": "--init-from",
     "train.loss": "--loss", "train.noise_models": "--noise-models",
-    "data.alpha_ranges": "--alpha-ranges",
+    "data.alpha_ranges": "--alpha-ranges", "train.accelerator": "--accelerator",
+    "train.devices": "--devices", "train.strategy": "--strategy",
+    "train.num_nodes": "--num-nodes",
 }
 
 

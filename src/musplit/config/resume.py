@@ -24,7 +24,8 @@ __all__ = ["RESUMABLE", "resume_differences", "resumed_config"]
 
 #: Settings (dotted paths; a section names all of its fields) a resumed run may change.
 RESUMABLE = ("name", "version", "train.max_steps", "train.max_epochs", "train.val_every_steps",
-             "train.num_workers", "predict")
+             "train.num_workers", "train.accelerator", "train.devices", "train.strategy",
+             "train.num_nodes", "predict")
 
 
 def _resumable(path: str) -> bool:
@@ -82,8 +83,8 @@ def resumed_config(stored: Config, requested: Mapping[str, Any], *, where: str,
         raise ConfigError(
             f"--resume cannot change the settings a run was built with ({where}): "
             f"{'; '.join(parts)}; start a new run (another --out) to change them. A resumed run "
-            "may change max_steps, max_epochs, val_every_steps, num_workers and the predict "
-            "settings"
+            "may change max_steps, max_epochs, val_every_steps, num_workers, where it trains "
+            "(accelerator, devices, strategy, num_nodes) and the predict settings"
         )
     if not diffs:
         return stored

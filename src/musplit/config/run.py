@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from musplit.config.base import (
     Strict,
@@ -184,6 +185,45 @@ class TrainConfig(Strict):
     denoisplit_weight: float = Field(0.9, ge=0.0, description="w_dS of denoisplit_usplit")
     denoisplit_free_nats: float = Field(
         1.0, ge=0.0, description="free bits of the denoiSplit KL, in nats per latent level")
+    # Where the run trains (docs/training.md, "Several GPUs or a SLURM cluster"): Lightning's
+    # Trainer settings of the same names. They say nothing about the model, so a resumed run
+    # may change them (musplit.config.resume.RESUMABLE).
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = Field(
+        "auto", description="Lightning accelerator: auto (a GPU when there is one), cpu, gpu")
+    devices: int | str = Field(
+        1, description="processes per node: a count (each trains on its own device with its "
+        "own batch_size patches), GPU indices such as '0,1', or 'auto' (Lightning's choice: "
+        "every GPU of the machine); 1 by default, whatever the machine has")
+    strategy: str = Field(
+        "auto", description="Lightning strategy: auto (one device), ddp (data parallel, one "
+        "process per device), ddp_spawn, ddp_find_unused_parameters_true, ...")
+    num_nodes: int = Field(1, ge=1, description="machines of a data-parallel run (on SLURM: "
+                           "the job's --nodes)")
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _check_devices(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("train.devices must be 'auto', a count or device indices")
+        if isinstance(v, str):
+            text = v.strip()
+            if text.lstrip("-").isdigit():
+                v = int(text)
+            elif text != "auto" and not re.fullmatch(r"\d+(,\d+)*,?", text):
+                raise ValueError(f"train.devices must be 'auto', a count such as 2 or GPU "
+                                 f"indices such as '0,1', got {v!r}")
+            else:
+                return text
+        if isinstance(v, int) and v < 1 and v != -1:
+            raise ValueError(f"train.devices must be at least 1 (or -1: all), got {v}")
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _check_strategy(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("train.strategy is empty: give auto, ddp, ddp_spawn, ...")
+        return v.strip()
 
     @model_validator(mode="after")
     def _check_loss(self) -> TrainConfig:

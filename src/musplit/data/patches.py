@@ -333,9 +333,10 @@ class TrainPatches(_PatchSource):
         One ``(lo, hi)`` per target channel: per patch each weight is drawn uniformly from its
         range, then the weights are normalised to sum to 1 (:mod:`musplit.data.mixing`).
     seed : int
-        Seed of the patch draws. The stream of a process is keyed by ``(seed, epoch)`` and, in
-        a DataLoader worker, the worker's seed (which torch derives per epoch from the loader's
-        generator); see :meth:`set_epoch` and :func:`make_loader`.
+        Seed of the patch draws. The stream of a process is keyed by ``(seed, epoch)``, in a
+        DataLoader worker also by the worker's seed (which torch derives per epoch from the
+        loader's generator), and in a data-parallel run also by the process's rank; see
+        :meth:`set_epoch`, :meth:`set_rank` and :func:`make_loader`.
     cache_frames : int, optional
         Passed to :class:`ContextStack` (lazy, bounded precomputation).
     exclude : sequence of Region or (frame, y0, y1, x0, x1), optional
@@ -371,6 +372,7 @@ class TrainPatches(_PatchSource):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple | None = None
+        self.rank, self.world_size = 0, 1
         self._setup_corners([_as_region(r) for r in (exclude or ())])
 
     def _setup_corners(self, exclude: list[tuple[int, int, int, int, int]]) -> None:
@@ -433,17 +435,33 @@ class TrainPatches(_PatchSource):
         """Restart the patch stream for ``epoch`` (optional: without it streams just continue)."""
         self._epoch[0] = int(epoch)
 
+    def set_rank(self, rank: int, world_size: int) -> None:
+        """Draw the patches of process ``rank`` of a data-parallel run of ``world_size``
+        processes: its own stream, keyed by ``(seed, epoch, rank)``, distinct from the other
+        processes' (which share the seed, and the loader seeds of their workers) and the same
+        each time the run is repeated. ``world_size`` 1 is the one-process stream."""
+        rank, world_size = int(rank), int(world_size)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise InputError(f"rank {rank} of {world_size} processes: need 0 <= rank < "
+                             "world_size")
+        self.rank, self.world_size = rank, world_size
+        self._rng_key = None  # the next draw starts the new stream
+
     def _generator(self) -> np.random.Generator:
         info = get_worker_info()
         epoch = int(self._epoch[0])
-        key = (os.getpid(), epoch, None if info is None else (info.id, info.seed))
+        key = (os.getpid(), epoch, None if info is None else (info.id, info.seed), self.rank,
+               self.world_size)
         if key != self._rng_key:
             entropy = [self.seed, epoch]
             if info is not None:
                 # info.seed = the loader's per-epoch base seed + worker id: distinct streams
                 # per worker and per epoch, reproducible from the loader's generator.
                 entropy += [info.id, info.seed % 2**63]
-            self._rng = np.random.default_rng(np.random.SeedSequence(entropy))
+            # A data-parallel process adds its rank as the spawn key (kept apart from the
+            # entropy words, so no rank's stream is another key's); one process adds nothing.
+            spawn = (self.rank, self.world_size) if self.world_size > 1 else ()
+            self._rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=spawn))
             self._rng_key = key
         return self._rng
 
