@@ -26,6 +26,11 @@ if importlib.util.find_spec("bioimageio") is None or \
     collect_ignore.append("test_bmz_export.py")
 
 
+# Training and prediction set their own thread count (musplit.runtime.apply_threads); in the
+# tests that is one thread, for the reason below. Tests of the default itself unset it.
+os.environ["MUSPLIT_THREADS"] = "1"
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     # Tiny tensors gain nothing from intra-op threads, and with pytest-xdist running one

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from musplit.checkpoints.format import load_checkpoint
 from musplit.config.presets import DEMO_PAIRING, demo_preset
 from musplit.data.context import lateral_context
 from musplit.data.sources import write_critters
@@ -24,6 +24,7 @@ from musplit.data.synthetic import generate_critters
 from musplit.evaluation import evaluate_arrays, write_metrics
 from musplit.figures import plot_context_stack, plot_prediction
 from musplit.files import atomic_write
+from musplit.runtime import apply_threads
 from musplit.splitter import Splitter
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, frames: int = 100, siz
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    apply_threads()  # musplit.runtime: MUSPLIT_THREADS or one per core
     t_start = time.time()
 
     echo(f"[1/4] generating SinosoidalCritters N25 (pairing {PAIRING}): {frames} frames of "
@@ -109,6 +110,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, frames: int = 100, siz
         echo(f"[3/4] predicting the {len(split.test)} test frames with {title} "
              f"(inner padding, G={cfg.predict.grid}, {samples} samples)")
         splitter = Splitter.load(best)
+        runtime = load_checkpoint(best)["extra"].get("runtime")
         gt = targets[split.test]
         inp = splitter.stats.mix(splitter.stats.clip(gt))
         t0 = time.time()
@@ -125,6 +127,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, frames: int = 100, siz
                               title=f"{title}, test frame {split.test[0]}")
         results[folder] = {"title": title, "metrics": res, "train_s": t_train,
                            "predict_s": t_pred, "load": machine_load(), "figure": fig.name,
+                           "runtime": runtime,
                            "params": sum(p.numel() for p in splitter.model.parameters())}
 
     echo("[4/4] evaluation on the test split (normalised units, as the paper)")
@@ -185,7 +188,9 @@ def run_times(results: dict, *, elapsed: float, load: dict | None) -> list[str] 
     if load is None or any(r.get("load") is None for r in runs):
         return None
     return [*(f"- {r['title']}: trained in {r['train_s']:.0f} s, predicted the test data in "
-              f"{r['predict_s']:.1f} s ({_load_text(r['load'])})." for r in runs),
+              f"{r['predict_s']:.1f} s ({_load_text(r['load'])})"
+              + (f"; {r['runtime'].removeprefix('runtime: ')}" if r.get("runtime") else "")
+              + "." for r in runs),
             f"- The whole run: {elapsed:.0f} s ({_load_text(load)})."]
 
 

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from musplit.config.presets import real_demo_preset
 from musplit.data.io import open_image
@@ -46,6 +45,7 @@ from musplit.demo import (
 from musplit.errors import MusplitError
 from musplit.evaluation import evaluate_arrays, write_metrics
 from musplit.figures import _pyplot, plot_prediction, save_figure
+from musplit.runtime import apply_threads
 from musplit.splitter import Splitter
 
 #: Where the stack lies inside the PartSegData package.
@@ -235,7 +235,7 @@ def run_real_demo(out_dir: str | os.PathLike = "runs/demo-real", *, channels=(0,
     path = partseg_stack()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    apply_threads()  # musplit.runtime: MUSPLIT_THREADS or one per core
     t_start = time.time()
     src = open_image(path)
     echo(f"[1/3] real data: {path.name} from PartSegData, {src.height}x{src.width}, "

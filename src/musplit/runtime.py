@@ -106,7 +106,8 @@ def cpu_settings() -> str:
     """One line for the run log: threads and the OpenMP wait policy in use."""
     import torch
 
-    return f"{torch.get_num_threads()} CPU threads, {prefer_passive_openmp()}"
+    n = torch.get_num_threads()
+    return f"{n} CPU thread{'s' if n != 1 else ''}, {prefer_passive_openmp()}"
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -198,6 +199,36 @@ def prediction_file_bytes(n_frames: int, height: int, width: int, *, n_channels:
     return n_files * (4 * n_frames * height * width * n_channels + (64 << 10))
 
 
-__all__ = ["apply_threads", "available_memory", "cpu_settings", "default_threads",
+def fast_precision(amp: str | None, device="cpu") -> bool:
+    """Whether autocast to ``amp`` runs on hardware made for it on ``device``.
+
+    Always True for fp32 (``None``). On a CPU, bf16 needs AVX512-BF16 or AMX and fp16 needs
+    AMX-FP16; elsewhere PyTorch emulates them, usually slower than fp32. On CUDA, fp16 is
+    always native and bf16 from Ampere on; other devices are assumed to have what they offer.
+    """
+    import torch
+
+    device = torch.device(device)
+    if amp in (None, "fp32"):
+        return True
+    if device.type == "cuda":
+        return amp == "fp16" or bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return True
+    cpu = torch.cpu
+
+    def has(name: str) -> bool:
+        fn = getattr(cpu, name, None)
+        try:
+            return bool(fn()) if callable(fn) else False
+        except Exception:  # a probe that fails means: not known to be there
+            return False
+
+    if amp == "bf16":
+        return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
+    return has("_is_amx_fp16_supported")
+
+
+__all__ = ["apply_threads", "available_memory", "cpu_settings", "default_threads", "fast_precision",
            "in_memory_prediction_bytes", "prediction_file_bytes", "prefer_passive_openmp",
            "tune_allocator"]

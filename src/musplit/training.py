@@ -64,6 +64,7 @@ from musplit.losses.denoisplit import (
 )
 from musplit.models import build
 from musplit.models.protocol import aux_of, params_of
+from musplit.runtime import apply_threads, cpu_settings, fast_precision
 from musplit.training_logs import (
     HistoryCSVLogger,
     check_logger,
@@ -616,6 +617,35 @@ def _where(config: Config, **given) -> Config:
     return config.updated({"train": over}) if over else config
 
 
+#: Lightning's precision names as the run log spells them.
+_PRECISION_WORDS = {"32": "fp32", "bf16-mixed": "bf16 autocast", "16-mixed": "fp16 autocast"}
+
+
+def training_precision(tc) -> tuple[str, str]:
+    """The precision a run trains in and the run log's note on why: ``(lightning, note)``.
+
+    ``auto`` is bf16 autocast on hardware with bf16 arithmetic (a CPU with AVX512-BF16 or AMX,
+    a CUDA GPU from Ampere on; measured to reach the fp32 validation PSNR at the same steps,
+    docs/performance.md) and fp32 elsewhere. An explicit ``bf16-mixed`` on a CPU without bf16
+    instructions, where PyTorch emulates it several times slower than fp32, falls back to fp32
+    with a note, unless ``MUSPLIT_EMULATED_BF16=1`` (for accuracy comparisons).
+    """
+    gpu = tc.accelerator in ("gpu", "cuda") or (tc.accelerator == "auto"
+                                                 and torch.cuda.is_available())
+    device, where = ("cuda", "this GPU") if gpu else ("cpu", "this CPU")
+    lacks = ("has no bf16 arithmetic (before Ampere)" if gpu else
+             "has no bf16 instructions (AVX512-BF16 or AMX)")
+    if tc.precision == "auto":
+        if fast_precision("bf16", device):
+            return "bf16-mixed", f"bf16 autocast (auto: {where} has bf16 arithmetic)"
+        return "32", f"fp32 (auto: {where} {lacks})"
+    if tc.precision == "bf16-mixed" and not fast_precision("bf16", device) and \
+            os.environ.get("MUSPLIT_EMULATED_BF16", "").strip() not in ("1", "yes", "true"):
+        return "32", (f"fp32: bf16 was asked for, but {where} {lacks}, where it is emulated "
+                      "several times slower (MUSPLIT_EMULATED_BF16=1 keeps bf16)")
+    return tc.precision, f"{_PRECISION_WORDS[tc.precision]} (train.precision)"
+
+
 def _trainer(tc, **kwargs) -> L.Trainer:
     """Lightning's Trainer; a device setting it refuses is one line naming the settings."""
     try:
@@ -713,6 +743,12 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         config.to_yaml(run_dir / "config.yaml")
     _quiet_lightning()
     _seed_everything(tc.seed)
+    threads = apply_threads()
+    precision, precision_note = training_precision(tc)
+    runtime_line = f"runtime: {cpu_settings()}; precision {precision_note}"
+    log.info("%s", runtime_line)
+    if echo is not None:
+        echo(runtime_line)
     t0 = time.time()
     data, stats = prepare_data(config, run_dir if writer else None)
     if noise is not None and len(noise[0]) != stats.n_channels:
@@ -748,7 +784,8 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
         echo(f"data: {data.source}; {stats.n_channels} structures to split"
              + (f" ({names})" if names else "") + f"; {description}")
     extra = {"split": data.split.to_dict(), "split_description": description,
-             "channel_names": data.channel_names, "data_source": data.source}
+             "channel_names": data.channel_names, "data_source": data.source,
+             "precision": precision, "runtime": runtime_line, "threads": threads}
     if noise is not None:  # self-contained checkpoints (docs/microsplit.md, "Training with noise
         # models")
         extra["noise_models"] = noise[1]
@@ -772,7 +809,7 @@ def train(config: Config, out_dir: str | os.PathLike | None = None, *, resume: b
     val_kwargs = {"val_check_interval": every, "check_val_every_n_epoch": None} if every else {}
     trainer = _trainer(
         tc,
-        precision=tc.precision,
+        precision=precision,
         max_steps=tc.max_steps if tc.max_steps is not None else -1,
         max_epochs=tc.max_epochs if tc.max_epochs is not None else -1,
         gradient_clip_val=tc.grad_clip_norm, gradient_clip_algorithm="norm",

@@ -59,8 +59,12 @@ from musplit.kinds import KINDS
               help="Patches per step (default: the preset's, 16).")
 @click.option("--val-every", type=click.IntRange(min=1), default=None,
               help="Validate every N steps (default: every epoch).")
-@click.option("--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), default=None,
-              help="Training arithmetic (default: the preset's, 32).")
+@click.option("--precision",
+              type=click.Choice(["auto", "fp32", "bf16", "32", "bf16-mixed", "16-mixed"]),
+              default=None,
+              help="Training arithmetic: auto (the default) trains with bf16 autocast where the "
+                   "hardware has bf16 arithmetic (AVX512-BF16/AMX CPUs, Ampere or later GPUs) "
+                   "and in fp32 elsewhere; fp32 always works. The run log says which was used.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the preset's, 0).")
 @click.option("--loss", type=click.Choice(["usplit", "denoisplit", "denoisplit_usplit"]),
               default=None,

@@ -58,7 +58,7 @@ RUN_PRESETS: dict[str, dict] = {
         # β-NLL with β = 1: on short CPU budgets the plain NLL barely moves the means (measured:
         # no gain over a linear fit in 1000 steps where β = 1 gains 4-7 dB); see musplit.losses.
         "train": {"batch_size": 16, "max_steps": 2000, "lr_patience": 5,
-                  "early_stopping_patience": 20, "precision": "32", "nll_beta": 1.0},
+                  "early_stopping_patience": 20, "precision": "auto", "nll_beta": 1.0},
         "predict": {"grid": 32, "batch_size": 64},
     },
     # cpu-small for real acquisitions (measured in BENCHMARKS.md, "Real data"): the input is
@@ -71,7 +71,7 @@ RUN_PRESETS: dict[str, dict] = {
         "data": {"input_is_sum": True, "clip_quantile": 1.0, "augment": "d4", "pad": "reflect"},
         "model": {"kind": "hvae", "lc": "lean", "filters": 16, "z_dims": [16, 16, 16, 16]},
         "train": {"batch_size": 16, "max_steps": 1000, "val_every_steps": 125,
-                  "lr_patience": 3, "early_stopping_patience": 1000, "precision": "32",
+                  "lr_patience": 3, "early_stopping_patience": 1000, "precision": "auto",
                   "nll_beta": 1.0},
         "predict": {"grid": 32, "batch_size": 128, "samples": 3, "consistent": True},
     },

@@ -161,7 +161,10 @@ class TrainConfig(Strict):
     lr_patience: int = Field(15, ge=0)
     early_stopping_patience: int = Field(100, ge=1)
     grad_clip_norm: float | None = Field(0.5, gt=0)
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware has bf16 arithmetic (a CPU "
+        "with AVX512-BF16 or AMX, a CUDA GPU from Ampere on), fp32 elsewhere; 32 (fp32), "
+        "bf16-mixed, 16-mixed as Lightning takes them; also spelled fp32, bf16, fp16")
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     loss_normalisation: Literal["reference", "elbo"] = "reference"
@@ -199,6 +202,13 @@ class TrainConfig(Strict):
         "process per device), ddp_spawn, ddp_find_unused_parameters_true, ...")
     num_nodes: int = Field(1, ge=1, description="machines of a data-parallel run (on SLURM: "
                            "the job's --nodes)")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_aliases(cls, v):
+        aliases = {"fp32": "32", "32-true": "32", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+        return aliases.get(v.strip().lower(), v.strip()) if isinstance(v, str) else \
+            ("32" if v == 32 else v)
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from musplit.data.normalize import NormStats
 from musplit.data.tiling import Tiling
 from musplit.errors import ConfigError, InputError, MusplitError
 from musplit.models.protocol import can_encode, can_sample_many, is_deterministic, sample_mode_of
+from musplit.runtime import fast_precision  # noqa: F401  (musplit.predict exports it)
 
 log = logging.getLogger(__name__)
 
@@ -419,29 +420,3 @@ def _memory_format(model: nn.Module, channels_last: bool):
         model.to(memory_format=torch.contiguous_format)
 
 
-def fast_precision(amp: str | None, device: torch.device | str = "cpu") -> bool:
-    """Whether autocast to ``amp`` runs on hardware made for it on ``device``.
-
-    Always True for fp32 (``None``). On a CPU, bf16 needs AVX512-BF16 or AMX and fp16 needs
-    AMX-FP16; elsewhere PyTorch emulates them, usually slower than fp32. On CUDA, fp16 is
-    always native and bf16 from Ampere on; other devices are assumed to have what they offer.
-    """
-    device = torch.device(device)
-    if amp in (None, "fp32"):
-        return True
-    if device.type == "cuda":
-        return amp == "fp16" or bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return True
-    cpu = torch.cpu
-
-    def has(name: str) -> bool:
-        fn = getattr(cpu, name, None)
-        try:
-            return bool(fn()) if callable(fn) else False
-        except Exception:  # a probe that fails means: not known to be there
-            return False
-
-    if amp == "bf16":
-        return has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported")
-    return has("_is_amx_fp16_supported")
