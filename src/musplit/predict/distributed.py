@@ -36,6 +36,7 @@ import math
 import os
 import resource
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -538,6 +539,11 @@ def _client(workers: int | None, scheduler: str | None, say: Callable[[str], Non
     except ImportError:  # pragma: no cover - a required dependency
         raise MusplitError("Dask prediction needs dask.distributed: pip install "
                            "'dask[distributed]'") from None
+    # Dask's own INFO lines (workers registering, keys cancelled) are not the user's news;
+    # its warnings and errors still show. The level is restored afterwards.
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(max(logging.WARNING, level))
     cluster = None
     if scheduler is not None:
         try:
@@ -563,6 +569,7 @@ def _client(workers: int | None, scheduler: str | None, say: Callable[[str], Non
         client.close()
         if cluster is not None:
             cluster.close()
+        quiet.setLevel(level)
 
 
 def _on_dask(client, job: _Job, images: list[_Image], pending: list[tuple[int, Block]],
@@ -780,6 +787,11 @@ def _run(job: _Job, images: list[_Image], metas: list[dict], out_dir: Path, clie
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=already, unit="block", desc="predict")
+        plain = say
+
+        def say(line: str) -> None:  # a line of its own, the bar redrawn below it
+            with tqdm.external_write_mode(file=sys.stderr):
+                plain(line)
     elif callable(progress):
         progress(already, total)
     n_done = [already]
@@ -828,8 +840,11 @@ def _run(job: _Job, images: list[_Image], metas: list[dict], out_dir: Path, clie
                 _local(job, images, pending, done)
             else:
                 _on_dask(client, job, images, pending, done)
+    except MusplitError:  # a bad input or setting: a resumed run would stop there again
+        raise
     except BaseException:
-        say(f"stopped: {n_done[0]} of {total} block(s) are recorded in {work}; rerun with "
+        recorded = sum(1 for _ in Path(job.done).glob("*/*.json"))
+        say(f"stopped: {recorded} of {total} block(s) are recorded in {work}; rerun with "
             "--resume to finish")
         raise
     finally:
