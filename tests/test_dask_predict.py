@@ -108,6 +108,7 @@ def test_a_local_cluster_of_two_workers_equals_one_process(images, cluster, tmp_
                         "--scheduler", cluster.scheduler_address, *SETTINGS], capsys)
     assert code == 0, err
     assert f"Dask: {cluster.scheduler_address}, 2 worker(s)" in err
+    assert err.count("MALLOC_TRIM_THRESHOLD_=65536") == 1  # Dask's default, noted once
     assert_same(arrays(tmp_path / "out"), ref)
 
 
@@ -164,6 +165,7 @@ def test_a_stopped_run_resumes_on_workers_and_only_predicts_what_is_left(images,
                         *SETTINGS], capsys)
     assert code == 0, err
     assert "5 of 12 block(s) already done, 7 to predict" in err
+    assert "MALLOC_TRIM_THRESHOLD_" not in err  # --workers starts its workers without it
     assert_same(arrays(out), ref)
     resumed = {n: zarr.open_group(str(out / f"{n}.zarr"), mode="r").attrs["musplit"]
                ["blocks_resumed"] for n in ("b", "c")}

@@ -226,6 +226,7 @@ def _run_block(job: _Job, img: _Image, blk: Block) -> dict:
            "tiles": _tiles(plan, blk),
            "seconds": round(time.perf_counter() - t0, 4),
            "load_seconds": round(t0 - t_load, 4), "pid": os.getpid(),
+           "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
            "peak_rss_mib": round(_peak_rss_mib(), 1)}
     marker.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(marker) as tmp:
@@ -531,10 +532,13 @@ def _local(job: _Job, images: list[_Image], pending: list[tuple[int, Block]],
 
 
 @contextlib.contextmanager
-def _client(workers: int | None, scheduler: str | None, say: Callable[[str], None]):
+def _client(workers: int | None, scheduler: str | None, say: Callable[[str], None],
+            threads: int | None = None):
     """A ``dask.distributed`` client: of a new ``LocalCluster`` on 127.0.0.1 (``workers``
-    processes, one thread each), or of the scheduler at ``scheduler``."""
+    processes, one task at a time each, torch on ``threads`` threads), or of the scheduler at
+    ``scheduler``."""
     try:
+        import dask
         from distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - a required dependency
         raise MusplitError("Dask prediction needs dask.distributed: pip install "
@@ -553,9 +557,15 @@ def _client(workers: int | None, scheduler: str | None, say: Callable[[str], Non
             raise InputError(f"cannot reach the Dask scheduler at {scheduler}: "
                              f"{reason}") from None
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                               silence_logs=logging.ERROR)
+        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
+        # adaptive mmap threshold: every large tensor is then mapped and unmapped anew, and a
+        # network runs 2.5x slower here (docs/distributed.md, "Worker settings").
+        spawn = "distributed.nanny.pre-spawn-environ"
+        with dask.config.set({f"{spawn}.MALLOC_TRIM_THRESHOLD_": None,
+                              f"{spawn}.OMP_NUM_THREADS": threads or 1}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                   silence_logs=logging.ERROR)
         client = Client(cluster, set_as_default=False)
     try:
         info = client.scheduler_info()
@@ -701,8 +711,8 @@ def predict_many(checkpoint: str | os.PathLike, inputs: Iterable[str | os.PathLi
     splitter_meta = [img.plan.meta(splitter.config, splitter.stats, splitter.model,
                                    std="std" in img.work) for img in images]
 
-    cluster = (_client(workers, scheduler, say) if workers is not None or scheduler is not None
-               else contextlib.nullcontext())
+    cluster = (_client(workers, scheduler, say, threads)
+               if workers is not None or scheduler is not None else contextlib.nullcontext())
     with cluster as client:  # connect (or refuse the address) before anything is written
         if resume:
             old = json.loads((work / "run.json").read_text())
@@ -795,6 +805,7 @@ def _run(job: _Job, images: list[_Image], metas: list[dict], out_dir: Path, clie
     elif callable(progress):
         progress(already, total)
     n_done = [already]
+    warned: list[int] = []
     t0 = time.perf_counter()
 
     def finish(i: int) -> None:
@@ -820,6 +831,11 @@ def _run(job: _Job, images: list[_Image], metas: list[dict], out_dir: Path, clie
             f"({len(blocks[i])} block(s))")
 
     def done(i: int, blk: Block, rec: dict) -> None:
+        if rec.get("malloc_trim") and not warned:
+            warned.append(rec["pid"])
+            say(f"note: a worker runs with MALLOC_TRIM_THRESHOLD_={rec['malloc_trim']} "
+                "(Dask's default), which makes torch about 2.5x slower; "
+                "docs/distributed.md, \"Worker settings\" says how to unset it")
         records[i][tuple(blk)] = rec
         left[i] -= 1
         n_done[0] += 1
