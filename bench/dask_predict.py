@@ -244,9 +244,7 @@ def section(res: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         after, start = r.get("seconds_after_start"), r.get("cluster_start_s")
-        procs = r.get("processes")
-        rate = (sum(p["tiles"] / max(p["seconds"], 1e-9) for p in procs) if procs
-                else res["tiles"] / r["seconds"])  # a single process: wall time
+        rate = _rate(res, r["workers"], r["torch_threads"])
         out.append(f"| {r['mode']} | {r['seconds']:.1f} | {base / r['seconds']:.2f}× | "
                    f"{'—' if after is None else f'{after:.1f}'} | "
                    f"{'—' if start is None else f'{start:.1f}'} | {rate:.1f} | "
@@ -255,10 +253,16 @@ def section(res: dict) -> str:
     out += ["", "The wall time of a Dask run includes what a worker does once: start its "
             "process, import torch and load the model (the first block's wait). On images "
             "this small that dominates; on many or large images the compute rate is what "
-            "counts. Outputs are bit for bit equal whenever the processes run torch on the "
-            "same number of threads; across thread counts oneDNN's convolutions sum in "
-            f"another order (single process on 1 against {a['threads']} threads: "
-            f"{_equal(td)}).", ""]
+            "counts. On this shared machine torch's two threads compete with the other jobs "
+            "for the two cores, which makes every 2-thread row erratic (compare the two "
+            "single-process rows); the 1-thread rows are the steadier comparison: two workers "
+            f"of one thread computed {_rate(res, 2):.1f} tiles/s together, one process of one "
+            f"thread {_rate(res, 0, 1):.1f}: two cores leave nothing for a second worker to "
+            "gain here; what more workers buy needs more cores than this machine has. "
+            "Outputs are bit for bit equal whenever the processes run torch on the same "
+            "number of threads (the last column); across thread counts they need not be "
+            "(oneDNN may add a convolution's terms in another order); here the single "
+            f"process on 1 and on {a['threads']} threads: {_equal(td)}.", ""]
     fault = res["fault"]
     k = fault["killed"]
     out += [f"**A killed worker.** Two workers; after {k['after_blocks']} of "
@@ -302,6 +306,16 @@ def section(res: dict) -> str:
     return "\n".join(out)
 
 
+def _rate(res: dict, workers: int, threads: int | None = None) -> float:
+    """Tiles per second of the run with ``workers`` workers, summed over them (0: the single
+    process of ``threads`` torch threads, all tiles over its wall time)."""
+    r = next(x for x in res["runs"] if x["workers"] == workers
+             and (threads is None or x["torch_threads"] == threads))
+    if not r.get("processes"):
+        return res["tiles"] / r["seconds"]
+    return sum(p["tiles"] / max(p["seconds"], 1e-9) for p in r["processes"])
+
+
 def _date(res: dict) -> str:
     return f" Measured {res['date']}." if res.get("date") else ""
 
@@ -317,7 +331,13 @@ def main() -> None:
                     help="torch threads of the single process (the cores a run may use)")
     ap.add_argument("--plan-images", type=int, default=100)
     ap.add_argument("--plan-size", type=int, default=8192)
+    ap.add_argument("--render", action="store_true",
+                    help="only rebuild dask_predict.md from the stored dask_predict.json")
     args = ap.parse_args()
+    if args.render:
+        res = json.loads((RESULTS / "dask_predict.json").read_text())
+        (RESULTS / "dask_predict.md").write_text(section(res) + "\n")
+        return
     logging.getLogger("distributed").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="musplit-dask-bench-"))
     load = [os.getloadavg()[0]]

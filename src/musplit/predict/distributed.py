@@ -676,7 +676,6 @@ def predict_many(checkpoint: str | os.PathLike, inputs: Iterable[str | os.PathLi
         that cannot be reached, and every error of the single-image prediction (naming the
         image). Nothing is written under a final name before an image is complete.
     """
-
     say = say or log.info
     if workers is not None and scheduler is not None:
         raise InputError("--workers starts a cluster on this machine and --scheduler uses an "
@@ -696,7 +695,7 @@ def predict_many(checkpoint: str | os.PathLike, inputs: Iterable[str | os.PathLi
                           brightness=brightness, strict_range=strict_range,
                           sample_mode=sample_mode, block=block)
     _prepare_out_dir(out_dir, images, paths, overwrite=overwrite, resume=resume)
-    settings = {**{k: v for k, v in options.items()}, "seed": int(seed), "std": bool(std),
+    settings = {**options, "seed": int(seed), "std": bool(std),
                 "raw_std": bool(raw_std), "input_scale": float(input_scale),
                 "brightness": brightness, "strict_range": bool(strict_range),
                 "sample_mode": sample_mode, "axes": axes, "series": series,
@@ -711,17 +710,16 @@ def predict_many(checkpoint: str | os.PathLike, inputs: Iterable[str | os.PathLi
     splitter_meta = [img.plan.meta(splitter.config, splitter.stats, splitter.model,
                                    std="std" in img.work) for img in images]
 
+    if resume:
+        diff = _first_difference(json.loads((work / "run.json").read_text()), record)
+        if diff:
+            raise InputError(f"--resume: the interrupted run in {out_dir} differs from this "
+                             f"call ({diff}); rerun it with the same model, inputs and "
+                             "options, or --overwrite to start again")
     cluster = (_client(workers, scheduler, say, threads)
                if workers is not None or scheduler is not None else contextlib.nullcontext())
     with cluster as client:  # connect (or refuse the address) before anything is written
-        if resume:
-            old = json.loads((work / "run.json").read_text())
-            diff = _first_difference(old, record)
-            if diff:
-                raise InputError(f"--resume: the interrupted run in {out_dir} differs from "
-                                 f"this call ({diff}); rerun it with the same model, inputs "
-                                 "and options, or --overwrite to start again")
-        else:
+        if not resume:
             if work.exists():
                 shutil.rmtree(work)
             (work / "done").mkdir(parents=True)
