@@ -69,6 +69,8 @@ WORK = ".musplit-predict"
 IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".npy", ".zarr")
 _NAME_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", *TIFF_SUFFIXES, ".npy", ".zarr")
 _RECORD_VERSION = 1
+#: Environment variables a LocalCluster's workers get from musplit, not from this process.
+_SPAWN_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,26 +550,33 @@ def _client(workers: int | None, scheduler: str | None, say: Callable[[str], Non
     quiet = logging.getLogger("distributed")
     level = quiet.level
     quiet.setLevel(max(logging.WARNING, level))
-    cluster = None
-    if scheduler is not None:
-        try:
-            client = Client(scheduler, set_as_default=False)
-        except (OSError, TimeoutError, ValueError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise InputError(f"cannot reach the Dask scheduler at {scheduler}: "
-                             f"{reason}") from None
-    else:
-        # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
-        # adaptive mmap threshold: every large tensor is then mapped and unmapped anew, and a
-        # network runs 2.5x slower here (docs/distributed.md, "Worker settings").
-        spawn = "distributed.nanny.pre-spawn-environ"
-        with dask.config.set({f"{spawn}.MALLOC_TRIM_THRESHOLD_": None,
-                              f"{spawn}.OMP_NUM_THREADS": threads or 1}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                   silence_logs=logging.ERROR)
-        client = Client(cluster, set_as_default=False)
+    saved_env: dict[str, str | None] = {}
+    cluster = client = None
     try:
+        if scheduler is not None:
+            try:
+                client = Client(scheduler, set_as_default=False)
+            except (OSError, TimeoutError, ValueError) as e:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise InputError(f"cannot reach the Dask scheduler at {scheduler}: "
+                                 f"{reason}") from None
+        else:
+            # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
+            # adaptive mmap threshold: every large tensor is then mapped and unmapped anew,
+            # and a network runs 2.5x slower here (docs/distributed.md, "Worker settings").
+            # A nanny also sets its variables in this process's environment, which every
+            # worker (re)started later inherits: they are kept out of it while the cluster
+            # runs, and put back afterwards.
+            spawn = "distributed.nanny.pre-spawn-environ"
+            for k in _SPAWN_VARIABLES:
+                saved_env[k] = os.environ.pop(k, None)
+            with dask.config.set({f"{spawn}.MALLOC_TRIM_THRESHOLD_": None,
+                                  f"{spawn}.OMP_NUM_THREADS": threads or 1}):
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                       processes=True, host="127.0.0.1",
+                                       dashboard_address="127.0.0.1:0",
+                                       silence_logs=logging.ERROR)
+            client = Client(cluster, set_as_default=False)
         info = client.scheduler_info()
         n = len(info.get("workers", {}))
         where = scheduler or f"a LocalCluster of {workers} worker process(es) on 127.0.0.1"
@@ -576,9 +585,15 @@ def _client(workers: int | None, scheduler: str | None, say: Callable[[str], Non
                "not served (pip install bokeh to get one)"))
         yield client
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         quiet.setLevel(level)
 
 
