@@ -563,7 +563,7 @@ def _client(workers: int | None, scheduler: str | None, say: Callable[[str], Non
         else:
             # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
             # adaptive mmap threshold: every large tensor is then mapped and unmapped anew,
-            # and a network runs 2.5x slower here (docs/distributed.md, "Worker settings").
+            # and a network runs up to 2.5x slower (docs/distributed.md, "Worker settings").
             # A nanny also sets its variables in this process's environment, which every
             # worker (re)started later inherits: they are kept out of it while the cluster
             # runs, and put back afterwards.
@@ -847,7 +847,7 @@ def _run(job: _Job, images: list[_Image], metas: list[dict], out_dir: Path, clie
         if rec.get("malloc_trim") and not warned:
             warned.append(rec["pid"])
             say(f"note: a worker runs with MALLOC_TRIM_THRESHOLD_={rec['malloc_trim']} "
-                "(Dask's default), which makes torch about 2.5x slower; "
+                "(Dask's default), which makes torch up to 2.5x slower; "
                 "docs/distributed.md, \"Worker settings\" says how to unset it")
         records[i][tuple(blk)] = rec
         left[i] -= 1
