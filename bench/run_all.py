@@ -499,7 +499,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", choices=["data", "train", "memory", "predict", "compare",
                                        "reproduce", "pcmc", "precision", "real", "denoisplit",
-                                       "calibration", "mixing", "multi"], default=None)
+                                       "calibration", "mixing", "multi", "dask"],
+                    default=None)
     ap.add_argument("--precision-steps", type=int, default=400,
                     help="training steps of each model of the bf16 accuracy check")
     ap.add_argument("--reproduce-minutes", type=float, default=60.0,
@@ -578,6 +579,9 @@ def main() -> None:
         print("three and four structures ...", flush=True)
         subprocess.run([PY, "bench/multi_structure.py", "--steps", str(args.multi_steps)],
                        check=True, cwd=REPO)
+    if args.only in (None, "dask"):
+        print("many images on Dask ...", flush=True)
+        subprocess.run([PY, "bench/dask_predict.py"], check=True, cwd=REPO)
     if args.only is None or not (RESULTS / "machine.txt").exists():
         (RESULTS / "machine.txt").write_text(machine())
 
@@ -619,7 +623,8 @@ def main() -> None:
     if (RESULTS / "real_data.md").exists():
         parts += [(RESULTS / "real_data.md").read_text().strip(), ""]
     # Their sections link their own figures.
-    for name in ("denoisplit", "calibration", "mixing_ratio", "multi_structure"):
+    for name in ("denoisplit", "calibration", "mixing_ratio", "multi_structure",
+                 "dask_predict"):
         if (RESULTS / f"{name}.md").exists():
             parts += [(RESULTS / f"{name}.md").read_text().strip(), ""]
     (REPO / "BENCHMARKS.md").write_text("\n".join(parts))

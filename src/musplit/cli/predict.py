@@ -1,4 +1,5 @@
-"""``musplit predict``: split an image with a trained model (in memory, or streamed to Zarr)."""
+"""``musplit predict``: split an image with a trained model (in memory, or streamed to Zarr), or
+many images into a folder, in this process or on Dask (docs/distributed.md)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ log = logging.getLogger("musplit")
 
 @click.command("predict")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("input_paths", metavar="INPUT...", nargs=-1, required=True)
 @click.option("--out", "out_path", type=click.Path(path_type=Path), required=True,
-              help="Output .tif/.tiff or .zarr (the std goes next to it with --std).")
+              help="Output .tif/.tiff or .zarr for one INPUT (the std goes next to it with "
+                   "--std); a folder for several INPUTs, a folder of images or a glob: one "
+                   "NAME.zarr per image there.")
 @image_options("INPUT")
 @click.option("--mix-channels", default=None,
               help="INPUT holds separate channels: predict from their mix (e.g. 0,1), "
@@ -64,10 +67,27 @@ log = logging.getLogger("musplit")
               help="LadderVAE latents: 'sample' draws them (the posterior samples the MMSE "
                    "averages), 'mean' takes their means, a deterministic split (what an "
                    "export-bmz package computes; default: the model's config, sample).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samples, with_std,
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output (several INPUTs: write into an --out folder "
+                   "that holds other files, replacing the outputs of the same name).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Predict the blocks on a Dask LocalCluster of this many worker processes "
+                   "on this machine (default: in this process).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Predict the blocks on the existing Dask cluster whose scheduler is at "
+                   "ADDRESS, e.g. tcp://host:8786 (default: none).")
+@click.option("--resume", is_flag=True,
+              help="Finish the interrupted prediction in the --out folder: only the blocks "
+                   "not recorded as done are predicted.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print the blocks, tasks, output size and expected time (from one block "
+                   "predicted now) and write nothing.")
+@click.option("--block-size", type=click.IntRange(min=1), default=2048, hidden=True,
+              help="Output block side in pixels of the streamed prediction.")
+def predict(model, input_paths, out_path, axes, mix_channels, padding, grid, samples, with_std,
             batch_size, precision, seed, overwrite, series=None, level=0, input_scale=1.0,
-            brightness=None, strict_range=False, raw_std=False, sample_mode=None):
+            brightness=None, strict_range=False, raw_std=False, sample_mode=None, workers=None,
+            scheduler=None, resume=False, plan_only=False, block_size=2048):
     """Split the superimposed image INPUT with the trained MODEL.
 
     With a .zarr output (and no --mix-channels) the image is read and predicted block by
@@ -75,7 +95,24 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     is float32 in INPUT's intensity units, with the model's channel names and INPUT's pixel
     size. A 3-D INPUT without axes metadata is read as frames (with --mix-channels: as
     channels); --axes says otherwise.
+
+    Several INPUTs (files, OME-Zarr stores, folders of images, glob patterns) are predicted
+    block by block into the --out folder, one NAME.zarr per image: in this process, or as
+    Dask tasks with --workers or --scheduler. A stopped run is finished with --resume.
     """
+    many = (len(input_paths) > 1 or workers is not None or scheduler is not None or resume
+            or plan_only or not _one_image(input_paths[0]))
+    if many:
+        _predict_many(model, input_paths, out_path, axes=axes, series=series, level=level,
+                      mix_channels=mix_channels, padding=padding, grid=grid, samples=samples,
+                      with_std=with_std, raw_std=raw_std, batch_size=batch_size,
+                      precision=precision, seed=seed, overwrite=overwrite,
+                      input_scale=input_scale, brightness=brightness,
+                      strict_range=strict_range, sample_mode=sample_mode, workers=workers,
+                      scheduler=scheduler, resume=resume, plan_only=plan_only,
+                      block=block_size)
+        return
+    input_path = Path(input_paths[0])
     from musplit.data.io import open_image  # tifffile, zarr
     from musplit.data.io.axes import frames_instead
     from musplit.splitter import Splitter  # torch
@@ -113,7 +150,7 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
             batch_size=batch_size, seed=seed, precision=precision, std=with_std,
             overwrite=overwrite, progress=True, protect=[input_path], input_scale=input_scale,
             brightness=brightness, strict_range=strict_range, raw_std=raw_std,
-            sample_mode=sample_mode)
+            sample_mode=sample_mode, block=block_size)
         _say_assumed_ratio(splitter)
         click.echo(f"wrote {written}")
         return
@@ -134,6 +171,48 @@ def predict(model, input_path, out_path, axes, mix_channels, padding, grid, samp
     written = pred.save(out_path, overwrite=overwrite, protect=[input_path])
     _say_assumed_ratio(splitter)
     click.echo(f"wrote {written}")
+
+
+def _one_image(item: str) -> bool:
+    """Whether INPUT names one image (a file or a Zarr store), not a folder of them or a
+    pattern: the single-image form of the command."""
+    from musplit.files import ZARR_MARKERS
+
+    p = Path(item).expanduser()
+    if p.is_dir():
+        return any((p / m).exists() for m in ZARR_MARKERS)
+    return p.exists() or not any(c in item for c in "*?[")
+
+
+def _predict_many(model, inputs, out_dir, *, mix_channels, with_std, raw_std, workers,
+                  scheduler, resume, plan_only, block, **options) -> None:
+    """Several images (or --workers, --scheduler, --resume, --plan): one NAME.zarr each in
+    the folder ``out_dir``, block by block (musplit.predict.distributed)."""
+    from musplit.predict import distributed
+
+    if mix_channels is not None:
+        raise InputError("--mix-channels works with one INPUT; mix the channels of each image "
+                         "into one first to predict several")
+    with_std = with_std or raw_std
+    read = {k: options.pop(k) for k in ("axes", "series", "level")}
+    if plan_only:
+        tiling = {k: options[k] for k in ("padding", "grid", "samples", "batch_size",
+                                          "precision")}
+        plan = distributed.plan_many(model, inputs, block=block, std=with_std, **read,
+                                     **tiling)
+        rate = distributed.measure_tile_rate(model, inputs, block=block, **read, **tiling)
+        click.echo(plan.summary(rate, workers=sorted({1, 2, workers or 1})))
+        return
+    if with_std:
+        from musplit.splitter import Splitter
+
+        _say_which_std(Splitter.load(model), raw_std)
+    written = distributed.predict_many(
+        model, inputs, out_dir, workers=workers, scheduler=scheduler, resume=resume,
+        block=block, std=with_std, raw_std=raw_std, progress=True,
+        say=lambda line: click.echo(line, err=True), **read, **options)
+    for p in written:
+        click.echo(f"wrote {p}")
 
 
 def _say_assumed_ratio(splitter) -> None:

@@ -39,7 +39,10 @@ The package, one job a module:
 * :mod:`musplit.predict.engine`: batches of LC stacks through the model, MMSE tiles out;
 * :mod:`musplit.predict.stitch`: tiles into the output arrays;
 * :mod:`musplit.predict.calibrated`: a stored calibration applied to the std;
-* :mod:`musplit.predict.run`: :func:`predict_image` and :func:`predict_to_zarr`.
+* :mod:`musplit.predict.run`: :func:`predict_image` and :func:`predict_to_zarr`;
+* :mod:`musplit.predict.distributed`: :func:`predict_many`, many images block by block in one
+  process or as Dask tasks (docs/distributed.md), loaded on first use (it is the only module
+  that may import ``dask.distributed``).
 
 Every name the module ``musplit.predict`` had before the split is re-exported here, private
 ones included, so that imports written before it still work. Code that calls
@@ -106,7 +109,19 @@ __all__ = [
     "Tiling",
     "default_grid",
     "make_tiling",
+    "plan_many",
     "predict_image",
+    "predict_many",
     "predict_to_zarr",
 ]
+
+
+def __getattr__(name: str):
+    # musplit.predict.distributed imports musplit.splitter, which imports this package: it is
+    # loaded when first asked for, not with the package.
+    if name in ("predict_many", "plan_many"):
+        from musplit.predict import distributed
+
+        return getattr(distributed, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -157,13 +158,16 @@ class _Piece:
 def _predict_pieces(model: nn.Module, config: Config, engine: _Engine, tiling: Tiling, *,
                     plan: Iterable, build: Callable[[Any], _Piece],
                     sink: Callable[[Any, dict[str, np.ndarray]], None], any_tiles: bool,
-                    seed: int, channels_last: bool, n_batches: int, progress) -> None:
+                    seed: int, channels_last: bool, n_batches: int, progress,
+                    reseed: Callable[[Any], int] | None = None) -> None:
     """Predict the output piece by piece: for each item of ``plan``, ``build(item)`` reads its
     piece, the engine predicts and stitches its tiles, and ``sink(item, arrays)`` takes the
     finished canvas; the piece (its context stack above all) is freed before the next is built.
 
     The model runs in eval and inference mode, in the requested memory layout, for the whole
-    loop; outer padding is probed once first when there is anything to predict.
+    loop; outer padding is probed once first when there is anything to predict. With
+    ``reseed``, the engine's noise and torch's global generator are seeded with
+    ``reseed(item)`` before each piece (else seeded once with ``seed`` for the whole loop).
     """
     bar = _progress(n_batches, progress, "predict")
     try:
@@ -171,6 +175,10 @@ def _predict_pieces(model: nn.Module, config: Config, engine: _Engine, tiling: T
             if tiling.padding == "outer" and any_tiles:
                 _probe(model, tiling, config.data.scales, engine.device)
             for item in plan:
+                if reseed is not None:
+                    piece_seed = reseed(item)
+                    engine.generator.manual_seed(piece_seed)
+                    torch.manual_seed(piece_seed)  # inside _eval_mode's fork: restored after
                 piece = build(item)
                 engine.run(piece.stack, piece.frames, piece.corners, piece.canvas.place, bar)
                 out = piece.canvas.finish()
@@ -458,8 +466,10 @@ def predict_to_zarr(
     The input is read one block (plus the context halo its lateral context needs) at a time;
     each block's tiles are predicted and written before the next block is read, so memory is
     bounded by the block size, not the frame size. The result equals :func:`predict_image`
-    (bit for bit for deterministic models; for sampled ones the noise is drawn in another
-    order). No blending.
+    bit for bit for deterministic models; sampled ones draw each block's noise from a
+    generator seeded by ``(seed, frame, block origin)`` (:func:`block_seed`), so a block's
+    output does not depend on which process predicts it or when (what
+    :func:`musplit.predict.distributed.predict_many` relies on). No blending.
 
     Parameters
     ----------
@@ -499,88 +509,39 @@ def predict_to_zarr(
     _check_common(config, stats, samples, batch_size, seed, 0, input_scale, sample_batch)
     if _file_kind(out_path) != "zarr":
         raise InputError(f"{out_path}: predict_to_zarr writes a .zarr store")
-    tiling, names, aleatoric = _resolve(
-        model, config, stats, padding=padding, grid=grid, blend="none", blend_width=None,
-        paper_geometry=paper_geometry, aleatoric=aleatoric, channel_names=channel_names)
-    if not _is_int(block) or block < 1:
-        raise InputError(f"block must be a positive integer (pixels), got {block!r}")
     protect = [protect] if isinstance(protect, (str, os.PathLike)) else list(protect or ())
     if isinstance(source, (str, os.PathLike)):
         protect.append(source)
-    read, (n, h, w), pixel_size = _open_source(source, axes, channel, pixel_size)
-    factor = _brightness(read, (n, h, w), input_scale, stats, brightness, config, strict_range)
-    input_scale = input_scale * factor
-    cal = std_calibration(calibration, stats, samples, normalized=normalized,
-                          out_scale=1.0 / factor)
-    c = stats.n_channels
-    g = tiling.grid
-    # Chunks of about 512 px (what viewers read well), aligned with the tile grid; blocks are
-    # whole chunks, so every block write fills whole chunks (no read-modify-write).
-    chunk = g * max(1, min(512, block) // g)
-    bpx = max(chunk, block // chunk * chunk)
-    halo = _block_halo(tiling, config.data.scales)
-    align = 2 ** (config.data.scales - 1)  # floor alignment: block origins on the pyramid grid
-    rows, cols = tiling.shape(h, w)
-    bt = bpx // g  # tiles per block side
-    blocks = [(f, r0, c0) for f in range(n) for r0 in range(0, rows, bt)
-              for c0 in range(0, cols, bt)]
-    engine = _make_engine(model, config, stats, tiling, factor, samples=samples, seed=seed,
-                          sample_mode=sample_mode, sample_batch=sample_batch,
-                          batch_size=batch_size, keep_samples=0, aleatoric=aleatoric,
-                          normalized=normalized, amp=amp, channels_last=channels_last)
-    widths = _widths(c, samples, aleatoric)
+    read, shape, pixel_size = _open_source(source, axes, channel, pixel_size)
+    plan = _plan_stream(model, config, stats, read, shape, padding=padding, grid=grid,
+                        samples=samples, batch_size=batch_size, seed=seed,
+                        channel_names=channel_names, normalized=normalized,
+                        paper_geometry=paper_geometry, sample_mode=sample_mode,
+                        sample_batch=sample_batch, aleatoric=aleatoric,
+                        input_scale=input_scale, amp=amp, channels_last=channels_last,
+                        block=block, brightness=brightness, strict_range=strict_range,
+                        calibration=calibration)
+    engine = _stream_engine(model, config, stats, plan)
     paths = {k: _sibling(out_path, "" if k == "mean" else f"_{k}")
-             for k in widths if k != "std" or std}
+             for k in plan.widths if k != "std" or std}
     refuse_existing(paths.values(), overwrite)
-    clip = input_clip(stats)
-    n_batches = sum(-(-min(bt, rows - r0) * min(bt, cols - c0) // batch_size)
-                    for _, r0, c0 in blocks)
-
-    def region(blk) -> tuple[slice, slice, slice, slice]:
-        """Output region of a block, and the input region it needs (clipped to the frame:
-        there the frame border is the block border, and the padding of training applies,
-        docs/data.md "Padding modes")."""
-        _, r0, c0 = blk
-        r1, c1 = min(rows, r0 + bt), min(cols, c0 + bt)
-        oy = slice(r0 * g, min(r1 * g, h))
-        ox = slice(c0 * g, min(c1 * g, w))
-        ay = max(0, (r0 * g - halo) // align * align)
-        ax = max(0, (c0 * g - halo) // align * align)
-        return oy, ox, slice(ay, min(h, r1 * g + halo)), slice(ax, min(w, c1 * g + halo))
-
-    def build(blk) -> _Piece:
-        f, r0, c0 = blk
-        r1, c1 = min(rows, r0 + bt), min(cols, c0 + bt)
-        oy, ox, iy, ix = region(blk)
-        stack = ContextStack(_Prepared(read(f, iy, ix)[None], clip, input_scale), tiling.patch,
-                             config.data.scales, config.data.pad, config.data.lc_alignment)
-        rr, cc = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
-        corners = np.stack([rr.ravel() * g - tiling.margin,
-                            cc.ravel() * g - tiling.margin], axis=1).astype(np.int64)
-        canvas = _Canvas(1, oy.stop - oy.start, ox.stop - ox.start, widths, tiling,
-                         origin=(oy.start - iy.start, ox.start - ix.start))
-        local = corners - np.array([iy.start, ix.start], dtype=np.int64)
-        return _Piece(stack, np.zeros(len(local), dtype=np.int64), local, canvas)
-
+    n, h, w = plan.shape
     writers: dict[str, ZarrWriter] = {}
 
     def write(blk, arrays: dict[str, np.ndarray]) -> None:
         f = blk[0]
-        oy, ox, _, _ = region(blk)
-        if cal is not None and "std" in writers:
-            cal.apply(arrays["std"])
+        oy, ox, _, _ = plan.region(blk)
         for k, wr in writers.items():
             wr.write((slice(f, f + 1), oy, ox, slice(None)), arrays[k])
 
+    blocks = plan.blocks()
     t0 = time.perf_counter()
     try:
         for k, p in paths.items():
-            writers[k] = ZarrWriter.create(p, (n, h, w, c), "SYXC", names,
-                                           chunks=(1, chunk, chunk, 1), overwrite=overwrite,
+            writers[k] = ZarrWriter.create(p, (n, h, w, plan.n_channels), "SYXC", plan.names,
+                                           chunks=plan.chunks, overwrite=overwrite,
                                            protect=protect, pixel_size=pixel_size)
-        _predict_pieces(model, config, engine, tiling, plan=blocks, build=build, sink=write,
-                        any_tiles=bool(blocks), seed=seed, channels_last=channels_last,
-                        n_batches=n_batches, progress=progress)
+        _predict_blocks(model, config, engine, plan, read, blocks, write, progress)
         for wr in writers.values():
             wr.close()
     except BaseException:
@@ -588,13 +549,201 @@ def predict_to_zarr(
             wr.abort()
         raise
     seconds = time.perf_counter() - t0
-    meta = _settings(config, stats, tiling, samples=samples, seed=seed, sample_mode=sample_mode,
-                     normalized=normalized, input_scale=input_scale, model=model,
-                     amp=amp)
-    meta.update(batch_size=int(batch_size), block=int(bpx), seconds=round(seconds, 3),
-                channel_names=names, brightness_factor=float(factor))
-    meta.update(_calibration_meta(cal if "std" in paths else None))
+    meta = plan.meta(config, stats, model, std="std" in paths)
+    meta["seconds"] = round(seconds, 3)
     for k, p in paths.items():
         _set_zarr_meta(p, _jsonable({**meta, "quantity": k}))
     log.info("predicted %.2f Mpx into %s in %.1f s", n * h * w / 1e6, paths["mean"], seconds)
     return paths["mean"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: the plan of a call and one block of it (shared with musplit.predict.distributed)
+# ---------------------------------------------------------------------------------------------
+#: ``(frame, r0, c0)``: a block by its frame and the tile row and column of its top-left tile.
+Block = tuple[int, int, int]
+
+
+def block_seed(seed: int, frame: int, y: int, x: int) -> int:
+    """The seed of the latent noise of the block whose output starts at pixel ``(y, x)`` of
+    ``frame``: a function of these numbers only, so a block draws the same noise whichever
+    process predicts it and in whatever order (docs/tiling.md, "Streaming to Zarr")."""
+    words = [int(seed) % 2**64, int(frame), int(y), int(x)]
+    state = np.random.SeedSequence(words).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1  # 63 bits: any torch generator takes it
+
+
+@dataclass
+class _Stream:
+    """Everything a streamed prediction decides once, before its first block: the tiling, the
+    block and chunk geometry, the sampling settings, the brightness factor and the std
+    calibration. Plain data (it pickles: each Dask task of :mod:`musplit.predict.distributed`
+    gets it); the model, the reader and the engine stay outside.
+
+    Blocks are whole chunks (``block`` a multiple of ``chunk``), so no two blocks write the same
+    chunk of an output array, and each block reads its ``halo`` of input around it.
+    """
+
+    tiling: Tiling
+    names: list[str]
+    aleatoric: bool
+    shape: tuple[int, int, int]  # (N, H, W)
+    n_channels: int
+    factor: float  # brightness factor, already in input_scale
+    input_scale: float
+    clip: float
+    cal: Any  # StdCalibration or None
+    chunk: int
+    block: int
+    halo: int
+    align: int
+    samples: int
+    batch_size: int
+    seed: int
+    sample_mode: str | None
+    sample_batch: int | None
+    normalized: bool
+    amp: str | None
+    channels_last: bool
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """Tile rows and columns of a frame."""
+        return self.tiling.shape(self.shape[1], self.shape[2])
+
+    @property
+    def chunks(self) -> tuple[int, int, int, int]:
+        """Chunk shape of the output arrays, ``(1, chunk, chunk, 1)`` (frames, y, x, channels)."""
+        return (1, self.chunk, self.chunk, 1)
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return _widths(self.n_channels, self.samples, self.aleatoric)
+
+    def blocks(self) -> list[Block]:
+        """Every block, frame-major, row-major inside a frame."""
+        rows, cols = self.grid_shape
+        bt = self.block // self.tiling.grid
+        return [(f, r0, c0) for f in range(self.shape[0]) for r0 in range(0, rows, bt)
+                for c0 in range(0, cols, bt)]
+
+    def n_batches(self, blk: Block) -> int:
+        rows, cols = self.grid_shape
+        bt = self.block // self.tiling.grid
+        _, r0, c0 = blk
+        return -(-min(bt, rows - r0) * min(bt, cols - c0) // self.batch_size)
+
+    def region(self, blk: Block) -> tuple[slice, slice, slice, slice]:
+        """Output region of a block, and the input region it needs (clipped to the frame:
+        there the frame border is the block border, and the padding of training applies,
+        docs/data.md "Padding modes")."""
+        _, r0, c0 = blk
+        rows, cols = self.grid_shape
+        g, bt, halo, align = self.tiling.grid, self.block // self.tiling.grid, self.halo, \
+            self.align
+        h, w = self.shape[1], self.shape[2]
+        r1, c1 = min(rows, r0 + bt), min(cols, c0 + bt)
+        oy = slice(r0 * g, min(r1 * g, h))
+        ox = slice(c0 * g, min(c1 * g, w))
+        ay = max(0, (r0 * g - halo) // align * align)
+        ax = max(0, (c0 * g - halo) // align * align)
+        return oy, ox, slice(ay, min(h, r1 * g + halo)), slice(ax, min(w, c1 * g + halo))
+
+    def seed_of(self, blk: Block) -> int:
+        oy, ox, _, _ = self.region(blk)
+        return block_seed(self.seed, blk[0], oy.start, ox.start)
+
+    def piece(self, read: Reader, config: Config, blk: Block) -> _Piece:
+        """The block's LC stack (its input region read now), patches and canvas."""
+        f, r0, c0 = blk
+        rows, cols = self.grid_shape
+        g, t = self.tiling.grid, self.tiling
+        bt = self.block // g
+        r1, c1 = min(rows, r0 + bt), min(cols, c0 + bt)
+        oy, ox, iy, ix = self.region(blk)
+        stack = ContextStack(_Prepared(read(f, iy, ix)[None], self.clip, self.input_scale),
+                             t.patch, config.data.scales, config.data.pad,
+                             config.data.lc_alignment)
+        rr, cc = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
+        corners = np.stack([rr.ravel() * g - t.margin,
+                            cc.ravel() * g - t.margin], axis=1).astype(np.int64)
+        canvas = _Canvas(1, oy.stop - oy.start, ox.stop - ox.start, self.widths, t,
+                         origin=(oy.start - iy.start, ox.start - ix.start))
+        local = corners - np.array([iy.start, ix.start], dtype=np.int64)
+        return _Piece(stack, np.zeros(len(local), dtype=np.int64), local, canvas)
+
+    def meta(self, config: Config, stats: NormStats, model: nn.Module, *, std: bool) -> dict:
+        """The settings the output stores record (``attrs["musplit"]``)."""
+        meta = _settings(config, stats, self.tiling, samples=self.samples, seed=self.seed,
+                         sample_mode=self.sample_mode, normalized=self.normalized,
+                         input_scale=self.input_scale, model=model, amp=self.amp)
+        meta.update(batch_size=int(self.batch_size), block=int(self.block),
+                    channel_names=self.names, brightness_factor=float(self.factor),
+                    block_seeds="per block (seed, frame, block origin)")
+        meta.update(_calibration_meta(self.cal if std else None))
+        return meta
+
+
+def _plan_stream(model: nn.Module, config: Config, stats: NormStats, read: Reader,
+                 shape: tuple[int, int, int], *, padding, grid, samples, batch_size, seed,
+                 channel_names, normalized, paper_geometry, sample_mode, sample_batch,
+                 aleatoric, input_scale, amp, channels_last, block, brightness, strict_range,
+                 calibration, measure: bool = True) -> _Stream:
+    """Check the arguments of a streamed prediction and decide its :class:`_Stream` (the
+    brightness is measured here, on a sample of what ``read`` gives; ``measure=False``, for a
+    plan of the geometry only, reads nothing and takes a factor of 1)."""
+    _check_common(config, stats, samples, batch_size, seed, 0, input_scale, sample_batch)
+    tiling, names, aleatoric = _resolve(
+        model, config, stats, padding=padding, grid=grid, blend="none", blend_width=None,
+        paper_geometry=paper_geometry, aleatoric=aleatoric, channel_names=channel_names)
+    if not _is_int(block) or block < 1:
+        raise InputError(f"block must be a positive integer (pixels), got {block!r}")
+    factor = (_brightness(read, shape, input_scale, stats, brightness, config, strict_range)
+              if measure else 1.0)
+    cal = std_calibration(calibration, stats, samples, normalized=normalized,
+                          out_scale=1.0 / factor)
+    g = tiling.grid
+    # Chunks of about 512 px (what viewers read well), aligned with the tile grid; blocks are
+    # whole chunks, so every block write fills whole chunks (no read-modify-write).
+    chunk = g * max(1, min(512, block) // g)
+    return _Stream(
+        tiling=tiling, names=names, aleatoric=aleatoric,
+        shape=tuple(int(v) for v in shape), n_channels=stats.n_channels, factor=float(factor),
+        input_scale=float(input_scale * factor), clip=input_clip(stats), cal=cal,
+        chunk=chunk, block=max(chunk, block // chunk * chunk),
+        halo=_block_halo(tiling, config.data.scales),
+        align=2 ** (config.data.scales - 1),  # floor alignment: origins on the pyramid grid
+        samples=int(samples), batch_size=int(batch_size), seed=int(seed),
+        sample_mode=sample_mode, sample_batch=sample_batch, normalized=bool(normalized),
+        amp=amp, channels_last=bool(channels_last))
+
+
+def _stream_engine(model: nn.Module, config: Config, stats: NormStats, plan: _Stream
+                   ) -> _Engine:
+    """The engine of a streamed prediction (the noise is reseeded per block)."""
+    return _make_engine(model, config, stats, plan.tiling, plan.factor, samples=plan.samples,
+                        seed=plan.seed, sample_mode=plan.sample_mode,
+                        sample_batch=plan.sample_batch, batch_size=plan.batch_size,
+                        keep_samples=0, aleatoric=plan.aleatoric, normalized=plan.normalized,
+                        amp=plan.amp, channels_last=plan.channels_last)
+
+
+def _predict_blocks(model: nn.Module, config: Config, engine: _Engine, plan: _Stream,
+                    read: Reader, blocks: Sequence[Block],
+                    sink: Callable[[Block, dict[str, np.ndarray]], None], progress) -> None:
+    """Predict ``blocks`` of ``plan`` one after the other, each handed to ``sink`` finished
+    (its std calibrated) before the next is read: the one implementation of a block, for one
+    process (:func:`predict_to_zarr`) and for a Dask task alike. Each block's noise is seeded
+    by :meth:`_Stream.seed_of`, so a block's output does not depend on the others."""
+    cal = plan.cal
+
+    def finish(blk, arrays: dict[str, np.ndarray]) -> None:
+        if cal is not None and "std" in arrays:
+            cal.apply(arrays["std"])
+        sink(blk, arrays)
+
+    _predict_pieces(model, config, engine, plan.tiling, plan=blocks,
+                    build=lambda blk: plan.piece(read, config, blk), sink=finish,
+                    any_tiles=bool(blocks), seed=plan.seed, channels_last=plan.channels_last,
+                    n_batches=sum(plan.n_batches(b) for b in blocks), progress=progress,
+                    reseed=plan.seed_of)

@@ -217,22 +217,7 @@ class ZarrWriter:
 
     def _set_omero(self) -> None:
         """The ``omero`` channel list: labels, colours and display windows from the data."""
-        ome = dict(self._group.attrs["ome"])
-        channels = []
-        for i in range(self.canonical_shape[3]):
-            lo = float(self._lo[i]) if np.isfinite(self._lo[i]) else 0.0
-            hi = float(self._hi[i]) if np.isfinite(self._hi[i]) else 1.0
-            label = self.channel_names[i] if self.channel_names else f"channel {i}"
-            channels.append(
-                {
-                    "label": label,
-                    "active": True,
-                    "color": _COLOURS[i % 6],
-                    "window": {"min": lo, "max": hi, "start": lo, "end": hi},
-                }
-            )
-        ome["omero"] = {"channels": channels, "rdefs": {"model": "color"}}
-        self._group.attrs["ome"] = ome
+        _set_display(self._group, self._lo, self._hi, self.channel_names)
 
     def abort(self) -> None:
         """Drop everything written; the output path is untouched."""
@@ -308,6 +293,73 @@ def _new_store(tmp: Path, name: str, ome: bool, canonical: tuple, chunks: tuple,
 
 
 _COLOURS = ("FF00FF", "00FF00", "00FFFF", "FFFF00", "FF0000", "0000FF")
+
+
+def _set_display(group: Any, lo: np.ndarray, hi: np.ndarray, names: Sequence[str] | None
+                 ) -> None:
+    """Write the ``omero`` channel list of an OME-Zarr image group: labels, colours and the
+    display window ``[lo, hi]`` of each channel (0..1 where a channel held no finite value)."""
+    ome = dict(group.attrs["ome"])
+    channels = []
+    for i in range(len(lo)):
+        a = float(lo[i]) if np.isfinite(lo[i]) else 0.0
+        b = float(hi[i]) if np.isfinite(hi[i]) else 1.0
+        label = names[i] if names else f"channel {i}"
+        channels.append({"label": label, "active": True, "color": _COLOURS[i % 6],
+                         "window": {"min": a, "max": b, "start": a, "end": b}})
+    ome["omero"] = {"channels": channels, "rdefs": {"model": "color"}}
+    group.attrs["ome"] = ome
+
+
+# -- one store written by many processes (musplit.predict.distributed) ---------------------
+# The store is created once, then each process writes whole chunks of its own region straight
+# into it (no two processes write the same chunk), and the display windows are set once at the
+# end from the value ranges the writes returned. The caller keeps the store under a temporary
+# name and moves it into place (musplit.files.move_into_place) when every region is written.
+def create_ome_store(path: str | os.PathLike, shape: Sequence[int], chunks: Sequence[int],
+                     channel_names: Sequence[str] | None = None, *, name: str | None = None,
+                     pixel_size: tuple[float, float] | None = None,
+                     dtype: Any = "float32") -> Path:
+    """Create an empty OME-Zarr 0.5 image at ``path`` (which must not exist), laid out as
+    :class:`ZarrWriter` lays it out: ``shape`` and ``chunks`` are ``(N, H, W, C)``, ``name``
+    is the image's name in the metadata (default: the store's stem)."""
+    out = Path(path)
+    canonical = tuple(int(v) for v in shape)
+    if len(canonical) != 4 or any(v < 1 for v in canonical):
+        raise InputError(f"{out}: shape must be (N, H, W, C) with every axis >= 1, got {shape}")
+    chunks = tuple(max(1, min(int(k), v)) for k, v in zip(chunks, canonical, strict=True))
+    names = _check_names(channel_names, canonical[3], out)
+    with output_errors(out):
+        _new_store(out, name or out.stem, True, canonical, chunks, np.dtype(dtype), names,
+                   _check_pixel_size(pixel_size))
+    return out
+
+
+def write_ome_region(path: str | os.PathLike, frame: int, ys: slice, xs: slice,
+                     block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Write ``block`` ``(h, w, C)`` at ``frame, ys, xs`` of the OME-Zarr image at ``path``;
+    returns the per-channel ``(min, max)`` of its finite values (NaN where there are none),
+    for :func:`finish_ome_store`."""
+    out = Path(path)
+    data = np.asarray(block, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        lo = np.fmin.reduce(data, axis=(0, 1)).astype(np.float64)
+        hi = np.fmax.reduce(data, axis=(0, 1)).astype(np.float64)
+    with output_errors(out):
+        array = zarr.open_array(str(out / "0"), mode="r+")
+        array[int(frame), :, ys, xs] = data.transpose(2, 0, 1)
+    return np.where(np.isfinite(lo), lo, np.nan), np.where(np.isfinite(hi), hi, np.nan)
+
+
+def finish_ome_store(path: str | os.PathLike, lo: np.ndarray, hi: np.ndarray,
+                     channel_names: Sequence[str] | None) -> None:
+    """Set the display windows of the OME-Zarr image at ``path`` from the per-channel value
+    range of everything written into it (the ``(min, max)`` of :func:`write_ome_region`
+    combined with ``fmin``/``fmax``)."""
+    out = Path(path)
+    with output_errors(out):
+        _set_display(zarr.open_group(str(out), mode="r+"), np.asarray(lo, dtype=np.float64),
+                     np.asarray(hi, dtype=np.float64), channel_names)
 
 
 def write_zarr(
