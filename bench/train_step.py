@@ -24,6 +24,8 @@ import time
 from contextlib import nullcontext
 
 import musplit  # noqa: F401  (first: the CLI's OpenMP defaults, musplit.runtime)
+
+# isort: split
 import torch
 
 from musplit import native

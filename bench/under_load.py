@@ -50,6 +50,7 @@ def _busy(core: int) -> None:  # pragma: no cover - runs in the competing proces
 
 def _child_predict(filters: int, batch: int, steps: int) -> dict:
     import musplit  # noqa: F401  (first: musplit's OpenMP defaults)
+    # isort: split
     import torch
 
     from musplit.models import ModelConfig, build
