@@ -5,7 +5,7 @@ Opens a real napari viewer, trains a small model on the plugin's critters sample
 whole window each time, canvas included (``docs/images/napari_train.png``,
 ``docs/images/napari_split.png``). Needs an X display; headless, under Xvfb:
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py --steps 150
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py --steps 100
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _wait(app, done, timeout: float) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--out", type=Path, default=HERE / "images")
     args = ap.parse_args(argv)
 
