@@ -499,7 +499,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", choices=["data", "train", "memory", "predict", "compare",
                                        "reproduce", "pcmc", "precision", "real", "denoisplit",
-                                       "calibration", "mixing", "multi", "dask"],
+                                       "calibration", "mixing", "multi", "dask", "load"],
                     default=None)
     ap.add_argument("--precision-steps", type=int, default=400,
                     help="training steps of each model of the bf16 accuracy check")
@@ -579,6 +579,9 @@ def main() -> None:
         print("three and four structures ...", flush=True)
         subprocess.run([PY, "bench/multi_structure.py", "--steps", str(args.multi_steps)],
                        check=True, cwd=REPO)
+    if args.only in (None, "load"):
+        print("a busy machine ...", flush=True)
+        subprocess.run([PY, "bench/under_load.py"], check=True, cwd=REPO)
     if args.only in (None, "dask"):
         print("many images on Dask ...", flush=True)
         subprocess.run([PY, "bench/dask_predict.py"], check=True, cwd=REPO)
@@ -624,7 +627,7 @@ def main() -> None:
         parts += [(RESULTS / "real_data.md").read_text().strip(), ""]
     # Their sections link their own figures.
     for name in ("denoisplit", "calibration", "mixing_ratio", "multi_structure",
-                 "dask_predict"):
+                 "dask_predict", "under_load"):
         if (RESULTS / f"{name}.md").exists():
             parts += [(RESULTS / f"{name}.md").read_text().strip(), ""]
     (REPO / "BENCHMARKS.md").write_text("\n".join(parts))

@@ -156,6 +156,21 @@ def render(res: dict) -> str:
                 what = "training step" if kind == "train" else "prediction, 64 tiles"
                 lines.append(f"| {model} | {what} | {name} | {a:.3f} | {b:.3f} | "
                              f"{b / a:.1f}× |")
+    cost = [get("alone", m, k, "after") / get("alone", m, k, "before") - 1
+            for m, _, _ in MODELS for k in ("train", "predict")]
+    gain = [1 - get("one core busy", m, k, "after") / get("one core busy", m, k, "before")
+            for m, _, _ in MODELS for k in ("train", "predict")]
+    pairs = [(m, k) for m, _, _ in MODELS for k in ("train", "predict")]
+    worst = max(get("one core busy", m, k, "after") / get("alone", m, k, "after")
+                for m, k in pairs)
+    one = [get("alone", m, k, "after, 1 thread") / get("alone", m, k, "after") for m, k in pairs]
+    lines += ["", f"With one core busy, sleeping threads make the steps {100 * min(gain):.0f}-"
+              f"{100 * max(gain):.0f} % faster and the slowdown at most {worst:.1f}× "
+              "(proportional to the CPU lost); on an idle machine they cost "
+              f"{100 * min(cost):+.0f} to {100 * max(cost):+.0f} % (a wake-up at each parallel "
+              "region; within the run-to-run noise for the paper-size model). One thread is "
+              f"as fast as two with a core busy but {min(one):.1f}-{max(one):.1f}× slower "
+              "alone, so the default stays one thread per core."]
     lines += ["", "Why: PyTorch's CPU kernels run on an OpenMP pool, and a thread that finishes "
               "its share of a parallel region spins before it sleeps. When another program holds "
               "a core, the thread that shares it with that program lags, and the spinning ones "

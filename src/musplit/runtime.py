@@ -60,14 +60,11 @@ def prefer_passive_openmp() -> str:
     return _openmp_note
 
 
-_torch_default_threads: int | None = None
-
-
 def default_threads() -> int:
-    """CPU threads for training and prediction: ``MUSPLIT_THREADS`` when set, else PyTorch's own
-    choice (one per physical core, or ``OMP_NUM_THREADS``), capped at the cores this process may
-    run on (its CPU affinity, which a container or ``taskset`` narrows)."""
-    global _torch_default_threads
+    """CPU threads for training and prediction: ``MUSPLIT_THREADS`` when set, else the count
+    PyTorch uses now (its default is one per physical core, or ``OMP_NUM_THREADS``; a program's
+    own ``torch.set_num_threads`` is kept), capped at the cores this process may run on (its
+    CPU affinity, which a container or ``taskset`` narrows)."""
     raw = os.environ.get("MUSPLIT_THREADS", "").strip()
     if raw:
         try:
@@ -82,13 +79,11 @@ def default_threads() -> int:
         return n
     import torch
 
-    if _torch_default_threads is None:
-        _torch_default_threads = torch.get_num_threads()
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(_torch_default_threads, cores))
+    return max(1, min(torch.get_num_threads(), cores))
 
 
 def apply_threads(threads: int | None = None) -> int:

@@ -115,8 +115,11 @@ def predict(model, input_paths, out_path, axes, mix_channels, padding, grid, sam
     input_path = Path(input_paths[0])
     from musplit.data.io import open_image  # tifffile, zarr
     from musplit.data.io.axes import frames_instead
+    from musplit.runtime import apply_threads, cpu_settings
     from musplit.splitter import Splitter  # torch
 
+    apply_threads()  # MUSPLIT_THREADS, else one per core this process may use
+    log.info("runtime: %s", cpu_settings())
     with_std = with_std or raw_std
     if out_path.resolve() == input_path.resolve():
         raise InputError(f"--out {out_path} is the input file: it would be overwritten")
@@ -189,7 +192,9 @@ def _predict_many(model, inputs, out_dir, *, mix_channels, with_std, raw_std, wo
     """Several images (or --workers, --scheduler, --resume, --plan): one NAME.zarr each in
     the folder ``out_dir``, block by block (musplit.predict.distributed)."""
     from musplit.predict import distributed
+    from musplit.runtime import apply_threads
 
+    apply_threads()  # this process's share when it predicts the blocks itself
     if mix_channels is not None:
         raise InputError("--mix-channels works with one INPUT; mix the channels of each image "
                          "into one first to predict several")
