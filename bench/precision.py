@@ -66,7 +66,7 @@ def speed_rows(variants: list[str], size: int, pairs: int, batch: int) -> list[d
             "kind": "speed", "variant": variant, "params": count_parameters(model),
             "size": size, "grid": 32, "pairs": pairs, "fp32_s": round(f32, 3),
             "bf16_s": round(b16, 3), "fp32_mp_s": round(size**2 / 1e6 / f32, 5),
-            "bf16_mp_s": round(size**2 / 1e6 / b16, 5), "speedup": round(f32 / b16, 3),
+            "bf16_mp_s": round(size**2 / 1e6 / b16, 5), "speedup": float(f"{f32 / b16:.4g}"),
             "max_abs_diff_norm": float(np.abs(means["fp32"] - means["bf16"]).max()),
             "fast_bf16": fast_precision("bf16"), "threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d"),
