@@ -21,22 +21,12 @@ import zarr
 from musplit.cli import main
 from musplit.data import generate_critters
 from musplit.data.io import write_tiff
+from tests.test_cli_denoisplit import one_line_error, run
 
 CKPT = Path(__file__).parent / "fixtures" / "hvae_2026-12-07.ckpt"
 NAMES = ("a", "b", "c")
 SETTINGS = ["--samples", "2", "--std", "--block-size", "48"]
 
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code, err, *needles):
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
-    for n in needles:
-        assert n in err, err
 
 
 def arrays(folder: Path) -> dict[str, np.ndarray]:
