@@ -852,11 +852,11 @@ def _run(job: _Job, images: list[_Image], metas: list[dict], out_dir: Path, clie
         records[i][tuple(blk)] = rec
         left[i] -= 1
         n_done[0] += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"images {sum(finished)}/{len(images)}")
         if left[i] == 0:
             finish(i)
+        if bar is not None:  # after finish(): the count includes the image just completed
+            bar.update(1)
+            bar.set_postfix_str(f"images {sum(finished)}/{len(images)}")
         if callable(progress):
             progress(n_done[0], total)
 
