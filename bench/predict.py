@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         "megapixels_per_s": round(args.size**2 / 1e6 / seconds, 5),
         "seconds": round(seconds, 3),
         "peak_rss_gb": round(rss_kb / 2**20, 3),
+        **({"cuda_max_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+            "gpu": torch.cuda.get_device_name()} if args.device.startswith("cuda") else {}),
         "tiles": pred.meta["tiles"],
         "batch_size": args.batch_size,
         "params": 0 if args.stub else count_parameters(model),

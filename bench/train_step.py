@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         "params": count_parameters(model),
         "step_s": round(statistics.median(times), 3),
         "peak_rss_gb": round(rss / 1024**2, 2),
+        **({"cuda_max_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+            "gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "steps": args.steps,
         "threads": torch.get_num_threads(),
         "openmp": musplit.runtime.prefer_passive_openmp(),
