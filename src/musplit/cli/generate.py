@@ -20,6 +20,19 @@ def generate() -> None:
     """Generate synthetic training data."""
 
 
+def _dataset_output(command):
+    """The options every generated dataset shares: --seed, --out, --format, --overwrite."""
+    for option in reversed([
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+                         required=True, help="Output folder."),
+            click.option("--format", "fmt", type=click.Choice(["tiff", "zarr"]),
+                         default="tiff", show_default=True),
+            click.option("--overwrite", is_flag=True, help="Replace existing output files.")]):
+        command = option(command)
+    return command
+
+
 @generate.command("critters")
 @click.option("--frames", type=click.IntRange(min=3), default=1000, show_default=True)
 @click.option("--size", type=click.IntRange(min=16), default=256, show_default=True,
@@ -30,12 +43,7 @@ def generate() -> None:
               help="Which curve frequencies make a channel: 'paper' (the paper's pairing) or "
                    "'shared-low' / 'shared-high' (what musplit demo uses: half of each critter "
                    "is shared, the other half names its channel).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              required=True, help="Output folder.")
-@click.option("--format", "fmt", type=click.Choice(["tiff", "zarr"]), default="tiff",
-              show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@_dataset_output
 def generate_critters_cmd(frames, size, connector, pairing, seed, out_dir, fmt, overwrite):
     """SinosoidalCritters: two channels of sinusoidal curves told apart only by context.
 
@@ -67,12 +75,7 @@ def generate_critters_cmd(frames, size, connector, pairing, seed, out_dir, fmt, 
                    "none, clean.tif only).")
 @click.option("--read-sigma", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Read noise in photons (with --peak).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              required=True, help="Output folder.")
-@click.option("--format", "fmt", type=click.Choice(["tiff", "zarr"]), default="tiff",
-              show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@_dataset_output
 def generate_structures_cmd(channels, frames, size, psf_sigma, peak, read_sigma, seed, out_dir,
                             fmt, overwrite):
     """Two to four structures at distinct scales, with known clean ground truth.
